@@ -1,0 +1,1 @@
+"""Datasets: the synthetic catalog generator and (later) catalog readers."""

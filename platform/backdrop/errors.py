@@ -1,0 +1,82 @@
+"""Typed errors for bad input.
+
+Every error that a bad catalog row or a bad HTTP upload can cause is an ``InvalidInputError``
+with a short machine-readable ``code``. Batch jobs write ``code: message`` into the manifest's
+``error`` column and carry on; the HTTP layer maps the class to a 4xx status. Nothing here
+imports torch, so the checks run before any tensor is built.
+"""
+
+from __future__ import annotations
+
+
+class BackdropError(Exception):
+    """Base class of every error raised on purpose by backdrop."""
+
+
+class InvalidInputError(BackdropError, ValueError):
+    """An input (image, mask, category, parameter) that cannot be used as given."""
+
+    code = "invalid_input"
+
+    def __str__(self) -> str:  # "code: message", the form the manifest stores
+        return f"{self.code}: {super().__str__()}"
+
+
+class CorruptImageError(InvalidInputError):
+    """The bytes are not a decodable image."""
+
+    code = "corrupt_image"
+
+
+class UnsupportedImageError(InvalidInputError):
+    """A decodable image in a mode or format we do not accept."""
+
+    code = "unsupported_image"
+
+
+class ImageTooLargeError(InvalidInputError):
+    """Over the pixel or byte limit (also guards against decompression bombs)."""
+
+    code = "image_too_large"
+
+
+class MissingMaskError(InvalidInputError):
+    """No mask was given and the image has no alpha channel to use instead."""
+
+    code = "missing_mask"
+
+
+class MaskSizeError(InvalidInputError):
+    """The mask's size differs from its image's size."""
+
+    code = "mask_size_mismatch"
+
+
+class EmptyMaskError(InvalidInputError):
+    """The mask selects no product pixel: there is nothing to keep."""
+
+    code = "empty_mask"
+
+
+class FullMaskError(InvalidInputError):
+    """The mask selects every pixel: there is no background to generate."""
+
+    code = "full_mask"
+
+
+class UnknownCategoryError(InvalidInputError):
+    """The category is not in the model's category map."""
+
+    code = "unknown_category"
+
+
+class InvalidParameterError(InvalidInputError):
+    """A generation parameter (steps, guidance, size, ...) is out of range."""
+
+    code = "invalid_parameter"
+
+
+class FetchError(InvalidInputError):
+    """An input URI could not be read (missing file, missing object, permission)."""
+
+    code = "fetch_error"

@@ -1,0 +1,182 @@
+"""The whole generator as one object: frozen SD-inpainting base + CG + optional PG.
+
+Saved as diffusers-format subfolders (``vae/ unet/ text_encoder/ tokenizer/ scheduler/ cg/
+pg/``) plus ``backdrop.json`` (config and the category map), to a local directory or an
+``s3://`` prefix. A plain SD-inpainting directory (no ``cg/``) loads too: CG and PG are then
+freshly made from its UNet, which is how real weights enter the platform.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+from transformers import AutoTokenizer, CLIPTextModel
+
+from .. import storage
+from ..categories import CategoryMap
+from .attention import install_mask_guided_attention
+from .controlnets import make_category_generator, make_personality_generator
+from .presets import TinyPreset, build_tiny_base
+
+CONFIG_NAME = "backdrop.json"
+
+
+@dataclass
+class ModelConfig:
+    resolution: int
+    preset: str = "tiny"
+    extra: dict = field(default_factory=dict)  # free-form provenance (training stages, data hash)
+
+
+class BackdropModel:
+    """Container of the networks; the denoising loop lives in ``backdrop.pipeline``."""
+
+    def __init__(
+        self,
+        *,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: DDIMScheduler,
+        cg: ControlNetModel,
+        pg: ControlNetModel | None,
+        categories: CategoryMap,
+        config: ModelConfig,
+    ) -> None:
+        self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
+        self.unet, self.scheduler, self.cg, self.pg = unet, scheduler, cg, pg
+        self.categories, self.config = categories, config
+        for frozen in (vae, text_encoder, unet):
+            frozen.requires_grad_(False)
+        self.eval()
+
+    # --- construction -------------------------------------------------------------------
+    @classmethod
+    def from_components(
+        cls, components: dict, categories: CategoryMap, config: ModelConfig, with_pg: bool = True
+    ) -> "BackdropModel":
+        """Make CG (and PG) from a base's UNet; they start as copies of its encoder."""
+        factor = 2 ** (len(components["vae"].config.block_out_channels) - 1)
+        unet = components["unet"]
+        return cls(
+            **components,
+            cg=make_category_generator(unet, factor),
+            pg=make_personality_generator(unet, factor) if with_pg else None,
+            categories=categories,
+            config=config,
+        )
+
+    @classmethod
+    def tiny(
+        cls, categories: CategoryMap | list[str] = (), preset: TinyPreset = TinyPreset(), seed: int = 0
+    ) -> "BackdropModel":
+        if not isinstance(categories, CategoryMap):
+            categories = CategoryMap().extend(categories)
+        config = ModelConfig(resolution=preset.resolution, preset="tiny", extra={"tiny": asdict(preset)})
+        return cls.from_components(build_tiny_base(preset, seed), categories, config)
+
+    # --- properties ---------------------------------------------------------------------
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        nets = {"vae": self.vae, "text_encoder": self.text_encoder, "unet": self.unet, "cg": self.cg}
+        if self.pg is not None:
+            nets["pg"] = self.pg
+        return nets
+
+    def to(self, device=None, dtype=None) -> "BackdropModel":
+        if device is None and dtype is None:
+            return self
+        for net in self.networks().values():
+            net.to(device=device, dtype=dtype)
+        return self
+
+    def eval(self) -> "BackdropModel":
+        for net in self.networks().values():
+            net.eval()
+        return self
+
+    # --- save / load --------------------------------------------------------------------
+    def save_pretrained(self, uri: str) -> None:
+        """Write every network in diffusers format plus ``backdrop.json`` to ``uri``."""
+        if storage.is_remote(uri):
+            with tempfile.TemporaryDirectory(prefix="backdrop-save-") as tmp:
+                self._save_local(tmp)
+                storage.upload_dir(tmp, uri)
+        else:
+            self._save_local(storage.filesystem(uri)[1])
+
+    def _save_local(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        for name, net in self.networks().items():
+            net.save_pretrained(os.path.join(path, name), safe_serialization=True)
+        self.tokenizer.save_pretrained(os.path.join(path, "tokenizer"))
+        self.scheduler.save_pretrained(os.path.join(path, "scheduler"))
+        meta = {"config": asdict(self.config), "categories": json.loads(self.categories.to_json())}
+        with open(os.path.join(path, CONFIG_NAME), "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        uri: str,
+        *,
+        categories: CategoryMap | None = None,
+        resolution: int | None = None,
+        device: str | torch.device | None = None,
+        torch_dtype: torch.dtype | None = None,
+    ) -> "BackdropModel":
+        """Load a saved generator, or a bare SD-inpainting base (then CG/PG start fresh)."""
+        with storage.local_copy(uri) as path:
+            return cls._load_local(path, categories, resolution, device, torch_dtype)
+
+    @classmethod
+    def _load_local(cls, path, categories, resolution, device, torch_dtype) -> "BackdropModel":
+        def sub(name):
+            return os.path.join(path, name)
+
+        components = {
+            "vae": AutoencoderKL.from_pretrained(sub("vae")),
+            "text_encoder": CLIPTextModel.from_pretrained(sub("text_encoder")),
+            "tokenizer": AutoTokenizer.from_pretrained(sub("tokenizer")),
+            "unet": UNet2DConditionModel.from_pretrained(sub("unet")),
+            "scheduler": DDIMScheduler.from_pretrained(sub("scheduler")),
+        }
+        if components["unet"].config.in_channels != 2 * components["unet"].config.out_channels + 1:
+            raise ValueError(f"{path}: the UNet is not an inpainting UNet (needs 9 input channels)")
+        meta_path = sub(CONFIG_NAME)
+        if os.path.exists(meta_path):
+            with open(meta_path) as f:
+                meta = json.load(f)
+            config = ModelConfig(**meta["config"])
+            saved = CategoryMap.from_json(json.dumps(meta["categories"]))
+            categories = saved if categories is None else saved.extend(categories.names)
+        else:  # a bare base model
+            sample = components["unet"].config.sample_size
+            factor = 2 ** (len(components["vae"].config.block_out_channels) - 1)
+            config = ModelConfig(resolution=resolution or sample * factor, preset="sd-inpainting")
+            categories = categories or CategoryMap()
+        if os.path.isdir(sub("cg")):
+            cg = ControlNetModel.from_pretrained(sub("cg"))
+            install_mask_guided_attention(cg)
+            pg = ControlNetModel.from_pretrained(sub("pg")) if os.path.isdir(sub("pg")) else None
+            model = cls(**components, cg=cg, pg=pg, categories=categories, config=config)
+        else:
+            model = cls.from_components(components, categories, config)
+        return model.to(device=device, dtype=torch_dtype)

@@ -1,0 +1,312 @@
+"""The denoising loop: CG (+ PG when a reference is given) steering a frozen SD-inpainting UNet.
+
+``BackdropPipeline.__call__`` takes a batch of products of mixed categories, with or without
+references, and returns one image per product, each the size of its input, with the
+product's own pixels pasted back bit-identical. The noise prediction (``predict_noise``) is the
+same function the training loop differentiates, so training and inference cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+from PIL import Image
+
+from .categories import build_prompts
+from .errors import InvalidParameterError, MaskSizeError
+from .models.attention import mask_at
+from .models.controlnets import mask_residuals
+from .models.generator import BackdropModel
+
+
+@dataclass
+class GenerationRequest:
+    """One product to put on a new background.
+
+    ``mask`` is HxW with 1 on the product. Without ``reference_mask`` the whole reference
+    counts as background. ``prompt`` is optional free text describing the background.
+    """
+
+    image: Image.Image
+    mask: np.ndarray
+    category: str
+    reference: Image.Image | None = None
+    reference_mask: np.ndarray | None = None
+    prompt: str | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    num_inference_steps: int = 50
+    guidance_scale: float = 2.0
+    reference_init: bool = True  # z_T from the noised reference latent when PG is used
+
+    def validate(self) -> None:
+        if not (isinstance(self.num_inference_steps, int) and 1 <= self.num_inference_steps <= 1000):
+            raise InvalidParameterError(f"steps must be an integer in [1, 1000], got {self.num_inference_steps!r}")
+        if not (0.0 <= float(self.guidance_scale) <= 30.0):
+            raise InvalidParameterError(f"guidance must be in [0, 30], got {self.guidance_scale!r}")
+
+
+@dataclass
+class Conditioning:
+    """Everything about a batch that does not change from one denoising step to the next."""
+
+    product_mask: torch.Tensor  # (B,1,h,w) at latent resolution, 1 = product
+    masked_latents: torch.Tensor  # (B,C,h,w) VAE latent of I·M
+    cg_image: torch.Tensor  # (B,3,H,W) in [0,1]: I·M
+    unet_context: torch.Tensor  # full prompt embeddings
+    cg_context: torch.Tensor  # cat([P_fg, P_bg], dim=1)
+    pg_rows: torch.Tensor | None = None  # indices of rows that have a reference
+    pg_image: torch.Tensor | None = None  # (R,3,H,W): I_ref·(1−M_ref) for those rows
+    reference_latents: torch.Tensor | None = None  # (R,C,h,w): for the z_T initialisation
+
+    def unet_input(self, latents: torch.Tensor) -> torch.Tensor:
+        """9 channels: noisy latent, inpainting mask (1 = generate), masked-image latent."""
+        return torch.cat([latents, 1 - self.product_mask, self.masked_latents], dim=1)
+
+    def with_guidance(self, uncond: "Conditioning") -> "Conditioning":
+        """Stack the unconditional batch before this one (classifier-free guidance)."""
+
+        def cat(a, b):
+            return None if a is None else torch.cat([a, b])
+
+        rows = self.pg_rows
+        return Conditioning(
+            product_mask=cat(self.product_mask, self.product_mask),
+            masked_latents=cat(self.masked_latents, self.masked_latents),
+            cg_image=cat(self.cg_image, self.cg_image),
+            reference_latents=self.reference_latents,
+            unet_context=cat(uncond.unet_context, self.unet_context),
+            cg_context=cat(uncond.cg_context, self.cg_context),
+            pg_rows=None if rows is None else torch.cat([rows, rows + len(self.product_mask)]),
+            pg_image=cat(self.pg_image, self.pg_image),
+        )
+
+
+def predict_noise(
+    model: BackdropModel, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning
+) -> torch.Tensor:
+    """ε prediction of UNet + CG residuals (+ PG residuals masked by 1−M on reference rows)."""
+    x = cond.unet_input(noisy_latents)
+    if cond.cg_image is None:  # the bare base (tiny preset's base-training stage)
+        return model.unet(x, timesteps, encoder_hidden_states=cond.unet_context, return_dict=False)[0]
+    down, mid = model.cg(
+        x,
+        timesteps,
+        encoder_hidden_states=cond.cg_context,
+        controlnet_cond=cond.cg_image,
+        cross_attention_kwargs={"product_mask": cond.product_mask},
+        return_dict=False,
+    )
+    if cond.pg_rows is not None and len(cond.pg_rows) and model.pg is not None:
+        rows = cond.pg_rows
+        t_rows = timesteps[rows] if timesteps.ndim else timesteps
+        pg_down, pg_mid = model.pg(
+            x[rows],
+            t_rows,
+            encoder_hidden_states=cond.unet_context[rows],
+            controlnet_cond=cond.pg_image,
+            return_dict=False,
+        )
+        pg_down, pg_mid = mask_residuals(pg_down, pg_mid, cond.product_mask[rows])
+        down = [d.index_add(0, rows, p) for d, p in zip(down, pg_down)]
+        mid = mid.index_add(0, rows, pg_mid)
+    return model.unet(
+        x,
+        timesteps,
+        encoder_hidden_states=cond.unet_context,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+        return_dict=False,
+    )[0]
+
+
+class BackdropPipeline:
+    def __init__(self, model: BackdropModel) -> None:
+        self.model = model
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    # --- text -----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Prompt embeddings, computed once per distinct prompt and cached."""
+        missing = sorted({t for t in texts if t not in self._text_cache})
+        if missing:
+            tok = self.model.tokenizer
+            ids = tok(missing, padding="max_length", max_length=tok.model_max_length,
+                      truncation=True, return_tensors="pt").input_ids.to(self.model.device)
+            emb = self.model.text_encoder(ids)[0].to(self.model.dtype)
+            if len(self._text_cache) > 4096:
+                self._text_cache.clear()
+            self._text_cache.update(zip(missing, emb))
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    def text_conditioning(self, categories: list[str], extras: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(UNet/PG context, CG context) for each row."""
+        prompts = [
+            build_prompts(c, self.model.categories.identifier(c), e) for c, e in zip(categories, extras)
+        ]
+        full = self.encode_text([p.full for p in prompts])
+        split = torch.cat([self.encode_text([p.foreground for p in prompts]),
+                           self.encode_text([p.background for p in prompts])], dim=1)
+        return full, split
+
+    def unconditional(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        empty = self.encode_text([""] * n)
+        return empty, torch.cat([empty, empty], dim=1)
+
+    # --- images ---------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Deterministic VAE latents (the posterior mode) of images in [0,1]."""
+        vae = self.model.vae
+        posterior = vae.encode(images.to(vae.dtype) * 2 - 1).latent_dist
+        return posterior.mode() * vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.model.vae
+        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        return ((images.float() + 1) / 2).clamp(0, 1)
+
+    def _to_tensor(self, images: list[Image.Image]) -> torch.Tensor:
+        r = self.model.config.resolution
+        arr = np.stack([np.asarray(im.convert("RGB").resize((r, r), Image.BICUBIC)) for im in images])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255).to(self.model.device, self.model.dtype)
+
+    def _masks_to_tensor(self, masks: list[np.ndarray]) -> torch.Tensor:
+        r = self.model.config.resolution
+        arr = np.stack([
+            np.asarray(Image.fromarray((m > 0.5).astype(np.uint8) * 255).resize((r, r), Image.NEAREST)) > 127
+            for m in masks
+        ]).astype(np.float32)
+        return torch.from_numpy(arr)[:, None].to(self.model.device, self.model.dtype)
+
+    # --- conditioning ---------------------------------------------------------------
+    def prepare(self, requests: list[GenerationRequest]) -> Conditioning:
+        """PIL requests -> model-resolution tensors -> ``Conditioning``."""
+        for r in requests:
+            if r.mask.shape != (r.image.height, r.image.width):
+                raise MaskSizeError(f"mask is {r.mask.shape[1]}x{r.mask.shape[0]} but image is "
+                                    f"{r.image.width}x{r.image.height}")
+        rows = [i for i, r in enumerate(requests) if r.reference is not None]
+        refs = ref_masks = None
+        if rows:
+            refs = self._to_tensor([requests[i].reference for i in rows])
+            ref_masks = self._masks_to_tensor([
+                requests[i].reference_mask if requests[i].reference_mask is not None
+                else np.zeros((requests[i].reference.height, requests[i].reference.width), np.float32)
+                for i in rows
+            ])
+        return self.conditioning(
+            self._to_tensor([r.image for r in requests]),
+            self._masks_to_tensor([r.mask for r in requests]),
+            [r.category for r in requests],
+            [r.prompt for r in requests],
+            references=refs,
+            reference_masks=ref_masks,
+            reference_rows=rows,
+        )
+
+    def conditioning(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        categories: list[str],
+        extras: list[str | None] | None = None,
+        *,
+        references: torch.Tensor | None = None,
+        reference_masks: torch.Tensor | None = None,
+        reference_rows: list[int] | None = None,
+        drop_prompt: torch.Tensor | None = None,
+        use_cg: bool = True,
+    ) -> Conditioning:
+        """Tensor-level conditioning, shared by inference and training.
+
+        ``images`` (B,3,H,W) in [0,1] and ``masks`` (B,1,H,W) at model resolution. Rows in
+        ``drop_prompt`` get the empty prompt (classifier-free-guidance dropout in training).
+        PG conditions on ``references·(1 − reference_masks)`` for ``reference_rows``.
+        """
+        latent_size = (images.shape[-2] // self.model.vae_scale_factor, images.shape[-1] // self.model.vae_scale_factor)
+        product = images * masks
+        full, split = self.text_conditioning(categories, extras or [None] * len(categories))
+        if drop_prompt is not None and drop_prompt.any():
+            empty_full, empty_split = self.unconditional(int(drop_prompt.sum()))
+            full, split = full.clone(), split.clone()
+            full[drop_prompt], split[drop_prompt] = empty_full, empty_split
+        cond = Conditioning(
+            product_mask=mask_at(masks, latent_size),
+            masked_latents=self.encode_images(product),
+            cg_image=product if use_cg else None,
+            unet_context=full,
+            cg_context=split,
+        )
+        if references is not None and reference_rows and self.model.pg is not None:
+            cond.pg_rows = torch.tensor(list(reference_rows), device=images.device)
+            cond.pg_image = references * (1 - reference_masks)
+            cond.reference_latents = self.encode_images(references)
+        return cond
+
+    def initial_latents(self, requests, cond: Conditioning, scheduler, reference_init: bool) -> torch.Tensor:
+        """Per-row seeded noise (so a row's output does not depend on its batch mates)."""
+        c = self.model.unet.config.out_channels
+        h, w = cond.product_mask.shape[-2:]
+        noise = torch.stack([
+            torch.randn((c, h, w), generator=torch.Generator().manual_seed(int(r.seed)))
+            for r in requests
+        ]).to(self.model.device, self.model.dtype)
+        latents = noise * scheduler.init_noise_sigma
+        if reference_init and cond.pg_rows is not None:
+            rows = cond.pg_rows
+            t0 = scheduler.timesteps[:1]
+            latents[rows] = scheduler.add_noise(cond.reference_latents, noise[rows], t0)
+        return latents
+
+    # --- the loop -------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        requests: list[GenerationRequest],
+        config: InferenceConfig = InferenceConfig(),
+        progress=None,
+    ) -> list[Image.Image]:
+        config.validate()
+        if not requests:
+            return []
+        cond = self.prepare(requests)
+        scheduler = DDIMScheduler.from_config(self.model.scheduler.config)
+        scheduler.set_timesteps(config.num_inference_steps, device=self.model.device)
+        latents = self.initial_latents(requests, cond, scheduler, config.reference_init)
+
+        guided = config.guidance_scale > 1.0
+        step_cond = cond.with_guidance(Conditioning(
+            cond.product_mask, cond.masked_latents, cond.cg_image, *self.unconditional(len(requests))
+        )) if guided else cond
+
+        for i, t in enumerate(scheduler.timesteps):
+            x = torch.cat([latents, latents]) if guided else latents
+            x = scheduler.scale_model_input(x, t)
+            eps = predict_noise(self.model, x, t.expand(len(x)), step_cond)
+            if guided:
+                eps_uncond, eps_cond = eps.chunk(2)
+                eps = eps_uncond + config.guidance_scale * (eps_cond - eps_uncond)
+            latents = scheduler.step(eps, t, latents).prev_sample
+            if progress is not None:
+                progress(i + 1, len(scheduler.timesteps))
+
+        generated = self.decode_latents(latents)
+        return [paste_product(g, r.image, r.mask) for g, r in zip(generated, requests)]
+
+
+def paste_product(generated: torch.Tensor, original: Image.Image, mask: np.ndarray) -> Image.Image:
+    """Resize the generated image to the input's size and put the original product pixels back."""
+    arr = (generated.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    out = np.asarray(Image.fromarray(arr).resize(original.size, Image.BICUBIC)).copy()
+    keep = mask > 0.5
+    out[keep] = np.asarray(original.convert("RGB"))[keep]
+    return Image.fromarray(out)

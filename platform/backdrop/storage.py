@@ -1,0 +1,149 @@
+"""One way to read and write a URI, local path or ``s3://``.
+
+Everything goes through fsspec (s3fs for S3), so a local directory and a bucket behave the
+same to the rest of the library. The S3 endpoint is configurable for S3-compatible servers
+(MinIO, Ceph, moto on loopback in the tests) through ``BACKDROP_S3_ENDPOINT_URL`` or the
+standard ``AWS_ENDPOINT_URL``; credentials come from the usual AWS environment/profile chain.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import fsspec
+
+from .errors import FetchError
+
+ENDPOINT_ENV_VARS = ("BACKDROP_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def s3_endpoint_url() -> str | None:
+    for name in ENDPOINT_ENV_VARS:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in str(uri) and not str(uri).startswith("file://")
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``uri`` and the path inside it."""
+    uri = str(uri)
+    if uri.startswith("s3://"):
+        kwargs = {}
+        endpoint = s3_endpoint_url()
+        if endpoint:
+            kwargs["client_kwargs"] = {"endpoint_url": endpoint}
+        # No listings cache: jobs check for objects that another process just wrote.
+        fs = fsspec.filesystem("s3", use_listings_cache=False, skip_instance_cache=True, **kwargs)
+        return fs, uri[len("s3://"):]
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return fsspec.filesystem("file"), os.path.abspath(uri)
+
+
+def pyarrow_filesystem(uri: str):
+    """A pyarrow filesystem for ``uri`` (for Parquet and Ray Data readers/writers)."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    if str(uri).startswith("s3://"):
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+    return pafs.LocalFileSystem(), path
+
+
+def join(base: str, *parts: str) -> str:
+    base = str(base)
+    if is_remote(base):
+        return posixpath.join(base, *parts)
+    return os.path.join(base, *parts)
+
+
+def read_bytes(uri: str) -> bytes:
+    """Read a whole object; a missing or unreadable one raises ``FetchError``."""
+    fs, path = filesystem(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except (FileNotFoundError, IsADirectoryError, PermissionError, OSError) as e:
+        raise FetchError(f"cannot read {uri}: {type(e).__name__}: {e}") from None
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` so that no reader ever sees a partial object.
+
+    Local files are written to a temporary name beside the target and renamed (atomic on
+    POSIX); an S3 PUT is atomic by itself.
+    """
+    fs, path = filesystem(uri)
+    if is_remote(str(uri)):
+        fs.pipe_file(path, data)
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        # A failed write (disk full, interrupted) must not leave the partial temp file behind.
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def makedirs(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if not is_remote(str(uri)):
+        fs.makedirs(path, exist_ok=True)
+
+
+def upload_dir(local_dir: str | Path, uri: str) -> None:
+    """Copy a local directory tree to ``uri`` (a local path or an ``s3://`` prefix)."""
+    local_dir = str(local_dir)
+    if not is_remote(uri):
+        dest = filesystem(uri)[1]
+        if os.path.abspath(local_dir) != dest:
+            shutil.copytree(local_dir, dest, dirs_exist_ok=True)
+        return
+    for root, _, files in os.walk(local_dir):
+        for name in files:
+            src = os.path.join(root, name)
+            rel = os.path.relpath(src, local_dir).replace(os.sep, "/")
+            with open(src, "rb") as f:
+                write_bytes(join(uri, rel), f.read())
+
+
+def download_dir(uri: str, local_dir: str | Path) -> None:
+    """Copy everything under ``uri`` into ``local_dir``."""
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        raise FetchError(f"nothing at {uri}")
+    fs.get(path.rstrip("/") + "/", str(local_dir), recursive=True)
+
+
+@contextmanager
+def local_copy(uri: str) -> Iterator[str]:
+    """A local directory with the contents of ``uri``: itself when local, a temp copy for S3."""
+    if not is_remote(uri):
+        yield filesystem(uri)[1]
+        return
+    with tempfile.TemporaryDirectory(prefix="backdrop-") as tmp:
+        download_dir(uri, tmp)
+        yield tmp

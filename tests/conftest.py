@@ -1,0 +1,162 @@
+"""Shared fixtures.
+
+``s3_server`` runs a real S3-compatible server (moto in server mode, a separate process) on
+loopback for the whole session and points every AWS client at it through ``os.environ``, so
+code under test, and Ray workers started later (they inherit the environment), reach it over
+real HTTP. No in-process mocking.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Never reach a model hub from the tests (set before anything imports huggingface_hub).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+S3_STARTUP_TIMEOUT_S = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _moto_command(port: int) -> list[str]:
+    script = Path(sys.executable).parent / "moto_server"
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "moto.server"]
+    return base + ["-H", "127.0.0.1", "-p", str(port)]
+
+
+def _answers_http(url: str) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    try:
+        with opener.open(url, timeout=2) as r:
+            return r.status < 500
+    except urllib.error.HTTPError as e:  # an HTTP answer, even an error, means it is up
+        return e.code < 500
+    except OSError:
+        return False
+
+
+def _start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
+    """Start moto on a free port and wait until it answers; retries if the port was taken."""
+    last_error = ""
+    for _ in range(3):
+        port = _free_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        log = open(log_path, "ab")
+        proc = subprocess.Popen(
+            _moto_command(port), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        deadline = time.monotonic() + S3_STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                last_error = f"moto_server exited with status {proc.returncode}"
+                break
+            if _answers_http(endpoint + "/"):
+                return proc, endpoint
+            time.sleep(0.1)
+        else:
+            last_error = f"moto_server did not answer within {S3_STARTUP_TIMEOUT_S:.0f} s"
+            _stop(proc)
+    log_tail = log_path.read_text(errors="replace")[-3000:]
+    raise RuntimeError(f"cannot start the S3 test server: {last_error}\n{log_tail}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """The endpoint URL of a moto S3 server running on loopback for the session.
+
+    While it runs, os.environ holds test credentials, the region and the endpoint
+    (``BACKDROP_S3_ENDPOINT_URL``, ``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``); the previous
+    values come back at teardown.
+    """
+    log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    proc, endpoint = _start_moto(log_path)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            mp.setenv("BACKDROP_S3_ENDPOINT_URL", endpoint)
+            mp.setenv("AWS_ENDPOINT_URL", endpoint)
+            mp.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+            # Nothing else may redirect or re-authenticate the clients.
+            for name in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE"):
+                mp.delenv(name, raising=False)
+            for name in ("NO_PROXY", "no_proxy"):  # loopback never goes through a proxy
+                current = os.environ.get(name, "")
+                mp.setenv(name, ",".join(p for p in (current, "127.0.0.1", "localhost") if p))
+            yield endpoint
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty, uniquely named bucket on the test server, as ``s3://<bucket>``."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    bucket = f"backdrop-test-{uuid.uuid4().hex[:16]}"
+    client.create_bucket(Bucket=bucket)
+    yield f"s3://{bucket}"
+    try:  # keep the server's memory small over a long session
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+        client.delete_bucket(Bucket=bucket)
+    except Exception:
+        pass
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """An untrained tiny-preset generator whose CG/PG outputs are made non-zero.
+
+    ControlNets start with zero convolutions (no effect at all); nudging every weight makes
+    both generators act, so tests can see their contributions and where they land.
+    """
+    import torch
+
+    from backdrop.models.generator import BackdropModel
+
+    torch.manual_seed(0)
+    model = BackdropModel.tiny(["mug", "lamp", "watch"])
+    with torch.no_grad():
+        for net in (model.cg, model.pg):
+            for p in net.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+    return model
