@@ -1,0 +1,238 @@
+"""MLflow tracking and the model registry: where every job gets its generator from.
+
+A model reference is one of ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a path
+(local or ``s3://``) to a saved generator. ``resolve`` turns any of them into a loadable
+location plus the (name, version) that the manifest records as lineage.
+
+Default store (one machine, nothing to run): SQLite + local artifacts under
+``$BACKDROP_HOME/mlflow`` (``~/.backdrop`` by default), an absolute location so that jobs
+launched from other working directories (``ray job submit --working-dir``) find the same
+registry. ``MLFLOW_TRACKING_URI`` points everything at a real MLflow server instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from . import storage
+from .errors import BackdropError
+
+log = logging.getLogger(__name__)
+
+GENERATOR_ARTIFACT = "generator"
+DEFAULT_EXPERIMENT = "backdrop"
+CHAMPION = "champion"
+
+
+class RegistryError(BackdropError):
+    """A model reference that cannot be resolved, or a refused promotion."""
+
+
+def backdrop_home() -> str:
+    return os.path.abspath(os.path.expanduser(os.environ.get("BACKDROP_HOME", "~/.backdrop")))
+
+
+def tracking_uri() -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = os.path.join(backdrop_home(), "mlflow")
+    os.makedirs(root, exist_ok=True)
+    return f"sqlite:///{os.path.join(root, 'mlflow.db')}"
+
+
+def configure() -> str:
+    """Point the mlflow client at the configured store (idempotent); returns the URI."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
+    """The experiment id; created with an absolute artifact root for the embedded store."""
+    configure()
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        location = "file://" + os.path.join(backdrop_home(), "mlflow", "artifacts")
+    elif os.environ.get("BACKDROP_MLFLOW_ARTIFACT_ROOT"):
+        location = os.environ["BACKDROP_MLFLOW_ARTIFACT_ROOT"]
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+class GeneratorPyfunc(mlflow.pyfunc.PythonModel):
+    """The generator as an MLflow model: rows of (image_uri, mask_uri, category, ...) -> PNGs.
+
+    Jobs and Serve load the generator directory itself (``resolve``); this wrapper makes the
+    registered version usable from any MLflow tool as well.
+    """
+
+    def load_context(self, context):
+        from .models.generator import BackdropModel
+        from .pipeline import BackdropPipeline
+
+        self.pipe = BackdropPipeline(BackdropModel.from_pretrained(context.artifacts[GENERATOR_ARTIFACT]))
+
+    def predict(self, context, model_input, params=None):
+        import base64
+
+        from .generation import load_request
+        from .imaging import encode_image
+        from .pipeline import InferenceConfig
+
+        params = params or {}
+        config = InferenceConfig(int(params.get("steps", 50)), float(params.get("guidance", 2.0)))
+        rows = model_input.to_dict("records")
+        images = self.pipe([load_request(r, int(r.get("seed", 0) or 0)) for r in rows], config)
+        return [base64.b64encode(encode_image(im)).decode() for im in images]
+
+
+def log_generator(model, *, registered_model_name: str | None = None, tags: dict | None = None):
+    """Log the generator in the active run as an MLflow model; optionally register a version.
+
+    Returns the new ``ModelVersion`` (or None when not registering).
+    """
+    with tempfile.TemporaryDirectory(prefix="backdrop-log-") as tmp:
+        path = os.path.join(tmp, GENERATOR_ARTIFACT)
+        model.save_pretrained(path)
+        info = mlflow.pyfunc.log_model(
+            name=GENERATOR_ARTIFACT,
+            python_model=GeneratorPyfunc(),
+            artifacts={GENERATOR_ARTIFACT: path},
+            pip_requirements=["backdrop"],
+        )
+    if not registered_model_name:
+        return None
+    version = mlflow.register_model(info.model_uri, registered_model_name, tags=tags or {})
+    log.info("registered %s version %s", registered_model_name, version.version)
+    return version
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    reference: str  # what was asked for
+    name: str
+    version: str
+    path: str  # a saved-generator directory (local) or s3:// prefix
+
+    def load(self, **kwargs):
+        from .models.generator import BackdropModel
+
+        return BackdropModel.from_pretrained(self.path, **kwargs)
+
+
+def parse_reference(ref: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@ALIAS`` -> (NAME, None, ALIAS); ``models:/NAME/3`` -> (NAME, '3', None)."""
+    body = ref[len("models:/"):]
+    if "@" in body:
+        name, alias = body.rsplit("@", 1)
+        return name, None, alias
+    if "/" in body:
+        name, version = body.rsplit("/", 1)
+        return name, version, None
+    raise RegistryError(f"{ref!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+
+
+def resolve(ref: str) -> ResolvedModel:
+    """Resolve a model reference to a loadable generator location and its lineage."""
+    if not ref.startswith("models:/"):
+        if not storage.exists(storage.join(ref, "backdrop.json")) and not storage.exists(storage.join(ref, "unet")):
+            raise RegistryError(f"no saved generator at {ref}")
+        return ResolvedModel(ref, name=ref, version=path_fingerprint(ref), path=ref)
+    configure()
+    name, version, alias = parse_reference(ref)
+    client = MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException as e:
+        raise RegistryError(f"cannot resolve {ref}: {e.message}") from None
+    return ResolvedModel(ref, name=name, version=str(mv.version), path=download_version(name, str(mv.version)))
+
+
+def download_version(name: str, version: str) -> str:
+    """Local copy of a registered version's generator, cached per (store, name, version)."""
+    store = hashlib.sha256(tracking_uri().encode()).hexdigest()[:10]
+    dest = os.path.join(backdrop_home(), "model-cache", store, name, version)
+    generator = os.path.join(dest, "artifacts", GENERATOR_ARTIFACT)
+    if os.path.exists(os.path.join(generator, "backdrop.json")):
+        return generator
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
+    mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
+    try:
+        os.rename(tmp, dest)  # atomic; concurrent downloaders race harmlessly
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return generator
+
+
+def path_fingerprint(uri: str) -> str:
+    """A version string for an unregistered path: a hash of its config and file sizes."""
+    fs, path = storage.filesystem(uri)
+    h = hashlib.sha256()
+    for f in sorted(fs.find(path, detail=True).items()):
+        h.update(f"{os.path.relpath(f[0], path)}:{f[1].get('size')}".encode())
+    try:
+        h.update(storage.read_bytes(storage.join(uri, "backdrop.json")))
+    except BackdropError:
+        pass
+    return "path-" + h.hexdigest()[:12]
+
+
+def version_metrics(name: str, version: str) -> dict[str, float]:
+    """Evaluation metrics recorded on a version as ``eval.<metric>`` tags."""
+    mv = MlflowClient().get_model_version(name, version)
+    return {k[len("eval."):]: float(v) for k, v in (mv.tags or {}).items() if k.startswith("eval.")}
+
+
+def record_metrics(name: str, version: str, metrics: dict[str, float]) -> None:
+    client = MlflowClient()
+    for k, v in metrics.items():
+        client.set_model_version_tag(name, version, f"eval.{k}", str(float(v)))
+
+
+def promote(name: str, version: str, *, alias: str = CHAMPION, metric: str = "category_consistency",
+            force: bool = False, tolerance: float = 0.0) -> dict:
+    """Point ``alias`` at ``version`` if its held-out ``metric`` is not worse than the current holder's.
+
+    Returns a small report; raises ``RegistryError`` when the gate refuses (unless ``force``).
+    """
+    configure()
+    client = MlflowClient()
+    new = version_metrics(name, version).get(metric)
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        current = None
+    old = version_metrics(name, current.version).get(metric) if current else None
+    report = {"name": name, "alias": alias, "version": str(version), "metric": metric, "new": new,
+              "previous_version": current.version if current else None, "previous": old, "forced": force}
+    if not force:
+        if new is None:
+            raise RegistryError(f"{name} v{version} has no '{metric}' evaluation; run jobs/evaluate.py or --force")
+        if old is not None and new < old - tolerance:
+            raise RegistryError(
+                f"refusing to move {alias}: {name} v{version} {metric}={new:.4f} is worse than "
+                f"v{current.version}'s {old:.4f} (use --force to override)")
+    client.set_registered_model_alias(name, alias, str(version))
+    log.info("%s@%s -> v%s (%s: %s, previously %s)", name, alias, version, metric, new, old)
+    return report
+
+
+def log_dict_artifact(data: dict, name: str) -> None:
+    mlflow.log_text(json.dumps(data, indent=2, sort_keys=True, default=str), name)
