@@ -79,3 +79,9 @@ def build_prompts(category: str, identifier: str, extra: str | None = None) -> P
     if extra and extra.strip():
         bg = f"{bg}, {extra.strip()}"
     return Prompts(full=f"{fg}, {bg}", foreground=fg, background=bg)
+
+
+def plain_prompt(category: str, extra: str | None = None) -> str:
+    """The plain-ControlNet baseline's prompt: ``"A photo of {category}"`` (+ free text)."""
+    fg = f"A photo of {normalize(category)}"
+    return f"{fg}, {extra.strip()}" if extra and extra.strip() else fg

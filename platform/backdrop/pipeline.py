@@ -15,7 +15,7 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
-from .categories import build_prompts
+from .categories import build_prompts, plain_prompt
 from .errors import InvalidParameterError, MaskSizeError
 from .models.attention import mask_at
 from .models.controlnets import mask_residuals
@@ -100,7 +100,7 @@ def predict_noise(
         timesteps,
         encoder_hidden_states=cond.cg_context,
         controlnet_cond=cond.cg_image,
-        cross_attention_kwargs={"product_mask": cond.product_mask},
+        cross_attention_kwargs={"product_mask": cond.product_mask} if model.mask_guided else None,
         return_dict=False,
     )
     if cond.pg_rows is not None and len(cond.pg_rows) and model.pg is not None:
@@ -148,6 +148,11 @@ class BackdropPipeline:
 
     def text_conditioning(self, categories: list[str], extras: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """(UNet/PG context, CG context) for each row."""
+        if not self.model.mask_guided:  # the plain-ControlNet baseline: "A photo of {category}"
+            for c in categories:
+                self.model.categories.id_of(c)
+            full = self.encode_text([plain_prompt(c, e) for c, e in zip(categories, extras)])
+            return full, full
         prompts = [
             build_prompts(c, self.model.categories.identifier(c), e) for c, e in zip(categories, extras)
         ]
@@ -158,7 +163,7 @@ class BackdropPipeline:
 
     def unconditional(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         empty = self.encode_text([""] * n)
-        return empty, torch.cat([empty, empty], dim=1)
+        return empty, (torch.cat([empty, empty], dim=1) if self.model.mask_guided else empty)
 
     # --- images ---------------------------------------------------------------------
     @torch.no_grad()

@@ -30,6 +30,9 @@ CONFIG_NAME = "backdrop.json"
 class ModelConfig:
     resolution: int
     preset: str = "tiny"
+    # "mask-guided" is the paper's CG; "plain" is the ControlNet baseline it is compared with
+    # (ordinary attention, prompt "A photo of {category}", no identifier).
+    cg_variant: str = "mask-guided"
     extra: dict = field(default_factory=dict)  # free-form provenance (training stages, data hash)
 
 
@@ -66,7 +69,8 @@ class BackdropModel:
         unet = components["unet"]
         return cls(
             **components,
-            cg=make_category_generator(unet, factor),
+            cg=(make_category_generator if config.cg_variant == "mask-guided" else make_personality_generator)(
+                unet, factor),
             pg=make_personality_generator(unet, factor) if with_pg else None,
             categories=categories,
             config=config,
@@ -74,25 +78,43 @@ class BackdropModel:
 
     @classmethod
     def tiny(
-        cls, categories: CategoryMap | list[str] = (), preset: TinyPreset = TinyPreset(), seed: int = 0
+        cls, categories: CategoryMap | list[str] = (), preset: TinyPreset = TinyPreset(), seed: int = 0,
+        cg_variant: str = "mask-guided",
     ) -> "BackdropModel":
         if not isinstance(categories, CategoryMap):
             categories = CategoryMap().extend(categories)
-        config = ModelConfig(resolution=preset.resolution, preset="tiny", extra={"tiny": asdict(preset)})
+        config = ModelConfig(resolution=preset.resolution, preset="tiny", cg_variant=cg_variant,
+                             extra={"tiny": asdict(preset)})
         return cls.from_components(build_tiny_base(preset, seed), categories, config)
 
+    def with_fresh_generators(self, cg_variant: str | None = None) -> "BackdropModel":
+        """The same base with new CG/PG made from its UNet (e.g. to train a baseline variant)."""
+        from copy import deepcopy
+
+        config = deepcopy(self.config)
+        config.cg_variant = cg_variant or config.cg_variant
+        components = {"vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer,
+                      "unet": self.unet, "scheduler": self.scheduler}
+        return BackdropModel.from_components(components, deepcopy(self.categories), config,
+                                             with_pg=self.pg is not None)
+
     # --- properties ---------------------------------------------------------------------
+    @property
+    def mask_guided(self) -> bool:
+        return self.config.cg_variant == "mask-guided"
+
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        # the text encoder is never trained, so never wrapped (DDP) while another net trains
+        return self.text_encoder.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return self.text_encoder.dtype
 
     def networks(self) -> dict[str, torch.nn.Module]:
         nets = {"vae": self.vae, "text_encoder": self.text_encoder, "unet": self.unet, "cg": self.cg}
@@ -174,7 +196,8 @@ class BackdropModel:
             categories = categories or CategoryMap()
         if os.path.isdir(sub("cg")):
             cg = ControlNetModel.from_pretrained(sub("cg"))
-            install_mask_guided_attention(cg)
+            if config.cg_variant == "mask-guided":
+                install_mask_guided_attention(cg)
             pg = ControlNetModel.from_pretrained(sub("pg")) if os.path.isdir(sub("pg")) else None
             model = cls(**components, cg=cg, pg=pg, categories=categories, config=config)
         else:

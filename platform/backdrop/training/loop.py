@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -19,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import Perturbation
-from .models.attention import mask_at
-from .models.generator import BackdropModel
-from .pipeline import BackdropPipeline, Conditioning, predict_noise
+from ..augment import Perturbation
+from ..models.attention import mask_at
+from ..models.generator import BackdropModel
+from ..pipeline import BackdropPipeline, Conditioning, predict_noise
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,11 @@ class StageConfig:
             self.learning_rate = DEFAULT_LR[self.stage]
 
 
+STAGE_ATTRIBUTE = {"vae": "vae", "base": "unet", "cg": "cg", "pg": "pg"}
+
+
 def trainable_network(model: BackdropModel, stage: str) -> torch.nn.Module:
-    net = {"vae": model.vae, "base": model.unet, "cg": model.cg, "pg": model.pg}[stage]
+    net = getattr(model, STAGE_ATTRIBUTE[stage])
     if net is None:
         raise ValueError(f"the model has no network for stage {stage!r}")
     return net
@@ -84,13 +88,19 @@ def random_keep_masks(n: int, size: int, generator: torch.Generator) -> torch.Te
 class StageTrainer:
     """Owns the optimizer of one stage and turns a batch into a loss."""
 
-    def __init__(self, model: BackdropModel, cfg: StageConfig, network: torch.nn.Module | None = None):
+    def __init__(self, model: BackdropModel, cfg: StageConfig,
+                 wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
+        """``wrap`` (e.g. Ray Train's ``prepare_model``) may return a DDP wrapper: it then
+        stands in for the network on the model until ``finish()``, so every forward pass goes
+        through it and gradients are all-reduced."""
         self.model, self.cfg = model, cfg
         self.pipe = BackdropPipeline(model)
-        self.network = network or trainable_network(model, cfg.stage)  # may be DDP-wrapped
+        self.unwrapped = trainable_network(model, cfg.stage)
         for net in model.networks().values():
             net.requires_grad_(False).eval()
-        self.network.requires_grad_(True).train()
+        self.unwrapped.requires_grad_(True)
+        self.network = wrap(self.unwrapped) if wrap else self.unwrapped
+        self.activate()
         self.optimizer = torch.optim.AdamW(
             [p for p in self.network.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0
         )
@@ -105,14 +115,14 @@ class StageTrainer:
         return self._diffusion_loss(batch)
 
     def _vae_loss(self, batch):
+        # Through forward() (not encode/decode) so a DDP wrapper sees the pass. The KL term of
+        # SD's VAE recipe is dropped: at its usual 1e-6 weight it does not matter, and the
+        # latent scale is calibrated after the stage anyway.
         x = batch["images"].to(self.model.device) * 2 - 1
-        posterior = self.network.encode(x).latent_dist
-        z = posterior.sample(generator=None)
-        rec = self.network.decode(z).sample
+        rec = self.network(x, sample_posterior=True).sample
         mse = F.mse_loss(rec, x)
-        kl = posterior.kl().mean()
         psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-10))  # images span [-1, 1]
-        return mse + 0.1 * F.l1_loss(rec, x) + 1e-6 * kl, {"mse": mse.item(), "psnr": psnr}
+        return mse + 0.1 * F.l1_loss(rec, x), {"mse": mse.item(), "psnr": psnr}
 
     def _conditioning(self, batch) -> Conditioning:
         images = batch["images"].to(self.model.device)
@@ -162,10 +172,31 @@ class StageTrainer:
                 loss, extra = self.loss(batch)
             (loss / len(micro_batches)).backward()
             total += loss.item() / len(micro_batches)
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.unwrapped.parameters(), 1.0)
         self.optimizer.step()
         self.step_count += 1
         return {"loss": total, **extra}
+
+    @contextmanager
+    def unwrapped_model(self):
+        """Temporarily put the bare network back (to save or sample while training)."""
+        attr = STAGE_ATTRIBUTE[self.cfg.stage]
+        setattr(self.model, attr, self.unwrapped)
+        try:
+            yield self.model
+        finally:
+            setattr(self.model, attr, self.network)
+
+    def activate(self) -> None:
+        """(Re)enter training: the trained network (or its wrapper) on the model, train mode."""
+        self.unwrapped.requires_grad_(True).train()
+        setattr(self.model, STAGE_ATTRIBUTE[self.cfg.stage], self.network)
+
+    def finish(self) -> None:
+        """Put the bare network back on the model and freeze everything again."""
+        setattr(self.model, STAGE_ATTRIBUTE[self.cfg.stage], self.unwrapped)
+        for net in self.model.networks().values():
+            net.requires_grad_(False).eval()
 
 
 @dataclass
@@ -187,15 +218,29 @@ def train_stage(
     cfg: StageConfig,
     on_log: Callable[[dict], None] | None = None,
     trainer: StageTrainer | None = None,
+    *,
+    elapsed_before: float = 0.0,
+    should_stop: Callable[[bool], bool] | None = None,
+    after_step: Callable[[StageTrainer, float], None] | None = None,
 ) -> StageResult:
-    """Run one stage until ``max_steps`` or ``max_minutes``, whichever comes first."""
+    """Run one stage until ``max_steps`` or ``max_minutes``, whichever comes first.
+
+    Distributed callers pass ``should_stop`` (combines every worker's local decision so all
+    stop at the same step: DDP and ``ray.train.report`` need that), ``after_step`` (periodic
+    checkpoints) and ``elapsed_before`` (time already spent in this stage before a resume).
+    """
     trainer = trainer or StageTrainer(model, cfg)
+    trainer.activate()
     it = iter(batches)
-    start = time.perf_counter()
+    start = time.perf_counter() - elapsed_before
     result = StageResult(cfg.stage, 0, 0.0, 0)
-    window_start, window_samples = start, 0
-    while trainer.step_count < cfg.max_steps:
-        if cfg.max_minutes is not None and time.perf_counter() - start > cfg.max_minutes * 60:
+    window_start, window_samples = time.perf_counter(), 0
+    while True:
+        out_of_time = cfg.max_minutes is not None and time.perf_counter() - start > cfg.max_minutes * 60
+        stop = trainer.step_count >= cfg.max_steps or out_of_time
+        if should_stop is not None:
+            stop = should_stop(stop)
+        if stop:
             break
         micro = [next(it) for _ in range(cfg.grad_accum)]
         metrics = trainer.step(micro)
@@ -213,9 +258,10 @@ def train_stage(
             log.info("%(stage)s step %(step)d loss %(loss).4f (%(samples_per_s).1f samples/s)", metrics)
             if on_log:
                 on_log(metrics)
+        if after_step is not None:
+            after_step(trainer, time.perf_counter() - start)
     result.steps, result.seconds = trainer.step_count, time.perf_counter() - start
-    for net in model.networks().values():
-        net.requires_grad_(False).eval()
+    trainer.finish()
     if cfg.stage == "vae":
         calibrate_latent_scale(model, next(it)["images"])
     return result
@@ -226,7 +272,11 @@ def calibrate_latent_scale(model: BackdropModel, images: torch.Tensor) -> float:
     """Set the VAE's ``scaling_factor`` so latents have unit variance, as SD's 0.18215 does."""
     vae = model.vae
     latents = vae.encode(images.to(model.device) * 2 - 1).latent_dist.mode()
-    factor = float(1.0 / latents.float().std().clamp_min(1e-6))
+    std = latents.float().std().clamp_min(1e-6)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(std)  # every rank must agree on the latent scale
+        std = std / torch.distributed.get_world_size()
+    factor = float(1.0 / std)
     vae.register_to_config(scaling_factor=factor)
     return factor
 
@@ -274,8 +324,8 @@ def train_generator(
     appended); without it a fresh tiny preset is built, which needs the ``vae`` and ``base``
     stages before ``cg`` makes sense.
     """
-    from .data.catalog import load_training_arrays
-    from .models.presets import TinyPreset
+    from ..data.catalog import load_training_arrays
+    from ..models.presets import TinyPreset
 
     minutes = dict(DEFAULT_MINUTES if minutes is None else minutes)
     steps = steps or {}

@@ -1,0 +1,35 @@
+# backdrop: the two commands in the README are `make demo` and `make test`.
+# Both start by installing everything into .venv (idempotent, a few seconds when up to date).
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install system-deps demo test test-fast clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# CPU install path: torch pinned to the CPU wheel (an unpinned torch pulls a multi-GB CUDA
+# build). For a GPU machine, install your CUDA torch build first; `pip` keeps it.
+install: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+
+# Headless Chromium for the try-it page test (Debian packages; CI starts on a fresh machine).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+demo: install
+	$(BIN)/backdrop demo --workdir runs/demo
+
+test: install system-deps
+	$(BIN)/python -m pytest -v --timeout=900 tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf runs .pytest_cache

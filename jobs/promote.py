@@ -1,0 +1,42 @@
+"""Move a registry alias (default ``champion``) to a version, behind an evaluation gate.
+
+    python jobs/promote.py --name backdrop --version 4            # refused if worse than champion
+    python jobs/promote.py --name backdrop --version 4 --force    # explicit override
+
+The gate compares the ``eval.<metric>`` tags that jobs/evaluate.py records on each version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _bootstrap  # noqa: E402,F401
+
+from backdrop import registry  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", default="backdrop")
+    p.add_argument("--version", required=True)
+    p.add_argument("--alias", default=registry.CHAMPION)
+    p.add_argument("--metric", default="category_consistency")
+    p.add_argument("--tolerance", type=float, default=0.0)
+    p.add_argument("--force", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        report = registry.promote(a.name, a.version, alias=a.alias, metric=a.metric, force=a.force,
+                                  tolerance=a.tolerance)
+    except registry.RegistryError as e:
+        print(f"promotion refused: {e}", file=sys.stderr)
+        return 3
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Ray Train wrapper around the stage loop: many workers, many nodes, checkpoints, resume.
+
+The driver streams the training catalog through Ray Data (decode + resize + flip on CPU
+tasks; each worker reads its own shard with ``get_dataset_shard``, nothing loads the whole
+catalog), runs ``TorchTrainer`` with DDP, and afterwards logs the final generator to MLflow
+and registers it. Rank 0 logs per-step metrics and sample grids to the same MLflow run.
+
+A checkpoint is the saved generator (diffusers format) plus ``train_state.json`` and the
+optimizer state; after a lost worker (``FailureConfig``) or a rerun with the same
+``storage_path`` and ``name``, training continues from the last one at the same stage, step
+and stage clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .. import registry, storage
+from ..data.catalog import load_row, resize_pair
+from ..errors import InvalidInputError
+from ..gallery import contact_sheet, masked_product
+from ..models.generator import BackdropModel
+from ..models.presets import TinyPreset
+from ..pipeline import BackdropPipeline, GenerationRequest, InferenceConfig
+from .loop import StageConfig, StageTrainer, train_stage
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "train_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+GENERATOR_DIR = "generator"
+
+
+@dataclass
+class DistributedTrainConfig:
+    catalog: str
+    storage_path: str  # checkpoints: local dir or s3://
+    name: str = "backdrop-train"
+    stages: tuple[str, ...] = ("vae", "base", "cg", "pg")
+    minutes: dict = field(default_factory=dict)  # stage -> wall-clock budget
+    steps: dict = field(default_factory=dict)  # stage -> step budget
+    init: str | None = None  # starting generator: path or models:/ reference; None = fresh tiny
+    resolution: int = 64
+    batch_size: int = 32  # per worker
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # bf16 / fp16 on GPU
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    placement_strategy: str = "PACK"  # "SPREAD"/"STRICT_SPREAD" put workers on different nodes
+    max_failures: int = 2
+    checkpoint_every: int = 100
+    log_every: int = 25
+    log_images_every: int = 200
+    seed: int = 0
+    experiment: str = registry.DEFAULT_EXPERIMENT
+    registered_model_name: str | None = "backdrop"
+    # filled in by the driver for the workers
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        # Workers run in other directories (and on other nodes): make local paths absolute.
+        def absolute(p):
+            return p if p is None or storage.is_remote(p) or p.startswith("models:/") else os.path.abspath(p)
+
+        self.catalog, self.storage_path, self.init = map(absolute, (self.catalog, self.storage_path, self.init))
+        self.stages = tuple(self.stages)
+
+    def stage_config(self, index: int, rank: int) -> StageConfig:
+        stage = self.stages[index]
+        return StageConfig(stage, max_steps=int(self.steps.get(stage, 100_000)),
+                           max_minutes=self.minutes.get(stage), batch_size=self.batch_size,
+                           grad_accum=self.grad_accum, mixed_precision=self.mixed_precision,
+                           seed=self.seed + 101 * index + 7919 * rank, log_every=self.log_every)
+
+
+# --- data ------------------------------------------------------------------------------
+
+class DecodeBatch:
+    """Ray Data UDF: URIs -> uint8 image/mask arrays at training resolution (+ random flip).
+
+    Bad rows are dropped here with a warning: a training set tolerates a few, and the backfill
+    (not training) is where every row must be accounted for.
+    """
+
+    def __init__(self, resolution: int, flip: bool = True, seed: int = 0):
+        self.resolution, self.flip = resolution, flip
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, batch: dict) -> dict:
+        images, masks, cats = [], [], []
+        for uri, mask_uri, cat in zip(batch["image_uri"], batch["mask_uri"], batch["category"]):
+            try:
+                img, m = load_row(str(uri), str(mask_uri) if mask_uri else None)
+            except InvalidInputError as e:
+                log.warning("skipping training row %s: %s", uri, e)
+                continue
+            i, mm = resize_pair(img, m, self.resolution)
+            if self.flip and self.rng.random() < 0.5:
+                i, mm = i[..., ::-1], mm[..., ::-1]
+            images.append(np.ascontiguousarray(i)), masks.append(np.ascontiguousarray(mm)), cats.append(str(cat))
+        r = self.resolution
+        return {
+            "image": np.stack(images) if images else np.zeros((0, 3, r, r), np.uint8),
+            "mask": np.stack(masks) if masks else np.zeros((0, 1, r, r), np.uint8),
+            "category": np.array(cats, dtype=object),
+        }
+
+
+def training_dataset(catalog: str, resolution: int, cpus_per_task: float = 0.5):
+    import ray.data
+
+    fs, path = storage.pyarrow_filesystem(catalog)
+    ds = ray.data.read_parquet(path, filesystem=fs, columns=["category", "image_uri", "mask_uri"])
+    return ds.map_batches(DecodeBatch, fn_constructor_args=(resolution,), batch_size=64,
+                          num_cpus=cpus_per_task, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2))
+
+
+def shard_batches(shard, batch_size: int):
+    """Endless epochs over this worker's shard, as the stage loop's batch dicts."""
+    while True:
+        for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
+                                    local_shuffle_buffer_size=4 * batch_size):
+            yield {"images": torch.from_numpy(b["image"]).float().div(255),
+                   "masks": torch.from_numpy(b["mask"]).float(),
+                   "categories": [str(c) for c in b["category"]]}
+
+
+# --- worker ----------------------------------------------------------------------------
+
+def _agree(local_stop: bool) -> bool:
+    """Stop only together: every rank must take the same number of steps and reports."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return local_stop
+    flag = torch.tensor([1.0 if local_stop else 0.0])
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def _initial_model(cfg: DistributedTrainConfig, categories: list[str]) -> BackdropModel:
+    if cfg.init:
+        model = registry.resolve(cfg.init).load()
+        model.categories.extend(categories)
+        return model
+    return BackdropModel.tiny(categories, TinyPreset(resolution=cfg.resolution), seed=cfg.seed)
+
+
+def _catalog_categories(catalog: str) -> list[str]:
+    from ..data.catalog import read_catalog
+
+    return sorted(set(read_catalog(catalog, columns=["category"]).column("category").to_pylist()))
+
+
+def _report(metrics: dict, model: BackdropModel, state: dict, rank: int, optimizer=None) -> None:
+    """Every rank reports (it is a barrier); rank 0 attaches the checkpoint.
+
+    ``model`` must hold bare (not DDP-wrapped) networks while this runs.
+    """
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="backdrop-ckpt-") as tmp:
+        model.save_pretrained(os.path.join(tmp, GENERATOR_DIR))
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), os.path.join(tmp, OPTIMIZER_FILE))
+        with open(os.path.join(tmp, STATE_FILE), "w") as f:
+            json.dump(state, f)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _sample_grid(model: BackdropModel, batch: dict, stage: str, n: int = 4):
+    """product | (reference) | output, for the first rows of a training batch."""
+    pipe = BackdropPipeline(model)
+    imgs = (batch["images"][:n].permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+    masks = batch["masks"][:n, 0].numpy()
+    from PIL import Image
+
+    rows = []
+    for i in range(len(imgs)):
+        im = Image.fromarray(imgs[i])
+        ref = Image.fromarray(imgs[(i + 1) % len(imgs)]) if stage == "pg" else None
+        req = GenerationRequest(im, masks[i], batch["categories"][i], reference=ref, seed=i)
+        out = pipe([req], InferenceConfig(num_inference_steps=10))[0]
+        rows.append([masked_product(im, masks[i]), ref, out, im])
+    return contact_sheet(rows, cell=96, row_labels=batch["categories"][:n],
+                         column_labels=["product", "reference", "output", "original"])
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import mlflow
+    import ray.train
+    import ray.train.torch
+
+    cfg = DistributedTrainConfig(**config)
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    state = {"stage_index": 0, "step": 0, "elapsed": 0.0, "resumes": 0}
+    checkpoint = ray.train.get_checkpoint()
+    optimizer_state = None
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            with open(os.path.join(d, STATE_FILE)) as f:
+                state = json.load(f)
+            state["resumes"] += 1
+            model = BackdropModel.from_pretrained(os.path.join(d, GENERATOR_DIR))
+            if os.path.exists(os.path.join(d, OPTIMIZER_FILE)):
+                optimizer_state = torch.load(os.path.join(d, OPTIMIZER_FILE), map_location="cpu")
+        log.info("rank %d resuming at stage %s step %d", rank, cfg.stages[min(state["stage_index"], len(cfg.stages) - 1)], state["step"])
+    else:
+        model = _initial_model(cfg, _catalog_categories(cfg.catalog))
+    model.to(device)
+
+    if rank == 0 and cfg.mlflow_run_id:
+        mlflow.set_tracking_uri(cfg.tracking_uri)
+        mlflow.start_run(run_id=cfg.mlflow_run_id)
+    shard = ray.train.get_dataset_shard("train")
+
+    for index in range(state["stage_index"], len(cfg.stages)):
+        scfg = cfg.stage_config(index, rank)
+        trainer = StageTrainer(model, scfg, wrap=ray.train.torch.prepare_model)
+        resuming = index == state["stage_index"] and state["step"] > 0
+        if resuming:
+            trainer.step_count = state["step"]
+            if optimizer_state is not None:
+                trainer.optimizer.load_state_dict(optimizer_state)
+        batches = shard_batches(shard, cfg.batch_size)
+        last_batch: dict = {}
+
+        def on_log(metrics: dict, stage=scfg.stage) -> None:
+            if rank == 0 and cfg.mlflow_run_id:
+                mlflow.log_metrics({f"{stage}/{k}": float(v) for k, v in metrics.items()
+                                    if isinstance(v, (int, float)) and k not in ("step",)},
+                                   step=metrics["step"])
+
+        def after_step(tr: StageTrainer, elapsed: float, index=index) -> None:
+            step = tr.step_count
+            if step % cfg.checkpoint_every == 0:
+                with tr.unwrapped_model():
+                    _report({"stage": cfg.stages[index], "step": step}, model,
+                            {**state, "stage_index": index, "step": step, "elapsed": elapsed}, rank, tr.optimizer)
+            if rank == 0 and cfg.mlflow_run_id and cfg.log_images_every and step % cfg.log_images_every == 0 \
+                    and cfg.stages[index] != "vae" and last_batch:
+                with tr.unwrapped_model():
+                    grid = _sample_grid(model, last_batch, cfg.stages[index])
+                mlflow.log_image(grid, f"samples/{cfg.stages[index]}_step{step:06d}.png")
+
+        def tap(it):  # keep the latest batch around for sample grids
+            for b in it:
+                last_batch.update(b)
+                yield b
+
+        result = train_stage(model, tap(batches), scfg, on_log=on_log, trainer=trainer,
+                             elapsed_before=state["elapsed"] if resuming else 0.0,
+                             should_stop=_agree, after_step=after_step)
+        state = {**state, "stage_index": index + 1, "step": 0, "elapsed": 0.0}
+        # end-of-stage checkpoint: the next stage (or the final model) starts from here
+        _report({"stage": scfg.stage, "step": result.steps, "stage_done": 1, "final_loss": result.final_loss},
+                model, state, rank)
+        optimizer_state = None
+    if rank == 0 and cfg.mlflow_run_id:
+        mlflow.end_run()
+
+
+# --- driver ----------------------------------------------------------------------------
+
+@dataclass
+class TrainOutcome:
+    checkpoint_path: str
+    run_id: str | None
+    registered_version: str | None
+    state: dict
+    model: BackdropModel
+
+
+def data_fingerprint(catalog: str) -> str:
+    from ..data.catalog import read_catalog
+
+    t = read_catalog(catalog, columns=["product_id", "category", "image_uri", "mask_uri"])
+    h = hashlib.sha256()
+    for col in t.column_names:
+        h.update("\x1f".join(map(str, t.column(col).to_pylist())).encode())
+    return h.hexdigest()[:16]
+
+
+def code_revision() -> str:
+    if os.environ.get("BACKDROP_CODE_REVISION"):
+        return os.environ["BACKDROP_CODE_REVISION"]
+    try:
+        here = os.path.dirname(__file__)
+        rev = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        return rev.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def train_distributed(cfg: DistributedTrainConfig) -> TrainOutcome:
+    """Run (or resume) a Ray Train job and register its generator in MLflow."""
+    import mlflow
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    registry.configure()
+    experiment_id = registry.ensure_experiment(cfg.experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.name) as run:
+        cfg.mlflow_run_id, cfg.tracking_uri = run.info.run_id, registry.tracking_uri()
+        mlflow.log_params({k: v for k, v in asdict(cfg).items() if k not in ("mlflow_run_id", "tracking_uri")})
+        fs = storage.pyarrow_filesystem(cfg.storage_path)[0] if storage.is_remote(cfg.storage_path) else None
+        storage_path = storage.filesystem(cfg.storage_path)[1]
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=asdict(cfg),
+            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                         resources_per_worker={"CPU": cfg.cpus_per_worker},
+                                         placement_strategy=cfg.placement_strategy),
+            run_config=RunConfig(name=cfg.name, storage_path=storage_path, storage_filesystem=fs,
+                                 failure_config=FailureConfig(max_failures=cfg.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+            datasets={"train": training_dataset(cfg.catalog, cfg.resolution)},
+        )
+        result = trainer.fit()
+        with result.checkpoint.as_directory() as d:
+            with open(os.path.join(d, STATE_FILE)) as f:
+                state = json.load(f)
+            model = BackdropModel.from_pretrained(os.path.join(d, GENERATOR_DIR))
+        mlflow.log_metrics({"resumes": state.get("resumes", 0)})
+        tags = {"data_fingerprint": data_fingerprint(cfg.catalog), "code_revision": code_revision(),
+                "preset": model.config.preset, "stages": ",".join(cfg.stages), "train_run": cfg.name}
+        mlflow.set_tags(tags)
+        version = registry.log_generator(model, registered_model_name=cfg.registered_model_name, tags=tags)
+    return TrainOutcome(result.checkpoint.path, cfg.mlflow_run_id, version.version if version else None, state, model)
