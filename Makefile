@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install system-deps demo test test-fast clean
+.PHONY: install system-deps demo serve test test-fast clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ system-deps:
 
 demo: install
 	$(BIN)/backdrop demo --workdir runs/demo
+
+# The HTTP service (serve_apps/README.md): models:/backdrop@champion from the MLflow registry.
+serve: install
+	$(BIN)/serve run serve_apps/config.yaml
 
 test: install system-deps
 	$(BIN)/python -m pytest -v --timeout=900 tests

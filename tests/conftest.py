@@ -160,3 +160,74 @@ def tiny_model():
             for p in net.parameters():
                 p.add_(0.02 * torch.randn_like(p))
     return model
+
+
+MLFLOW_STARTUP_TIMEOUT_S = 120.0
+
+
+@pytest.fixture
+def mlflow_server(s3_server, s3_bucket, tmp_path):
+    """A real ``mlflow server`` process on loopback: SQLite backend store, artifacts proxied
+    by the server (``mlflow-artifacts:`` URIs) into ``<s3_bucket>/mlartifacts`` on the S3 test
+    server. Yields the tracking URI (``http://127.0.0.1:<port>``) and changes nothing in this
+    process: tests point their clients at it themselves (``MLFLOW_TRACKING_URI``).
+    """
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    base = [str(mlflow_bin)] if mlflow_bin.exists() else [sys.executable, "-m", "mlflow"]
+    env = dict(
+        os.environ,
+        MLFLOW_S3_ENDPOINT_URL=s3_server,  # the server writes to S3; clients go through its proxy
+        # no background job runner (seven extra processes) and no telemetry: a lean test server
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        MLFLOW_DISABLE_TELEMETRY="true",
+    )
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log_path = tmp_path / "mlflow_server.log"
+    last_error = ""
+    for _ in range(3):  # retried if the free port was taken in between
+        port = _free_port()
+        uri = f"http://127.0.0.1:{port}"
+        cmd = base + [
+            "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow-server.db'}",
+            "--artifacts-destination", f"{s3_bucket}/mlartifacts",
+        ]
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True)
+        deadline = time.monotonic() + MLFLOW_STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                last_error = f"mlflow server exited with status {proc.returncode}"
+                break
+            if _answers_http(uri + "/health"):
+                try:
+                    yield uri
+                finally:
+                    _stop_group(proc)
+                return
+            time.sleep(0.25)
+        else:
+            last_error = f"mlflow server did not answer within {MLFLOW_STARTUP_TIMEOUT_S:.0f} s"
+        _stop_group(proc)
+    raise RuntimeError(f"cannot start mlflow server: {last_error}\n{log_path.read_text(errors='replace')[-3000:]}")
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop a server started in its own session, with the workers it forked."""
+    import signal
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    try:  # workers that outlived their parent
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

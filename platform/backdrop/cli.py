@@ -4,6 +4,8 @@
     backdrop train    --catalog runs/catalog/train.parquet --output runs/model
     backdrop generate --model runs/model --catalog runs/catalog/heldout.parquet --output runs/out
     backdrop demo                                            all of the above, small and fast
+    backdrop call --image p.png --category mug --reference ad.png   through the HTTP service
+    backdrop backfill --model models:/backdrop@champion --catalog ... --output ...   on Ray Data
 
 Every path may be a local path or an ``s3://`` URI (endpoint from BACKDROP_S3_ENDPOINT_URL).
 """
@@ -63,7 +65,7 @@ def cmd_train(args) -> int:
 
 def cmd_generate(args) -> int:
     from .data.catalog import read_catalog
-    from .generation import OutputConfig, RunContext, generate_rows
+    from .generation import OutputConfig, RunContext, generate_in_process
     from .models.generator import BackdropModel
     from .pipeline import BackdropPipeline, InferenceConfig
 
@@ -73,13 +75,13 @@ def cmd_generate(args) -> int:
     if args.category:
         rows = [r for r in rows if r["category"] in set(args.category)]
     rows = rows[: args.limit] if args.limit else rows
-    ctx = RunContext(args.output, model_name=args.model, model_version="local",
-                     inference=InferenceConfig(args.steps, args.guidance), output=OutputConfig(args.format),
-                     seed=args.seed, resolution=model.config.resolution)
+    inference = InferenceConfig(args.steps, args.guidance)
+    ctx = RunContext.create(args.output, model_name=args.model, model_version="local", inference=inference,
+                            output=OutputConfig(args.format), seed=args.seed, resolution=model.config.resolution)
     records = []
     t = time.perf_counter()
-    for i in range(0, len(rows), args.batch_size):
-        records += generate_rows(pipe, rows[i:i + args.batch_size], ctx)
+    for batch_records in generate_in_process(pipe, rows, ctx, inference, args.batch_size):
+        records += batch_records
         print(f"  {len(records)}/{len(rows)} rows", file=sys.stderr)
     ok = sum(r["status"] == "ok" for r in records)
     print(f"{ok} ok, {len(records) - ok} failed of {len(records)} rows in {time.perf_counter() - t:.1f}s "
@@ -104,6 +106,46 @@ def cmd_demo(args) -> int:
 
     run_demo(args.workdir, train_minutes=args.train_minutes, from_scratch=args.from_scratch,
              checkpoint=args.checkpoint, steps=args.steps)
+    return 0
+
+
+def cmd_backfill(args) -> int:
+    from . import batch
+    from .batch_args import config_from_args
+
+    batch.prepare_job(args)
+    return batch.run_backfill(config_from_args(args)).exit_code()
+
+
+def cmd_call(args) -> int:
+    """Call a running backdrop HTTP service (retries 503 after its Retry-After)."""
+    from .client import BackdropClient, ServiceError
+
+    client = BackdropClient(args.url, api_key=args.api_key, max_retries=args.retries)
+    try:
+        if args.models:
+            import json
+
+            print(json.dumps(client.models(), indent=2))
+            return 0
+        if not (args.image and args.category):
+            raise SystemExit("backdrop call: --image and --category are required (or --models)")
+        answer = client.generate(
+            args.image, category=args.category, mask=args.mask, reference=args.reference,
+            reference_mask=args.reference_mask, prompt=args.prompt, seed=args.seed, steps=args.steps,
+            guidance=args.guidance, num_images=args.num_images, model_version=args.model_version,
+            model_alias=args.model_alias)
+    except ServiceError as e:
+        print(f"backdrop call: {e}", file=sys.stderr)
+        return 1
+    stem, ext = os.path.splitext(args.output)
+    for i, (png, seed) in enumerate(zip(answer.images, answer.seeds)):
+        path = args.output if len(answer.images) == 1 else f"{stem}-{i}{ext or '.png'}"
+        with open(path, "wb") as f:
+            f.write(png)
+        print(f"{path}: {answer.model} v{answer.version} seed {seed}")
+    print(f"batch size {answer.batch_size}, {answer.timing_ms.get('total', '?')} ms, "
+          f"{answer.attempts} attempt(s), request id {answer.request_id}")
     return 0
 
 
@@ -154,6 +196,34 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train-minutes", type=float, default=1.0, help="CG fine-tuning budget on top of the checkpoint")
     d.add_argument("--steps", type=int, default=20, help="DDIM steps for the gallery")
     d.set_defaults(func=cmd_demo)
+
+    # backfill: the Ray Data catalog backfill (same flags and library call as jobs/catalog_backfill.py)
+    from .batch_args import add_generation_arguments
+
+    b = sub.add_parser("backfill", help="catalog backfill on Ray Data: resumable, with a manifest and an MLflow run")
+    b.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a saved generator path")
+    add_generation_arguments(b)
+    b.set_defaults(func=cmd_backfill)
+    # call: the HTTP client (backdrop.client) against a running `serve run serve_apps/config.yaml`
+    c = sub.add_parser("call", help="generate through a running backdrop HTTP service")
+    c.add_argument("--url", default=os.environ.get("BACKDROP_URL", "http://127.0.0.1:8000"))
+    c.add_argument("--api-key", help="default: $BACKDROP_API_KEY")
+    c.add_argument("--models", action="store_true", help="print the served model, categories and versions")
+    c.add_argument("--image", help="product photo (path or s3://); alpha = mask unless --mask")
+    c.add_argument("--mask", help="product mask (path or s3://)")
+    c.add_argument("--reference", help="reference ad image: the background takes its style")
+    c.add_argument("--reference-mask", help="the reference's product mask")
+    c.add_argument("--category")
+    c.add_argument("--prompt", help="free text describing the background")
+    c.add_argument("--seed", type=int)
+    c.add_argument("--steps", type=int)
+    c.add_argument("--guidance", type=float)
+    c.add_argument("--num-images", type=int, default=1)
+    c.add_argument("--model-version", help="a registry version instead of the default alias")
+    c.add_argument("--model-alias", help="a registry alias instead of the default (e.g. challenger)")
+    c.add_argument("--retries", type=int, default=4, help="retries on 503 (each after Retry-After)")
+    c.add_argument("--output", default="backdrop.png", help="where to write the image(s)")
+    c.set_defaults(func=cmd_call)
     return p
 
 

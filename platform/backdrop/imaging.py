@@ -62,6 +62,7 @@ __all__ = [
     "mask_from_alpha",
     "validate_mask",
     "load_product",
+    "load_reference",
     "encode_image",
 ]
 
@@ -342,6 +343,46 @@ def load_product(
             "the product mask from"
         )
     validate_mask(mask, image.size)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image, mask
+
+
+def load_reference(
+    image_bytes: bytes,
+    mask_bytes: bytes | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> tuple[Image.Image, np.ndarray | None]:
+    """Decode and validate a reference ad image and its product mask.
+
+    The mask comes from ``mask_bytes``, else from the image's alpha channel; with neither
+    (or an alpha that is opaque everywhere, i.e. no cut-out) it is ``None``: the whole
+    reference is background. A given mask must match the image's size and may be empty
+    (no product in the reference), but not full (nothing left to take a style from).
+    Returns the image in mode ``RGB`` and the float32 0/1 mask or ``None``.
+    """
+    image = _decode_image(image_bytes, what="reference", max_pixels=max_pixels, max_bytes=max_bytes)
+    mask = None
+    if mask_bytes is not None:
+        mask = _decode_mask(mask_bytes, what="reference mask", max_pixels=max_pixels,
+                            max_bytes=max_bytes)
+    elif image.mode == "RGBA":
+        alpha = mask_from_alpha(image)
+        mask = alpha if not alpha.all() else None
+    if mask is not None:
+        try:
+            validate_mask(mask, image.size)
+        except EmptyMaskError:
+            pass  # a reference without a product is all background: fine
+        except FullMaskError:
+            raise FullMaskError(
+                f"reference mask ({mask.shape[1]}x{mask.shape[0]}) selects every pixel as "
+                "product: the reference has no background to take a style from"
+            ) from None
+        except MaskSizeError as e:
+            raise MaskSizeError(f"reference {e.args[0]}") from None
     if image.mode != "RGB":
         image = image.convert("RGB")
     return image, mask

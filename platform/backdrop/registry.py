@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -42,17 +43,30 @@ def backdrop_home() -> str:
     return os.path.abspath(os.path.expanduser(os.environ.get("BACKDROP_HOME", "~/.backdrop")))
 
 
+# mlflow.set_tracking_uri() also exports the URI as $MLFLOW_TRACKING_URI (mlflow 3), so after
+# configure() the variable is set in this process even when nobody asked for a server: the
+# embedded URIs configure() exported are remembered so they are not mistaken for a user's choice.
+_exported_embedded: set[str] = set()
+
+
+def embedded_tracking_uri() -> str:
+    """The default store: SQLite under ``$BACKDROP_HOME/mlflow``."""
+    return f"sqlite:///{os.path.join(backdrop_home(), 'mlflow', 'mlflow.db')}"
+
+
 def tracking_uri() -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    root = os.path.join(backdrop_home(), "mlflow")
-    os.makedirs(root, exist_ok=True)
-    return f"sqlite:///{os.path.join(root, 'mlflow.db')}"
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and env not in _exported_embedded:
+        return env
+    os.makedirs(os.path.join(backdrop_home(), "mlflow"), exist_ok=True)
+    return embedded_tracking_uri()
 
 
 def configure() -> str:
     """Point the mlflow client at the configured store (idempotent); returns the URI."""
     uri = tracking_uri()
+    if uri == embedded_tracking_uri():
+        _exported_embedded.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -60,12 +74,12 @@ def configure() -> str:
 
 def ensure_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
     """The experiment id; created with an absolute artifact root for the embedded store."""
-    configure()
+    uri = configure()
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    location = None  # a server chooses its own (proxied ``mlflow-artifacts:``) location
+    if uri == embedded_tracking_uri():  # never the cwd-relative ./mlruns: jobs run in temp dirs
         location = "file://" + os.path.join(backdrop_home(), "mlflow", "artifacts")
     elif os.environ.get("BACKDROP_MLFLOW_ARTIFACT_ROOT"):
         location = os.environ["BACKDROP_MLFLOW_ARTIFACT_ROOT"]
@@ -173,7 +187,11 @@ def download_version(name: str, version: str) -> str:
         return generator
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
-    mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-downloads left in the cache
+        raise
     try:
         os.rename(tmp, dest)  # atomic; concurrent downloaders race harmlessly
     except OSError:
@@ -196,11 +214,13 @@ def path_fingerprint(uri: str) -> str:
 
 def version_metrics(name: str, version: str) -> dict[str, float]:
     """Evaluation metrics recorded on a version as ``eval.<metric>`` tags."""
+    configure()
     mv = MlflowClient().get_model_version(name, version)
     return {k[len("eval."):]: float(v) for k, v in (mv.tags or {}).items() if k.startswith("eval.")}
 
 
 def record_metrics(name: str, version: str, metrics: dict[str, float]) -> None:
+    configure()
     client = MlflowClient()
     for k, v in metrics.items():
         client.set_model_version_tag(name, version, f"eval.{k}", str(float(v)))
@@ -214,14 +234,19 @@ def promote(name: str, version: str, *, alias: str = CHAMPION, metric: str = "ca
     """
     configure()
     client = MlflowClient()
-    new = version_metrics(name, version).get(metric)
+    try:
+        new = version_metrics(name, version).get(metric)
+    except mlflow.exceptions.MlflowException as e:
+        raise RegistryError(f"cannot promote {name} v{version}: {e.message}") from None
+    if new is not None and math.isnan(new):
+        new = None  # a failed evaluation is no evaluation: it must not slip through the gate
     try:
         current = client.get_model_version_by_alias(name, alias)
     except mlflow.exceptions.MlflowException:
         current = None
     old = version_metrics(name, current.version).get(metric) if current else None
     report = {"name": name, "alias": alias, "version": str(version), "metric": metric, "new": new,
-              "previous_version": current.version if current else None, "previous": old, "forced": force}
+              "previous_version": str(current.version) if current else None, "previous": old, "forced": force}
     if not force:
         if new is None:
             raise RegistryError(f"{name} v{version} has no '{metric}' evaluation; run jobs/evaluate.py or --force")
@@ -236,3 +261,39 @@ def promote(name: str, version: str, *, alias: str = CHAMPION, metric: str = "ca
 
 def log_dict_artifact(data: dict, name: str) -> None:
     mlflow.log_text(json.dumps(data, indent=2, sort_keys=True, default=str), name)
+
+
+# --- lookups without a download (the HTTP service resolves aliases per request) -------------
+def resolve_version(ref: str) -> tuple[str, str]:
+    """``(name, version)`` that ``ref`` points at right now, without downloading anything.
+
+    ``models:/NAME@ALIAS`` follows the alias at call time (so a moved ``champion`` is seen by
+    the next call); a path gets its fingerprint as version, like :func:`resolve`.
+    """
+    if not ref.startswith("models:/"):
+        resolved = resolve(ref)
+        return resolved.name, resolved.version
+    configure()
+    name, version, alias = parse_reference(ref)
+    client = MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException as e:
+        raise RegistryError(f"cannot resolve {ref}: {e.message}") from None
+    return name, str(mv.version)
+
+
+def describe_registered(name: str) -> dict:
+    """A registered model's aliases (alias -> version) and its versions, newest first."""
+    configure()
+    client = MlflowClient()
+    try:
+        model = client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as e:
+        raise RegistryError(f"no registered model {name!r}: {e.message}") from None
+    versions = client.search_model_versions(f"name = '{name}'")
+    return {
+        "name": name,
+        "aliases": {a: str(v) for a, v in sorted((model.aliases or {}).items())},
+        "versions": sorted((str(v.version) for v in versions), key=int, reverse=True),
+    }

@@ -22,6 +22,7 @@ import fsspec
 from .errors import FetchError
 
 ENDPOINT_ENV_VARS = ("BACKDROP_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+TMP_MARKER = ".tmp-"  # local writes go to "<name>.tmp-<uuid>" first, then are renamed
 
 
 def s3_endpoint_url() -> str | None:
@@ -89,7 +90,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         fs.pipe_file(path, data)
         return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    tmp = f"{path}{TMP_MARKER}{uuid.uuid4().hex}"
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -101,6 +102,27 @@ def write_bytes(uri: str, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def remove_partial_writes(uri: str) -> int:
+    """Delete the temporary files of local writes that were killed mid-way; returns how many.
+
+    ``write_bytes`` cleans up after itself unless the process is killed (SIGKILL, OOM, node
+    loss). Call this before a job writes under ``uri`` again, while no other writer is active
+    there. S3 needs nothing: a PUT is atomic and leaves no partial object behind.
+    """
+    if is_remote(str(uri)):
+        return 0
+    removed = 0
+    for root, _, files in os.walk(filesystem(uri)[1]):
+        for name in files:
+            if TMP_MARKER in name:
+                try:
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
 
 
 def exists(uri: str) -> bool:

@@ -1,33 +1,77 @@
-"""Reading catalog tables (Parquet, local or ``s3://``) and turning rows into model inputs."""
+"""Reading catalog tables (Parquet, local or ``s3://``) and turning rows into model inputs.
+
+Importing this module does not import torch: the batch job's CPU stages fetch and decode rows
+with :func:`load_row` in light worker processes; only the training path needs tensors.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 from PIL import Image
 
 from .. import storage
 from ..errors import InvalidInputError
 from ..imaging import load_product
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("product_id", "category", "image_uri", "mask_uri")
 OPTIONAL_COLUMNS = ("brand", "reference_uri", "prompt")
+# What generation reads from a row (``reference_mask_uri``: the reference's product mask, optional).
+GENERATION_COLUMNS = ("product_id", "category", "image_uri", "mask_uri", "reference_uri",
+                      "reference_mask_uri", "prompt")
 
 
 def read_catalog(uri: str, columns: list[str] | None = None):
     """A catalog as a pyarrow Table (a Parquet file or a directory/prefix of them)."""
     fs, path = storage.pyarrow_filesystem(uri)
     table = pq.read_table(path, filesystem=fs, columns=columns)
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    missing = [c for c in (columns or REQUIRED_COLUMNS) if c not in table.column_names]
     if missing:
         raise ValueError(f"{uri}: catalog lacks required columns {missing}")
     return table
+
+
+def catalog_files(uri: str):
+    """(pyarrow filesystem, Parquet paths) of a catalog: ``uri`` itself, or every ``*.parquet``
+    under a directory or prefix, sorted so that every reader sees the rows in the same order."""
+    fs, path = storage.filesystem(uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no catalog at {uri}")
+    files = sorted(p for p in fs.find(path) if p.endswith(".parquet")) if fs.isdir(path) else [path]
+    if not files:
+        raise FileNotFoundError(f"no *.parquet files under {uri}")
+    return storage.pyarrow_filesystem(uri)[0], files
+
+
+def iter_catalog(uri: str, columns: list[str] | None = None, batch_rows: int = 65_536) -> Iterator[pa.Table]:
+    """Stream a catalog's rows in order, ``batch_rows`` at a time (missing columns are skipped)."""
+    import pyarrow.dataset as pads
+
+    fs, files = catalog_files(uri)
+    dataset = pads.dataset(files, filesystem=fs, format="parquet")
+    present = [c for c in columns if c in dataset.schema.names] if columns else None
+    for batch in dataset.to_batches(columns=present, batch_size=batch_rows):
+        yield pa.Table.from_batches([batch])
+
+
+def normalize_rows(table: pa.Table, columns: tuple[str, ...] = GENERATION_COLUMNS) -> pa.Table:
+    """Exactly ``columns``, as strings; an optional column the catalog lacks becomes nulls."""
+    cols = {
+        name: pc.cast(table[name], pa.string()) if name in table.column_names else pa.nulls(len(table), pa.string())
+        for name in columns
+    }
+    return pa.table(cols)
 
 
 def load_row(image_uri: str, mask_uri: str | None) -> tuple[Image.Image, np.ndarray]:
@@ -62,6 +106,8 @@ def load_training_arrays(uri: str, resolution: int, limit: int | None = None) ->
     This is the single-process path (tests, the tiny preset on one machine). The Ray Train
     job streams the same rows through Ray Data instead.
     """
+    import torch
+
     table = read_catalog(uri, columns=["product_id", "category", "image_uri", "mask_uri"])
     rows = table.to_pylist()[:limit]
     images, masks, cats, ids, skipped = [], [], [], [], {}

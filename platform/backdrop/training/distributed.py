@@ -93,9 +93,9 @@ class DecodeBatch:
     (not training) is where every row must be accounted for.
     """
 
-    def __init__(self, resolution: int, flip: bool = True, seed: int = 0):
+    def __init__(self, resolution: int, flip: bool = True):
         self.resolution, self.flip = resolution, flip
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng()
 
     def __call__(self, batch: dict) -> dict:
         images, masks, cats = [], [], []
@@ -117,13 +117,15 @@ class DecodeBatch:
         }
 
 
-def training_dataset(catalog: str, resolution: int, cpus_per_task: float = 0.5):
+def training_dataset(catalog: str, resolution: int, cpus_per_task: float = 0.25):
+    """Read + decode as fractional-CPU tasks: on a small machine the training workers hold
+    most CPUs, and whole-CPU read tasks would never be scheduled (the stream would stall)."""
     import ray.data
 
     fs, path = storage.pyarrow_filesystem(catalog)
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=["category", "image_uri", "mask_uri"])
-    return ds.map_batches(DecodeBatch, fn_constructor_args=(resolution,), batch_size=64,
-                          num_cpus=cpus_per_task, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2))
+    ds = ray.data.read_parquet(path, filesystem=fs, columns=["category", "image_uri", "mask_uri"],
+                               ray_remote_args={"num_cpus": cpus_per_task})
+    return ds.map_batches(DecodeBatch(resolution), batch_size=64, num_cpus=cpus_per_task)
 
 
 def shard_batches(shard, batch_size: int):
@@ -340,4 +342,5 @@ def train_distributed(cfg: DistributedTrainConfig) -> TrainOutcome:
                 "preset": model.config.preset, "stages": ",".join(cfg.stages), "train_run": cfg.name}
         mlflow.set_tags(tags)
         version = registry.log_generator(model, registered_model_name=cfg.registered_model_name, tags=tags)
-    return TrainOutcome(result.checkpoint.path, cfg.mlflow_run_id, version.version if version else None, state, model)
+    return TrainOutcome(result.checkpoint.path, cfg.mlflow_run_id, str(version.version) if version else None,
+                        state, model)

@@ -1,0 +1,1 @@
+"""Ray Serve applications over the backdrop library (``serve run serve_apps/config.yaml``)."""

@@ -1,0 +1,596 @@
+"""backdrop over HTTP: a Ray Serve application.
+
+    serve run serve_apps/config.yaml          # from the repository root
+
+Two deployments, both thin over the library (:mod:`backdrop.service` holds the logic):
+
+* ``Backdrop``, the ingress (FastAPI, so ``/docs`` has the OpenAPI page): checks the API key,
+  decodes and validates the upload with the same rules as the batch jobs, picks a concrete
+  model version (``models:/NAME@champion`` unless a header asks for another alias or
+  version), hands the job to the generator and maps every error onto an HTTP status in one
+  place (:data:`STATUS`). It also serves the try-it page at ``/``.
+* ``Generator`` holds the models, one per registry version (``@serve.multiplexed``, at most
+  ``BACKDROP_MAX_MODELS_PER_REPLICA`` per replica, LRU), and runs concurrent requests
+  through shared denoising loops (``@serve.batch``; batch size and wait from ``user_config``).
+  Its ``max_ongoing_requests`` / ``max_queued_requests`` bound the work waiting for it; past
+  them the ingress answers 503 with ``Retry-After`` instead of queueing without end.
+"""
+
+import asyncio
+import base64
+import dataclasses
+import json
+import logging
+import os
+import time
+import weakref
+from http import HTTPStatus
+from pathlib import Path
+from typing import Literal
+
+import ray
+from fastapi import Depends, FastAPI, Header, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+    RequestCancelledError,
+)
+from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter, Gauge, Histogram
+from starlette.exceptions import HTTPException
+
+from backdrop.errors import (
+    CorruptImageError,
+    ImageTooLargeError,
+    InvalidInputError,
+    InvalidParameterError,
+    UnsupportedImageError,
+)
+from backdrop.registry import RegistryError, describe_registered
+from backdrop.service import (
+    ApiKeys,
+    Generated,
+    GenerateParams,
+    Job,
+    LoadedModel,
+    ModelSelector,
+    ServiceLimits,
+    check_job,
+    load_job,
+    load_model,
+    read_input,
+    run_jobs,
+)
+
+logger = logging.getLogger("ray.serve")
+
+STATIC_DIR = Path(__file__).parent / "static"
+FILE_FIELDS = ("image", "mask", "reference", "reference_mask")
+MAX_MODELS_PER_REPLICA = int(os.environ.get("BACKDROP_MAX_MODELS_PER_REPLICA", "2"))
+LATENCY_BUCKETS_MS = [25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
+BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64]
+
+
+# --- errors: one table from exception to HTTP status ---------------------------------------
+class PayloadTooLarge(Exception):
+    """The request body is over ``max_body_bytes``."""
+
+
+class UnsupportedMediaType(Exception):
+    """Neither multipart/form-data nor application/json."""
+
+
+class Unauthorized(Exception):
+    """No API key, or not one of the configured keys."""
+
+
+class Overloaded(Exception):
+    """The generator's queue is full (or its replica went away): come back later."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ModelUnavailable(Overloaded):
+    """No model answers to the default reference yet (nothing registered, or loading)."""
+
+
+class RequestTimeout(Exception):
+    """The answer did not come within ``request_timeout_s``."""
+
+
+# First match wins: subclasses before their bases.
+STATUS: list[tuple[type[BaseException], int, str]] = [
+    (Unauthorized, 401, "unauthorized"),
+    (PayloadTooLarge, 413, "payload_too_large"),
+    (ImageTooLargeError, 413, ImageTooLargeError.code),
+    (UnsupportedMediaType, 415, "unsupported_media_type"),
+    (CorruptImageError, 415, CorruptImageError.code),
+    (UnsupportedImageError, 415, UnsupportedImageError.code),
+    (RegistryError, 404, "unknown_model"),
+    (InvalidInputError, 422, InvalidInputError.code),  # masks, category, parameters, URIs
+    (RequestValidationError, 422, "invalid_request"),
+    (ModelUnavailable, 503, "model_unavailable"),
+    (Overloaded, 503, "overloaded"),
+    (RequestTimeout, 504, "timeout"),
+]
+
+
+async def error_response(request: Request, exc: BaseException) -> JSONResponse:
+    """The JSON error answer for ``exc``: a status, a code and a readable message; no trace."""
+    exc = _cause(exc)
+    status, code = next(((s, c) for cls, s, c in STATUS if isinstance(exc, cls)), (500, "internal_error"))
+    if isinstance(exc, InvalidInputError):
+        code, message = exc.code, Exception.__str__(exc)  # without the "code: " prefix of manifests
+    elif isinstance(exc, RequestValidationError):
+        message = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in exc.errors())
+    elif isinstance(exc, HTTPException):  # an unknown route, a malformed multipart body, ...
+        status, message = exc.status_code, str(exc.detail)
+        code = HTTPStatus(status).phrase.lower().replace(" ", "_")
+    elif status == 500:
+        message = "internal error; the request id identifies it in the service's logs"
+    else:
+        message = str(exc)
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="backdrop"'
+    if status == 503:
+        retry = getattr(exc, "retry_after_s", None) or _ingress().settings.retry_after_s
+        headers["Retry-After"] = str(max(1, round(retry)))
+    request.state.error = code
+    body = {"error": {"code": code, "message": message, "request_id": _request_id(request)}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The user-level exception inside Ray's wrappers (an error raised in the generator)."""
+    while isinstance(exc, RayTaskError) and exc.cause is not None and exc.cause is not exc:
+        exc = exc.cause
+    return exc
+
+
+def _request_id(request: Request) -> str:
+    return request.headers.get("x-request-id", "")  # set by Serve's proxy on every request
+
+
+# --- configuration ------------------------------------------------------------------------
+class AppArgs(BaseModel):
+    """Application arguments (``args:`` in serve_apps/config.yaml)."""
+
+    model_name: str = Field("backdrop", description="registered model to serve")
+    default_alias: str = Field("champion", description="alias a request gets unless it asks otherwise")
+    model_path: str | None = Field(None, description="serve this saved generator (dir or s3://) instead "
+                                                     "of the registry: local development")
+    alias_ttl_s: float = Field(2.0, ge=0, description="how long an alias lookup is reused")
+    api_key_sha256: list[str] = Field(default_factory=list, description="hex SHA-256 of each accepted key")
+    api_keys_env: str = Field("BACKDROP_API_KEYS", description="env var with more keys, comma-separated")
+    max_body_bytes: int = Field(48 * 2**20, gt=0, description="413 over this request body size")
+    max_image_bytes: int = Field(16 * 2**20, gt=0, description="413 over this size per image or mask")
+    max_pixels: int = Field(16_000_000, gt=0, description="413 over this many pixels per image")
+    max_steps: int = Field(100, ge=1, le=500)
+    max_images: int = Field(4, ge=1, le=16)
+    request_timeout_s: float = Field(60.0, gt=0, description="504 when an answer takes longer")
+    retry_after_s: float = Field(2.0, gt=0, description="Retry-After on 503 when Serve gives none")
+    allowed_uri_prefixes: list[str] = Field(["s3://"], description="URIs a JSON body may point at")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_gpus: float | Literal["auto"] = Field("auto", description="per generator replica; auto: 1 if the "
+                                                                  "cluster has a GPU, else 0")
+    generator_num_cpus: float = Field(0.5, gt=0)
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per generator")
+
+    @property
+    def limits(self) -> ServiceLimits:
+        return ServiceLimits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels,
+                             max_steps=self.max_steps, max_images=self.max_images)
+
+
+FIELD_DOCS = {
+    "category": ("string", "product category (GET /v1/models lists them)"),
+    "prompt": ("string", "optional free text describing the background"),
+    "seed": ("integer", "random seed; drawn at random (and returned) when omitted"),
+    "steps": ("integer", "denoising steps (default 50)"),
+    "guidance": ("number", "classifier-free guidance (default 2.0)"),
+    "num_images": ("integer", "how many images (seeds seed, seed+1, ...)"),
+    "format": ("string", "png (one image, the default) or json (base64 PNGs in an envelope)"),
+}
+FILE_DOCS = {
+    "image": "the product photo; its alpha channel is the product mask unless `mask` is given",
+    "mask": "product mask, same size as the image (white = product)",
+    "reference": "optional reference ad: the new background takes its style",
+    "reference_mask": "the reference's product mask (else its alpha; else all of it is background)",
+}
+
+
+def _body_schema(binary: bool) -> dict:
+    """OpenAPI schema of the generate body, for the multipart and the JSON variant."""
+    props = {name: {"type": "string", "format": "binary", "description": doc} if binary else
+             {"type": "string", "description": f"{doc}: base64 or an s3:// URI"} for name, doc in FILE_DOCS.items()}
+    props.update({name: {"type": t, "description": d} for name, (t, d) in FIELD_DOCS.items()})
+    return {"type": "object", "required": ["image", "category"], "properties": props}
+
+
+def _ingress():
+    """The ``Backdrop`` replica serving this request (for code outside its methods)."""
+    return serve.get_replica_context().servable_object
+
+
+# --- the generator ------------------------------------------------------------------------
+@serve.deployment(
+    max_ongoing_requests=16,  # >= max_batch_size, so that a full batch can form
+    max_queued_requests=8,  # beyond this the caller gets BackPressureError -> 503
+    backpressure_config={"status_code": 503, "retry_after_s": 2},
+    user_config={"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
+    ray_actor_options={"num_cpus": 0.5},
+    health_check_period_s=10,
+)
+class Generator:
+    """Holds models (one per registry version) and runs batched denoising loops."""
+
+    def __init__(self, device: str = "auto", torch_threads: int | None = None) -> None:
+        if torch_threads:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        self.device = device
+        self.loaded: weakref.WeakValueDictionary[str, LoadedModel] = weakref.WeakValueDictionary()
+        self.waiting = 0
+        self.queue_depth = Gauge("backdrop_generator_queue_depth",
+                                 description="Requests inside the generator replica (waiting or running).")
+        self.batch_size = Histogram("backdrop_batch_size", boundaries=BATCH_BUCKETS,
+                                    description="Requests that shared one denoising loop.")
+        self.batch_images = Histogram("backdrop_batch_images", boundaries=BATCH_BUCKETS,
+                                      description="Images made by one denoising loop.")
+
+    def reconfigure(self, config: dict) -> None:
+        """``user_config``: batch size and wait can change without restarting the replica."""
+        self.generate_batch.set_max_batch_size(int(config.get("max_batch_size", 8)))
+        self.generate_batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.05)))
+
+    @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
+    async def get_model(self, model_id: str) -> LoadedModel:
+        model = await asyncio.to_thread(load_model, model_id, self.device)
+        self.loaded[model_id] = model
+        logger.info("loaded %s v%s on %s", model.name, model.version, model.describe()["device"])
+        return model
+
+    async def describe(self) -> dict:
+        """The requested model (loading it if needed) and every model this replica holds."""
+        model = await self.get_model(serve.get_multiplexed_model_id())
+        return {**model.describe(), "replica_models": sorted(m.version for m in self.loaded.values())}
+
+    async def generate(self, job: Job) -> Generated | InvalidInputError:
+        """One request's images; a client error (e.g. unknown category) is answered, not raised."""
+        model = await self.get_model(serve.get_multiplexed_model_id())
+        try:
+            check_job(model, job)  # an unknown category fails here, never inside a batch
+        except InvalidInputError as e:
+            return e
+        self._queue(+1)
+        try:
+            result = await self.generate_batch(job)
+        except asyncio.CancelledError:  # the caller gave up (timeout, disconnect)
+            job.cancelled = True  # its denoising loop stops once every job in it has
+            raise
+        finally:
+            self._queue(-1)
+        if isinstance(result, Exception) and not isinstance(result, InvalidInputError):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def generate_batch(self, jobs: list[Job]) -> list[Generated | Exception]:
+        # Serve splits batches by multiplexed model id: every job here wants the same version.
+        model = await self.get_model(serve.get_multiplexed_model_id())
+        results = await asyncio.to_thread(run_jobs, model, jobs)
+        for loop in {r.loop: r for r in results if isinstance(r, Generated)}.values():
+            self.batch_size.observe(loop.batch_requests)
+            self.batch_images.observe(loop.batch_images)
+        return results
+
+    def _queue(self, delta: int) -> None:
+        self.waiting += delta
+        self.queue_depth.set(self.waiting)
+
+
+# --- the ingress --------------------------------------------------------------------------
+api = FastAPI(
+    title="backdrop",
+    version="1",
+    summary="Product backgrounds in a category's style, or in the style of your reference ad.",
+    description=(
+        "Upload a product photo (with its mask, or with transparency) and optionally a reference "
+        "ad image; get new backgrounds with the product's pixels unchanged. Every `/v1` call needs "
+        "an API key: `X-API-Key: KEY` or `Authorization: Bearer KEY`. The try-it page is at `/`."
+    ),
+)
+api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")  # before the class routes
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="your API key")
+bearer_scheme = HTTPBearer(auto_error=False, description="your API key as a bearer token")
+
+
+async def require_api_key(
+    request: Request,
+    api_key: str | None = Security(api_key_header),
+    bearer: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
+) -> None:
+    key_id = _ingress().api_keys.check(api_key or (bearer.credentials if bearer else None))
+    if key_id is None:
+        raise Unauthorized("a valid API key is required: send X-API-Key: KEY or Authorization: Bearer KEY"
+                           if (api_key or bearer) is None else "this API key is not valid")
+    request.state.key_id = key_id
+
+
+for _exc in (Exception, HTTPException, RequestValidationError, *{cls for cls, _, _ in STATUS}):
+    api.add_exception_handler(_exc, error_response)
+
+
+class ObserveRequests:
+    """Per request: the body limit, then one log line and the metrics (ASGI middleware)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        service = _ingress()
+        limit = service.settings.max_body_bytes
+        started, status = time.perf_counter(), [500]
+        state = scope.setdefault("state", {})
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise PayloadTooLarge(f"request body is over the limit of {limit:,} bytes")
+            return message
+
+        async def capture_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        try:
+            if declared.isdigit() and int(declared) > limit:  # refused before reading the body
+                too_large = PayloadTooLarge(f"request body is {int(declared):,} bytes, over the limit of {limit:,} bytes")
+                response = await error_response(Request(scope), too_large)
+                await response(scope, receive, capture_send)
+            else:
+                await self.app(scope, limited_receive, capture_send)
+        finally:
+            service.observe(scope, status[0], time.perf_counter() - started, state)
+
+
+api.add_middleware(ObserveRequests)
+
+
+@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(api)
+class Backdrop:
+    def __init__(self, generator: DeploymentHandle, settings: AppArgs | dict | None = None) -> None:
+        self.generator = generator
+        self.settings = AppArgs.model_validate(settings or {})
+        self.limits = self.settings.limits
+        self.api_keys = ApiKeys.from_config(self.settings.api_key_sha256,
+                                            os.environ.get(self.settings.api_keys_env, ""))
+        self.models = ModelSelector(self.settings.model_name, self.settings.default_alias,
+                                    self.settings.model_path, self.settings.alias_ttl_s)
+        self.requests = Counter("backdrop_requests", description="HTTP requests by route and status.",
+                                tag_keys=("route", "status"))
+        self.latency = Histogram("backdrop_request_latency_ms", boundaries=LATENCY_BUCKETS_MS,
+                                 description="HTTP request latency.", tag_keys=("route",))
+        if not self.api_keys:
+            logger.warning("no API keys configured: every /v1 request will get 401 (set api_key_sha256 "
+                           "in the config or %s in the environment)", self.settings.api_keys_env)
+
+    # --- pages and probes ------------------------------------------------------------------
+    @api.get("/", include_in_schema=False)
+    async def page(self) -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @api.get("/healthz", summary="Liveness: the service answers (no key needed)")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/readyz", summary="Readiness: the default model resolves and is loaded (no key needed)")
+    async def readyz(self) -> JSONResponse:
+        try:
+            choice = await self._choose(None, None)
+            info = await asyncio.wait_for(
+                self.generator.options(multiplexed_model_id=choice.model_id).describe.remote(), 10)
+        except asyncio.TimeoutError:
+            return JSONResponse({"status": "loading", "model": self.models.default_reference}, status_code=503,
+                                headers={"Retry-After": "5"})
+        except Exception as e:  # noqa: BLE001 - not ready, say why
+            return JSONResponse({"status": "not_ready", "reason": str(_cause(e))}, status_code=503,
+                                headers={"Retry-After": "5"})
+        return JSONResponse({"status": "ready", "model": info["name"], "version": info["version"]})
+
+    # --- the API ---------------------------------------------------------------------------
+    @api.get("/v1/models", summary="What is served: the default model, its categories, aliases, "
+                                   "versions and the versions loaded", dependencies=[Depends(require_api_key)])
+    async def list_models(self) -> dict:
+        choice = await self._choose(None, None)
+        default = await self._call(self.generator.options(multiplexed_model_id=choice.model_id).describe.remote())
+        loaded = default.pop("replica_models")
+        if self.settings.model_path:
+            registry = {"name": default["name"], "aliases": {}, "versions": [default["version"]]}
+        else:
+            registry = await asyncio.to_thread(describe_registered, self.settings.model_name)
+        return {
+            "model": choice.name,
+            "source": "path" if self.settings.model_path else "registry",
+            "default": {"reference": self.models.default_reference, **default},
+            "aliases": registry["aliases"],
+            "versions": registry["versions"],
+            "loaded": loaded,
+            "limits": dataclasses.asdict(self.limits),
+        }
+
+    @api.post(
+        "/v1/generate",
+        summary="Generate backgrounds for a product, optionally in a reference's style",
+        dependencies=[Depends(require_api_key)],
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": _body_schema(binary=True)},
+            "application/json": {"schema": _body_schema(binary=False)},
+        }}},
+        responses={
+            200: {"description": "One PNG (`format=png`) or a JSON envelope of base64 PNGs (`format=json`)",
+                  "content": {"image/png": {}, "application/json": {}}},
+            401: {"description": "missing or invalid API key"},
+            404: {"description": "the model version or alias asked for does not exist"},
+            413: {"description": "upload over the size or pixel limit"},
+            415: {"description": "not an image we can decode, or not multipart/JSON"},
+            422: {"description": "wrong mask size, empty or full mask, unknown category, parameter out of range"},
+            503: {"description": "overloaded or no model ready: retry after `Retry-After` seconds"},
+            504: {"description": "the answer took longer than the request timeout"},
+        },
+    )
+    async def generate(
+        self,
+        request: Request,
+        x_backdrop_model_version: str | None = Header(None, description="serve this registry version"),
+        x_backdrop_model_alias: str | None = Header(None, description="serve the version this alias points to"),
+    ) -> Response:
+        started = time.perf_counter()
+        fields, files = await self._read_body(request)
+        params = GenerateParams.from_fields(fields, self.limits)
+        request.state.seed = params.seed
+        job = await asyncio.to_thread(load_job, params, limits=self.limits, **files)
+        choice = await self._choose(x_backdrop_model_version, x_backdrop_model_alias)
+        request.state.model_version = choice.version
+        handle = self.generator.options(multiplexed_model_id=choice.model_id)
+        result = await self._call(handle.generate.remote(job))
+        if isinstance(result, Exception):
+            raise result
+        request.state.batch_size = result.batch_requests
+        total_ms = (time.perf_counter() - started) * 1000
+        headers = {
+            "X-Backdrop-Model": result.model_name,
+            "X-Backdrop-Model-Version": result.model_version,
+            "X-Backdrop-Seed": str(params.seed),
+            "X-Backdrop-Batch-Size": str(result.batch_requests),
+            "Server-Timing": f"generate;dur={result.generate_s * 1000:.1f}, total;dur={total_ms:.1f}",
+            "Cache-Control": "no-store",
+        }
+        if choice.alias:
+            headers["X-Backdrop-Model-Alias"] = choice.alias
+        if params.format == "png":
+            return Response(result.images[0], media_type="image/png", headers=headers)
+        return JSONResponse({
+            "model": {"name": result.model_name, "version": result.model_version, "alias": choice.alias},
+            "images": [{"seed": s, "media_type": "image/png", "data": base64.b64encode(png).decode()}
+                       for s, png in zip(result.seeds, result.images)],
+            "seed": params.seed,
+            "steps": params.steps,
+            "guidance": params.guidance,
+            "batch_size": result.batch_requests,
+            "timing_ms": {"generate": round(result.generate_s * 1000, 1), "total": round(total_ms, 1)},
+            "request_id": _request_id(request),
+        }, headers=headers)
+
+    # --- helpers -----------------------------------------------------------------------------
+    async def _read_body(self, request: Request) -> tuple[dict, dict[str, bytes | None]]:
+        """Form fields and file bytes, from a multipart upload or a JSON body."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        files: dict[str, bytes | None] = {}
+        if content_type == "multipart/form-data":
+            form = await request.form(max_files=len(FILE_FIELDS), max_fields=16, max_part_size=64 * 1024)
+            fields = {}
+            for key, value in form.multi_items():
+                if key in FILE_FIELDS:
+                    if isinstance(value, str):
+                        raise InvalidParameterError(f"{key} must be a file upload")
+                    data = await value.read()
+                    files[key] = data if data or value.filename else None  # a form's empty file input
+                elif isinstance(value, str):
+                    fields[key] = value
+                else:
+                    raise InvalidParameterError(f"{key} must be a text field, not a file")
+            return fields, files
+        if content_type == "application/json":
+            try:
+                body = json.loads(await request.body())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise InvalidParameterError(f"the body is not valid JSON: {e}") from None
+            if not isinstance(body, dict):
+                raise InvalidParameterError("the JSON body must be an object")
+            prefixes = tuple(self.settings.allowed_uri_prefixes)
+            for key in FILE_FIELDS:
+                value = body.pop(key, None)
+                files[key] = await asyncio.to_thread(read_input, value, key, limits=self.limits,
+                                                     allowed_prefixes=prefixes)
+            return body, files
+        raise UnsupportedMediaType(
+            f"send multipart/form-data (file uploads) or application/json (base64 or s3:// URIs), "
+            f"not {content_type or 'no content type'}")
+
+    async def _choose(self, version: str | None, alias: str | None):
+        try:
+            return await asyncio.to_thread(self.models.select, version, alias)
+        except RegistryError as e:
+            if version or alias:
+                raise
+            raise ModelUnavailable(f"no model to serve: {e}", self.settings.retry_after_s) from None
+
+    async def _call(self, response):
+        """Await a generator call within the request timeout; overload and loss become 503."""
+        try:
+            return await asyncio.wait_for(response, self.settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise RequestTimeout(f"no answer within {self.settings.request_timeout_s:g} s") from None
+        except BackPressureError as e:
+            raise Overloaded("the generator's queue is full; retry later", e.retry_after_s) from None
+        except (DeploymentUnavailableError, ReplicaUnavailableError, RayActorError, RequestCancelledError) as e:
+            raise Overloaded(f"the generator is unavailable ({type(e).__name__}); retry later") from None
+
+    def observe(self, scope, status: int, seconds: float, state: dict) -> None:
+        """Metrics and one structured log line per request (never the API key itself)."""
+        route = scope.get("route")
+        route = getattr(route, "path", None) or "other"
+        self.requests.inc(tags={"route": route, "status": str(status)})
+        self.latency.observe(seconds * 1000, tags={"route": route})
+        if route in ("/healthz", "/readyz") and status == 200:
+            return  # probes would drown the log
+        headers = dict(scope["headers"])
+        record = {
+            "event": "request",
+            "request_id": headers.get(b"x-request-id", b"").decode(),
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "latency_ms": round(seconds * 1000, 1),
+            "key_id": state.get("key_id"),
+            "model_version": state.get("model_version"),
+            "seed": state.get("seed"),
+            "batch_size": state.get("batch_size"),
+            "error": state.get("error"),
+        }
+        logger.info(json.dumps({k: v for k, v in record.items() if v is not None}, separators=(",", ":")))
+
+
+
+# --- the application ---------------------------------------------------------------------
+def build_app(args: AppArgs) -> serve.Application:
+    """The application for ``serve run``/``serve deploy``: ``import_path: serve_apps.app:build_app``."""
+    num_gpus = args.num_gpus
+    if num_gpus == "auto":
+        num_gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    generator = Generator.options(
+        ray_actor_options={"num_cpus": args.generator_num_cpus, "num_gpus": num_gpus},
+    ).bind(device=args.device, torch_threads=args.torch_threads)
+    return Backdrop.bind(generator, args.model_dump())

@@ -1,0 +1,142 @@
+// The try-it page: plain JavaScript, no build step. It talks to the same API as any client.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const KEY_STORAGE = "backdrop-api-key";
+
+function apiKey() {
+  return $("api-key").value.trim();
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+// A readable message from an error answer: {"error": {"code", "message", "request_id"}}.
+async function describeError(response) {
+  let text = `${response.status} ${response.statusText}`;
+  try {
+    const body = await response.json();
+    if (body.error) {
+      text = `${response.status} ${body.error.code}: ${body.error.message}`;
+      if (body.error.request_id) text += `\n(request id ${body.error.request_id})`;
+    }
+  } catch (_) { /* not JSON */ }
+  const retry = response.headers.get("Retry-After");
+  if (retry) text += `\nThe service is busy: try again in ${retry} s.`;
+  if (response.status === 401) text += "\nCheck the API key above.";
+  return text;
+}
+
+async function connect() {
+  const key = apiKey();
+  sessionStorage.setItem(KEY_STORAGE, key);
+  const status = $("key-status");
+  if (!key) {
+    status.textContent = "Enter a key to load the categories.";
+    return;
+  }
+  status.textContent = "connecting…";
+  const response = await fetch("/v1/models", { headers: { "X-API-Key": key } });
+  if (!response.ok) {
+    status.textContent = "not connected";
+    showError(await describeError(response));
+    return;
+  }
+  showError("");
+  const info = await response.json();
+  const select = $("category");
+  select.replaceChildren(...info.default.categories.map((c) => new Option(c, c)));
+  status.textContent = `connected: ${info.model}, version ${info.default.version}` +
+    (info.aliases && Object.keys(info.aliases).length
+      ? ` (${Object.entries(info.aliases).map(([a, v]) => `${a}→v${v}`).join(", ")})` : "");
+  select.dataset.ready = "true";
+}
+
+function tile(src, caption, download) {
+  const figure = document.createElement("figure");
+  const img = document.createElement("img");
+  img.src = src;
+  img.alt = caption;
+  figure.append(img);
+  const figcaption = document.createElement("figcaption");
+  figcaption.append(caption);
+  if (download) {
+    const link = document.createElement("a");
+    link.href = src;
+    link.download = download;
+    link.textContent = "download";
+    figcaption.append(link);
+  }
+  figure.append(figcaption);
+  return { figure, img };
+}
+
+function showInputs() {
+  const tiles = [];
+  for (const [id, label] of [["product", "product"], ["product-mask", "product mask"],
+                             ["reference", "reference"], ["reference-mask", "reference mask"]]) {
+    const file = $(id).files[0];
+    if (file) tiles.push(tile(URL.createObjectURL(file), label).figure);
+  }
+  $("inputs").replaceChildren(...tiles);
+}
+
+async function generate(event) {
+  event.preventDefault();
+  showError("");
+  if (!apiKey()) return showError("Enter your API key first.");
+  if (!$("product").files[0]) return showError("Choose a product photo.");
+  if (!$("category").value) return showError("Choose a category (connect with your key to load them).");
+
+  const form = new FormData();
+  for (const [id, field] of [["product", "image"], ["product-mask", "mask"],
+                             ["reference", "reference"], ["reference-mask", "reference_mask"]]) {
+    const file = $(id).files[0];
+    if (file) form.append(field, file);
+  }
+  for (const [id, field] of [["category", "category"], ["prompt", "prompt"], ["num-images", "num_images"],
+                             ["steps", "steps"], ["guidance", "guidance"], ["seed", "seed"]]) {
+    const value = $(id).value.trim();
+    if (value) form.append(field, value);
+  }
+  form.append("format", "json");
+
+  showInputs();
+  $("results").replaceChildren();
+  $("meta").textContent = "";
+  $("generate").disabled = true;
+  $("busy").hidden = false;
+  try {
+    const response = await fetch("/v1/generate", {
+      method: "POST", body: form, headers: { "X-API-Key": apiKey() },
+    });
+    if (!response.ok) return showError(await describeError(response));
+    const answer = await response.json();
+    const version = answer.model.version;
+    $("results").replaceChildren(...answer.images.map((image) => {
+      const { figure, img } = tile(`data:${image.media_type};base64,${image.data}`, `seed ${image.seed}`,
+                                   `backdrop-v${version}-seed${image.seed}.png`);
+      img.classList.add("result");
+      return figure;
+    }));
+    $("meta").textContent = `${answer.model.name}, version ${version}` +
+      (answer.model.alias ? ` (${answer.model.alias})` : "") +
+      ` · ${answer.steps} steps · ${answer.timing_ms.total} ms · batched with ${answer.batch_size - 1} other request(s)`;
+  } catch (err) {
+    showError(`The service could not be reached: ${err.message}`);
+  } finally {
+    $("generate").disabled = false;
+    $("busy").hidden = true;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("api-key").value = sessionStorage.getItem(KEY_STORAGE) || "";
+  $("connect").addEventListener("click", connect);
+  $("api-key").addEventListener("change", connect);
+  $("generate-form").addEventListener("submit", generate);
+  if (apiKey()) connect();
+});

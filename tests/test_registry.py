@@ -1,0 +1,303 @@
+"""The MLflow registry for real: the embedded SQLite store, a live ``mlflow server`` over HTTP
+with artifacts on the S3 test server, the promotion gate, and the evaluate/promote jobs.
+
+Nothing is mocked: every test talks to a real store under a temporary ``BACKDROP_HOME`` (never
+``~/.backdrop``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from backdrop import registry
+from backdrop.models.generator import BackdropModel
+from backdrop.pipeline import BackdropPipeline, GenerationRequest, InferenceConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CATEGORIES = ["mug", "laptop"]  # backdrop.data.synthetic.category_names(2)
+STEPS = InferenceConfig(num_inference_steps=2)
+
+
+def _isolate(mp: pytest.MonkeyPatch, home: Path) -> None:
+    """Point the registry at an embedded store under ``home`` and nothing else."""
+    mp.setenv("BACKDROP_HOME", str(home))
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "BACKDROP_MLFLOW_ARTIFACT_ROOT"):
+        mp.delenv(name, raising=False)
+
+
+def _outputs(model: BackdropModel) -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    mask = np.zeros((64, 64), np.float32)
+    mask[20:44, 24:40] = 1
+    reqs = [GenerationRequest(image, mask, c, seed=i) for i, c in enumerate(CATEGORIES)]
+    return [np.asarray(o) for o in BackdropPipeline(model)(reqs, STEPS)]
+
+
+def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def _log(model: BackdropModel, name: str):
+    with mlflow.start_run(experiment_id=registry.ensure_experiment()):
+        return registry.log_generator(model, registered_model_name=name, tags={"preset": "tiny"})
+
+
+def _job(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "jobs" / script), *args], env=dict(os.environ),
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    """An embedded registry with ``backdrop`` v1 (model a) and v2 (model b, other weights)."""
+    home = tmp_path_factory.mktemp("backdrop-home")
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, home)
+        a = BackdropModel.tiny(CATEGORIES, seed=0)
+        b = BackdropModel.tiny(CATEGORIES, seed=1)
+        v1, v2 = _log(a, "backdrop"), _log(b, "backdrop")
+        yield SimpleNamespace(home=home, a=a, b=b, v1=v1, v2=v2, out_a=_outputs(a), out_b=_outputs(b))
+
+
+@pytest.fixture
+def home(embedded, monkeypatch):
+    """Each test re-applies the module's isolated environment (other fixtures may change it)."""
+    _isolate(monkeypatch, embedded.home)
+    registry.configure()
+    return embedded
+
+
+# --------------------------------------------------------------------------- embedded store
+
+
+def test_embedded_store_lives_under_backdrop_home(home):
+    assert (str(home.v1.version), str(home.v2.version)) == ("1", "2")  # int or str by store
+    assert registry.tracking_uri() == f"sqlite:///{home.home / 'mlflow' / 'mlflow.db'}"
+    assert (home.home / "mlflow" / "mlflow.db").is_file()
+    exp = mlflow.get_experiment(registry.ensure_experiment())
+    assert exp.artifact_location == f"file://{home.home / 'mlflow' / 'artifacts'}"
+    assert MlflowClient().get_model_version("backdrop", "1").tags["preset"] == "tiny"
+    assert not _same(home.out_a, home.out_b), "the two versions must be told apart by their outputs"
+
+
+def test_embedded_store_never_falls_back_to_the_working_directory(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri() exports $MLFLOW_TRACKING_URI; that must not turn the embedded
+    store into "a user-chosen server" whose artifacts land in a cwd-relative ./mlruns."""
+    _isolate(monkeypatch, tmp_path / "home")
+    monkeypatch.chdir(tmp_path)
+    uri = registry.configure()
+    assert os.environ.get("MLFLOW_TRACKING_URI") == uri  # what mlflow 3 does
+    with mlflow.start_run(experiment_id=registry.ensure_experiment()) as run:
+        mlflow.log_text("x", "probe.txt")
+    assert run.info.artifact_uri.startswith(f"file://{tmp_path / 'home' / 'mlflow' / 'artifacts'}")
+    assert not (tmp_path / "mlruns").exists()
+    # a later BACKDROP_HOME in the same process is followed, not the exported URI
+    monkeypatch.setenv("BACKDROP_HOME", str(tmp_path / "other"))
+    assert registry.tracking_uri() == f"sqlite:///{tmp_path / 'other' / 'mlflow' / 'mlflow.db'}"
+    # while a URI the user sets is used as given
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert registry.tracking_uri() == "http://127.0.0.1:9"
+
+
+def test_resolve_version_alias_and_path_load_the_same_generator(home, tmp_path):
+    r1 = registry.resolve("models:/backdrop/1")
+    assert (r1.reference, r1.name, r1.version) == ("models:/backdrop/1", "backdrop", "1")
+    assert str(home.home) in r1.path
+    assert _same(_outputs(r1.load()), home.out_a)
+
+    r2 = registry.resolve("models:/backdrop/2")
+    assert (r2.name, r2.version) == ("backdrop", "2")
+    assert _same(_outputs(r2.load()), home.out_b)
+
+    registry.promote("backdrop", "2", force=True)  # no eval tags: only a forced move is allowed
+    champ = registry.resolve("models:/backdrop@champion")
+    assert (champ.name, champ.version) == ("backdrop", "2")
+    assert champ.path == r2.path  # same version, same cached copy
+    assert _same(_outputs(champ.load()), home.out_b)
+    assert registry.resolve_version("models:/backdrop@champion") == ("backdrop", "2")
+
+    path = tmp_path / "saved"
+    home.a.save_pretrained(str(path))
+    plain = registry.resolve(str(path))
+    assert plain.path == str(path) and plain.name == str(path) and plain.version.startswith("path-")
+    assert registry.resolve(str(path)).version == plain.version  # the fingerprint is stable
+    assert _same(_outputs(plain.load()), home.out_a)
+
+
+@pytest.mark.parametrize("ref, words", [
+    ("models:/backdrop/99", ["models:/backdrop/99", "not found"]),
+    ("models:/backdrop@no-such-alias", ["models:/backdrop@no-such-alias", "no-such-alias"]),
+    ("models:/no-such-model@champion", ["no-such-model"]),
+    ("models:/backdrop", ["models:/NAME@ALIAS", "models:/NAME/VERSION"]),
+    ("/definitely/not/a/generator", ["no saved generator", "/definitely/not/a/generator"]),
+])
+def test_bad_reference_is_a_clear_registry_error(home, ref, words):
+    with pytest.raises(registry.RegistryError) as err:
+        registry.resolve(ref)
+    for w in words:
+        assert w in str(err.value)
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_download_cache_is_reused(home):
+    first = registry.resolve("models:/backdrop/1")
+    cache = home.home / "model-cache"
+    before = _snapshot(cache)
+    assert any(k.endswith("backdrop.json") for k in before)
+    again = registry.resolve("models:/backdrop/1")
+    assert again.path == first.path
+    assert _snapshot(cache) == before  # nothing downloaded, renamed or rewritten
+    assert not [p for p in cache.rglob("*.tmp-*")]  # no half-downloads left behind
+
+
+# --------------------------------------------------------------------------- promotion gate
+
+
+@pytest.fixture
+def gate(home):
+    """A fresh registered model ``NAME`` with v1 (consistency 0.5), v2 (0.4), v3 (no eval)."""
+    import uuid
+
+    name = f"gate-{uuid.uuid4().hex[:8]}"
+    for _ in range(3):  # versions of the already-logged generator: no new upload needed
+        mlflow.register_model(home.v1.source, name)
+    registry.record_metrics(name, "1", {"category_consistency": 0.5, "product_leak": 0.1})
+    registry.record_metrics(name, "2", {"category_consistency": 0.4})
+    return name
+
+
+def test_promotion_gate(gate):
+    assert registry.version_metrics(gate, "1") == {"category_consistency": 0.5, "product_leak": 0.1}
+    report = registry.promote(gate, "1")
+    assert report["version"] == "1" and report["new"] == 0.5 and report["previous"] is None
+    assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "1")
+
+    with pytest.raises(registry.RegistryError) as err:
+        registry.promote(gate, "2")
+    assert "0.4000" in str(err.value) and "0.5000" in str(err.value) and "force" in str(err.value)
+    assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "1")  # unchanged
+
+    assert registry.promote(gate, "2", tolerance=0.2)["new"] == 0.4  # within the tolerance
+    registry.promote(gate, "1", force=True)
+
+    report = registry.promote(gate, "2", force=True)
+    assert report["forced"] and report["previous_version"] == "1" and report["previous"] == 0.5
+    assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "2")
+
+    with pytest.raises(registry.RegistryError, match="no 'category_consistency' evaluation"):
+        registry.promote(gate, "3")
+    with pytest.raises(registry.RegistryError, match="no 'category_consistency' evaluation"):
+        registry.promote(gate, "3", alias="fresh-alias")  # even with no current holder
+    registry.record_metrics(gate, "3", {"category_consistency": float("nan")})  # a failed evaluation
+    with pytest.raises(registry.RegistryError, match="no 'category_consistency' evaluation"):
+        registry.promote(gate, "3")
+    registry.promote(gate, "3", force=True)
+    assert registry.describe_registered(gate)["aliases"] == {"champion": "3"}
+
+    with pytest.raises(registry.RegistryError, match="cannot promote .* v42"):
+        registry.promote(gate, "42")  # no such version: a clear error, not an MLflow traceback
+
+
+def test_promote_job_exit_codes(gate):
+    ok = _job("promote.py", "--name", gate, "--version", "1")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert json.loads(ok.stdout[ok.stdout.index("{"):])["version"] == "1"
+
+    refused = _job("promote.py", "--name", gate, "--version", "2")
+    assert refused.returncode == 3, refused.stderr[-3000:]
+    assert "promotion refused" in refused.stderr and "0.4000" in refused.stderr
+    assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "1")
+
+    forced = _job("promote.py", "--name", gate, "--version", "2", "--force")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "2")
+
+
+# --------------------------------------------------------------------------- evaluate job
+
+
+@pytest.mark.slow
+def test_evaluate_job_writes_table_and_records_eval_tags(home, tmp_path):
+    from backdrop.data.synthetic import SyntheticConfig, make_catalog
+
+    catalog = tmp_path / "catalog"
+    make_catalog(str(catalog), SyntheticConfig(num_categories=2, train_per_category=8, heldout_per_category=4,
+                                               pairs_per_category=2))
+    out = tmp_path / "eval" / "table"
+    done = _job("evaluate.py", "--model", "models:/backdrop/1", "--catalog-dir", str(catalog),
+                "--steps", "2", "--per-category", "2", "--pairs", "2", "--output", str(out))
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    report = json.loads(Path(f"{out}.json").read_text())
+    assert (report["name"], report["version"]) == ("backdrop", "1")
+    assert 0.0 <= report["category_consistency"] <= 1.0 and report["chance"] == 0.5
+    assert report["n_generated"] == 4 and report["product_bit_identical"] is True
+    assert "ref_similarity_cg_pg" in report and "copy_paste_cg_pg" in report
+    assert "| category_consistency |" in Path(f"{out}.md").read_text()
+
+    tags = registry.version_metrics("backdrop", "1")
+    assert tags["category_consistency"] == pytest.approx(report["category_consistency"])
+    assert "product_leak" in tags
+    # the gate can now use it: a fresh alias accepts v1 without --force
+    assert registry.promote("backdrop", "1", alias="evaluated")["new"] == tags["category_consistency"]
+
+    runs = mlflow.search_runs([registry.ensure_experiment()], filter_string="tags.job = 'evaluate'",
+                              output_format="list")
+    assert runs and runs[0].data.metrics["category_consistency"] == pytest.approx(report["category_consistency"])
+
+
+# --------------------------------------------------------------------------- mlflow server + S3
+
+
+@pytest.mark.slow
+def test_registry_over_a_real_mlflow_server_with_artifacts_on_s3(mlflow_server, s3_server, s3_bucket, tmp_path,
+                                                                  monkeypatch):
+    import boto3
+
+    _isolate(monkeypatch, tmp_path / "home")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server)
+    assert registry.configure() == mlflow_server
+
+    exp = mlflow.get_experiment(registry.ensure_experiment())
+    # the server chooses the location: proxied artifact access, not a client-side path
+    assert exp.artifact_location.startswith("mlflow-artifacts:"), exp.artifact_location
+
+    model = BackdropModel.tiny(CATEGORIES, seed=2)
+    version = _log(model, "backdrop-remote")
+    assert str(version.version) == "1"
+
+    resolved = registry.resolve("models:/backdrop-remote/1")
+    assert (resolved.name, resolved.version) == ("backdrop-remote", "1")
+    assert str(tmp_path / "home" / "model-cache") in resolved.path
+    expected = _outputs(model)
+    assert _same(_outputs(resolved.load()), expected)
+
+    registry.record_metrics("backdrop-remote", "1", {"category_consistency": 0.7})
+    registry.promote("backdrop-remote", "1")
+    champ = registry.resolve("models:/backdrop-remote@champion")
+    assert champ.version == "1" and champ.path == resolved.path
+
+    bucket = s3_bucket[len("s3://"):]
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="mlartifacts/")
+            for o in page.get("Contents", [])]
+    assert any(k.endswith("/generator/backdrop.json") for k in keys), keys
+    assert any(k.endswith("/MLmodel") for k in keys), keys
+    assert any(k.endswith(".safetensors") for k in keys), keys
+    assert not (tmp_path / "home" / "mlflow").exists()  # nothing went to the embedded store

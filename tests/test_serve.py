@@ -1,0 +1,472 @@
+"""The backdrop HTTP service end to end: a real Ray Serve on a local Ray, real HTTP.
+
+Two applications share one Serve instance:
+
+* ``backdrop`` at ``/``: models from a temporary MLflow registry (v1 = champion,
+  v2 = challenger), batching with a generous wait so that concurrent requests meet;
+* ``tight`` at ``/tight``: one saved generator (``model_path``), one request at a time and a
+  queue of one, a 2 s request timeout: for overload (503 + Retry-After) and timeouts (504).
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import io
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from serve_stack import (
+    API_KEY,
+    OTHER_KEY,
+    decode,
+    deploy,
+    local_serve,
+    png,
+    product_mask,
+    product_rgba,
+    reference_rgb,
+    register_versions,
+    serve_log_files,
+    tiny_model,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+MAX_BODY = 2 * 2**20
+KEY = {"X-API-Key": API_KEY}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, s3_server):  # S3 first: the replicas inherit its endpoint and credentials
+    home = tmp_path_factory.mktemp("backdrop-home")
+    env = {"BACKDROP_HOME": str(home), "BACKDROP_MAX_MODELS_PER_REPLICA": "2", "BACKDROP_S3_ENDPOINT_URL": s3_server}
+    saved = {k: os.environ.get(k) for k in (*env, "BACKDROP_API_KEYS", "MLFLOW_TRACKING_URI")}
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # the registry under BACKDROP_HOME, nothing else
+    os.environ.update(env)
+    os.environ["BACKDROP_API_KEYS"] = OTHER_KEY  # inherited by the replicas, never in a runtime_env
+    from backdrop.service import ApiKeys
+
+    try:
+        versions = register_versions(2)
+        model_dir = home / "saved-generator"
+        tiny_model(seed=5).save_pretrained(str(model_dir))
+        with local_serve(env) as url:
+            main = deploy("backdrop", "/", {
+                "api_key_sha256": [ApiKeys.digest(API_KEY)],
+                "alias_ttl_s": 0,
+                "max_body_bytes": MAX_BODY,
+                "max_image_bytes": MAX_BODY,
+                "max_pixels": 1_000_000,
+                "max_steps": 400,
+            }, generator={"max_ongoing_requests": 16, "max_queued_requests": 64,
+                          "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.25}}, url=url)
+            tight = deploy("tight", "/tight", {
+                "model_path": str(model_dir),
+                "api_key_sha256": [ApiKeys.digest(API_KEY)],
+                "request_timeout_s": 2,
+                "retry_after_s": 1,
+                "max_steps": 500,
+            }, generator={"max_ongoing_requests": 1, "max_queued_requests": 1,
+                          "backpressure_config": {"status_code": 503, "retry_after_s": 1},
+                          "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}, url=url)
+            yield {"url": main, "tight": tight, "versions": versions}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def generate(base: str, *, files: dict | None = None, data: dict | None = None, headers: dict | None = None,
+             timeout: float = 120) -> requests.Response:
+    files = files if files is not None else {"image": ("product.png", png(product_rgba()), "image/png")}
+    data = {"category": "mug", "steps": "2", "seed": "7", **(data or {})}
+    return requests.post(f"{base}/v1/generate", files=files, data=data, headers={**KEY, **(headers or {})},
+                         timeout=timeout)
+
+
+def assert_error(r: requests.Response, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, (r.status_code, r.text[:500])
+    body = r.json()["error"]
+    if code:
+        assert body["code"] == code, body
+    assert body["message"] and "Traceback" not in r.text and 'File "' not in r.text
+    assert body["request_id"] == r.headers["X-Request-Id"]
+    return body
+
+
+# --- probes, page, auth -----------------------------------------------------------------------
+def test_probes_and_page_need_no_key(stack):
+    url = stack["url"]
+    assert requests.get(f"{url}/healthz").json() == {"status": "ok"}
+    ready = requests.get(f"{url}/readyz").json()
+    assert ready == {"status": "ready", "model": "backdrop", "version": stack["versions"][0]}
+    page = requests.get(f"{url}/")
+    assert page.status_code == 200 and "backdrop" in page.text and "api-key" in page.text
+    assert requests.get(f"{url}/static/app.js").status_code == 200
+    assert "/v1/generate" in requests.get(f"{url}/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"},
+                                     {"Authorization": "Basic dGVzdA=="}])
+def test_requests_without_a_valid_key_get_401(stack, headers):
+    r = requests.get(f"{stack['url']}/v1/models", headers=headers)
+    assert_error(r, 401, "unauthorized")
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    r = requests.post(f"{stack['url']}/v1/generate", headers=headers,
+                      files={"image": ("p.png", png(product_rgba()), "image/png")}, data={"category": "mug"})
+    assert_error(r, 401, "unauthorized")
+
+
+def test_keys_from_config_env_header_and_bearer(stack):
+    for headers in ({"X-API-Key": API_KEY}, {"Authorization": f"Bearer {API_KEY}"}, {"X-API-Key": OTHER_KEY}):
+        assert requests.get(f"{stack['url']}/v1/models", headers=headers).status_code == 200
+
+
+def test_models_lists_default_aliases_versions_and_categories(stack):
+    info = requests.get(f"{stack['url']}/v1/models", headers=KEY).json()
+    v1, v2 = stack["versions"]
+    assert info["model"] == "backdrop" and info["source"] == "registry"
+    assert info["default"]["version"] == v1 and info["default"]["categories"] == ["mug", "lamp", "watch"]
+    assert info["aliases"] == {"challenger": v2, "champion": v1}
+    assert info["versions"] == [v2, v1]
+    assert v1 in info["loaded"]
+
+
+# --- happy paths -------------------------------------------------------------------------------
+def test_generate_without_reference_answers_a_png_with_lineage_headers(stack):
+    r = generate(stack["url"])
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"] == "image/png"
+    assert r.headers["X-Backdrop-Model"] == "backdrop"
+    assert r.headers["X-Backdrop-Model-Version"] == stack["versions"][0]
+    assert r.headers["X-Backdrop-Model-Alias"] == "champion"
+    assert r.headers["X-Backdrop-Seed"] == "7"
+    assert int(r.headers["X-Backdrop-Batch-Size"]) >= 1
+    assert r.headers["X-Request-Id"] and "generate;dur=" in r.headers["Server-Timing"]
+    out = decode(r.content)
+    src = np.asarray(product_rgba())[..., :3]
+    keep = product_mask()
+    assert out.shape == src.shape
+    assert np.array_equal(out[keep], src[keep])  # the product's pixels, bit-identical
+    assert not np.array_equal(out[~keep], src[~keep])  # a new background
+
+
+def test_generate_with_reference_and_masks_as_json(stack):
+    image = product_rgba().convert("RGB")
+    mask = Image.fromarray(product_mask().astype(np.uint8) * 255)
+    ref_mask = np.zeros((64, 64), np.uint8)
+    ref_mask[21:43, 21:43] = 255
+    files = {"image": ("p.png", png(image), "image/png"), "mask": ("m.png", png(mask), "image/png"),
+             "reference": ("r.png", png(reference_rgb()), "image/png"),
+             "reference_mask": ("rm.png", png(Image.fromarray(ref_mask)), "image/png")}
+    r = generate(stack["url"], files=files, data={"num_images": "2", "format": "json", "prompt": "warm light"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == {"name": "backdrop", "version": stack["versions"][0], "alias": "champion"}
+    assert [i["seed"] for i in body["images"]] == [7, 8]
+    a, b = (decode(base64.b64decode(i["data"])) for i in body["images"])
+    keep = product_mask()
+    assert np.array_equal(a[keep], np.asarray(image)[keep]) and np.array_equal(b[keep], np.asarray(image)[keep])
+    assert not np.array_equal(a, b)  # two seeds, two backgrounds
+    plain = generate(stack["url"], files={"image": ("p.png", png(image), "image/png"),
+                                          "mask": ("m.png", png(mask), "image/png")})
+    assert not np.array_equal(decode(plain.content), a)  # the reference changes the background
+
+
+def test_same_seed_and_version_give_identical_bytes(stack):
+    first, second = generate(stack["url"]), generate(stack["url"])
+    assert first.status_code == second.status_code == 200
+    assert first.content == second.content
+    other = generate(stack["url"], data={"seed": "8"})
+    assert other.content != first.content
+
+
+def test_json_body_with_base64_and_s3_uris(stack, s3_bucket):
+    from backdrop import storage
+
+    uri = f"{s3_bucket}/in/product.png"
+    storage.write_bytes(uri, png(product_rgba()))
+    body = {"image": uri, "reference": base64.b64encode(png(reference_rgb())).decode(), "category": "lamp",
+            "steps": 2, "seed": 3, "format": "json"}
+    r = requests.post(f"{stack['url']}/v1/generate", json=body, headers=KEY)
+    assert r.status_code == 200, r.text
+    assert r.json()["seed"] == 3 and len(r.json()["images"]) == 1
+    as_png = requests.post(f"{stack['url']}/v1/generate", headers=KEY,
+                           json={**body, "format": "png", "image": "data:image/png;base64,"
+                                 + base64.b64encode(png(product_rgba())).decode()})
+    assert as_png.headers["Content-Type"] == "image/png"
+    assert as_png.content == base64.b64decode(r.json()["images"][0]["data"])  # same pixels either way
+    assert_error(requests.post(f"{stack['url']}/v1/generate", headers=KEY, json={**body, "image": "/etc/passwd.png"}),
+                 422)  # not base64: never read as a server path
+    assert_error(requests.post(f"{stack['url']}/v1/generate", headers=KEY, json={**body, "image": "file:///etc/x"}),
+                 422, "invalid_parameter")
+    assert_error(requests.post(f"{stack['url']}/v1/generate", headers=KEY,
+                               json={**body, "image": f"{s3_bucket}/missing.png"}), 422, "fetch_error")
+
+
+# --- bad input: 413 / 415 / 422, never a 500 ----------------------------------------------------------
+def _cmyk_jpeg() -> bytes:
+    buf = io.BytesIO()
+    product_rgba().convert("RGB").convert("CMYK").save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _grey16() -> bytes:
+    a = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    image = Image.fromarray(a)
+    assert image.mode == "I;16"
+    return png(image)
+
+
+def _float_tiff() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).random((64, 64), dtype=np.float32), "F").save(buf, format="TIFF")
+    return buf.getvalue()
+
+
+def _mask(shape=(64, 64), value=None) -> bytes:
+    m = product_mask(shape[0]).astype(np.uint8) * 255 if value is None else np.full(shape, value, np.uint8)
+    return png(Image.fromarray(m))
+
+
+def _file(data: bytes, name: str = "f.png"):
+    return (name, data, "application/octet-stream")
+
+
+GOOD = png(product_rgba())
+OPAQUE = png(product_rgba().convert("RGB"))
+
+BAD_INPUTS = {
+    "corrupt bytes": ({"image": _file(b"\x89PNG\r\n\x1a\n not really")}, {}, 415, "corrupt_image"),
+    "truncated png": ({"image": _file(GOOD[: len(GOOD) // 2])}, {}, 415, "corrupt_image"),
+    "float tiff": ({"image": _file(_float_tiff()), "mask": _file(_mask())}, {}, 415, "unsupported_image"),
+    "text file": ({"image": _file(b"hello, I am not an image", "x.txt")}, {}, 415, "corrupt_image"),
+    "no mask, no alpha": ({"image": _file(OPAQUE)}, {}, 422, "missing_mask"),
+    "mask of the wrong size": ({"image": _file(OPAQUE), "mask": _file(_mask((32, 64), 255))}, {}, 422,
+                               "mask_size_mismatch"),
+    "empty mask": ({"image": _file(OPAQUE), "mask": _file(_mask(value=0))}, {}, 422, "empty_mask"),
+    "full mask": ({"image": _file(OPAQUE), "mask": _file(_mask(value=255))}, {}, 422, "full_mask"),
+    "full reference mask": ({"image": _file(GOOD), "reference": _file(png(reference_rgb())),
+                             "reference_mask": _file(_mask(value=255))}, {}, 422, "full_mask"),
+    "reference mask of the wrong size": ({"image": _file(GOOD), "reference": _file(png(reference_rgb())),
+                                          "reference_mask": _file(_mask((48, 48), 0))}, {}, 422,
+                                         "mask_size_mismatch"),
+    "reference mask without reference": ({"image": _file(GOOD), "reference_mask": _file(_mask())}, {}, 422,
+                                         "invalid_parameter"),
+    "unknown category": ({}, {"category": "sofa"}, 422, "unknown_category"),
+    "missing category": ({}, {"category": ""}, 422, "invalid_parameter"),
+    "no image": ({"mask": _file(_mask())}, {}, 422, "invalid_parameter"),
+    "steps 0": ({}, {"steps": "0"}, 422, "invalid_parameter"),
+    "steps over the limit": ({}, {"steps": "401"}, 422, "invalid_parameter"),
+    "steps not a number": ({}, {"steps": "many"}, 422, "invalid_parameter"),
+    "guidance negative": ({}, {"guidance": "-1"}, 422, "invalid_parameter"),
+    "guidance nan": ({}, {"guidance": "nan"}, 422, "invalid_parameter"),
+    "seed negative": ({}, {"seed": "-5"}, 422, "invalid_parameter"),
+    "too many images": ({}, {"num_images": "9"}, 422, "invalid_parameter"),
+    "png for several images": ({}, {"num_images": "2", "format": "png"}, 422, "invalid_parameter"),
+    "unknown format": ({}, {"format": "gif"}, 422, "invalid_parameter"),
+    "unknown field": ({}, {"step": "3"}, 422, "invalid_parameter"),
+    "prompt too long": ({}, {"prompt": "x" * 501}, 422, "invalid_parameter"),
+    "too many pixels": ({"image": _file(png(Image.new("RGBA", (1200, 1000))))}, {}, 413, "image_too_large"),
+    "body over the limit": ({"image": _file(GOOD + b"\0" * MAX_BODY)}, {}, 413, "payload_too_large"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gets_a_readable_4xx(stack, case):
+    files, data, status, code = BAD_INPUTS[case]
+    files = files or {"image": _file(GOOD)}
+    r = generate(stack["url"], files=files, data=data)
+    body = assert_error(r, status, code)
+    assert len(body["message"]) > 10
+
+
+def test_unusual_but_valid_images_are_accepted(stack):
+    """CMYK JPEG and 16-bit greyscale are converted (see backdrop.imaging), not refused."""
+    for image in (_cmyk_jpeg(), _grey16()):
+        r = generate(stack["url"], files={"image": _file(image, "p.img"), "mask": _file(_mask())})
+        assert r.status_code == 200, r.text
+        assert decode(r.content).shape == (64, 64, 3)
+
+
+def test_malformed_requests(stack):
+    url = f"{stack['url']}/v1/generate"
+    assert_error(requests.post(url, data="hello", headers={**KEY, "Content-Type": "text/plain"}), 415,
+                 "unsupported_media_type")
+    assert_error(requests.post(url, data="{not json", headers={**KEY, "Content-Type": "application/json"}), 422)
+    assert_error(requests.post(url, json=[1, 2], headers=KEY), 422)
+    assert_error(requests.post(url, data=b"--x\r\nbroken", headers={
+        **KEY, "Content-Type": "multipart/form-data; boundary=x"}), 422)  # no image in it
+    # a chunked body (no Content-Length) is counted as it streams in
+    r = requests.post(url, data=iter([b"{" + b" " * (MAX_BODY + 10) + b"}"]),
+                      headers={**KEY, "Content-Type": "application/json"})
+    assert_error(r, 413, "payload_too_large")
+    assert requests.get(f"{stack['url']}/healthz").status_code == 200  # still up
+
+
+# --- versions ------------------------------------------------------------------------------------
+def test_a_header_picks_another_version_through_multiplexing(stack):
+    v1, v2 = stack["versions"]
+    default = generate(stack["url"])
+    by_version = generate(stack["url"], headers={"X-Backdrop-Model-Version": v2})
+    by_alias = generate(stack["url"], headers={"X-Backdrop-Model-Alias": "challenger"})
+    assert default.headers["X-Backdrop-Model-Version"] == v1
+    assert by_version.headers["X-Backdrop-Model-Version"] == v2 and "X-Backdrop-Model-Alias" not in by_version.headers
+    assert by_alias.headers["X-Backdrop-Model-Version"] == v2 and by_alias.headers["X-Backdrop-Model-Alias"] == "challenger"
+    assert by_version.content == by_alias.content != default.content  # another model, other pixels
+    assert_error(generate(stack["url"], headers={"X-Backdrop-Model-Version": "99"}), 404, "unknown_model")
+    assert_error(generate(stack["url"], headers={"X-Backdrop-Model-Alias": "nope"}), 404, "unknown_model")
+    assert_error(generate(stack["url"], headers={"X-Backdrop-Model-Version": "two"}), 422, "invalid_parameter")
+    info = requests.get(f"{stack['url']}/v1/models", headers=KEY).json()
+    assert set(info["loaded"]) == {v1, v2}
+
+
+def test_champion_moves_mid_run_without_dropping_in_flight_requests(stack):
+    from mlflow.tracking import MlflowClient
+
+    from backdrop import registry
+
+    v1, v2 = stack["versions"]
+    registry.configure()
+    client = MlflowClient()
+    with cf.ThreadPoolExecutor(4) as pool:
+        in_flight = [pool.submit(generate, stack["url"], data={"steps": "250", "seed": str(s)}) for s in (1, 2)]
+        time.sleep(2.0)  # both were resolved to v1 and are denoising in the generator now
+        client.set_registered_model_alias("backdrop", "champion", v2)
+        try:
+            after = generate(stack["url"])
+            assert after.status_code == 200 and after.headers["X-Backdrop-Model-Version"] == v2
+            for f in in_flight:
+                r = f.result()
+                assert r.status_code == 200 and r.headers["X-Backdrop-Model-Version"] == v1
+            assert requests.get(f"{stack['url']}/readyz").json()["version"] == v2
+        finally:
+            client.set_registered_model_alias("backdrop", "champion", v1)
+
+
+# --- batching, overload, timeouts ---------------------------------------------------------------------
+def test_concurrent_requests_share_denoising_loops_grouped_by_steps_and_guidance(stack):
+    jobs = [{"steps": "3", "seed": str(i)} for i in range(4)] + [{"steps": "4", "seed": str(i)} for i in range(3)]
+    barrier = threading.Barrier(len(jobs))
+
+    def call(data):
+        barrier.wait()
+        return data, generate(stack["url"], data=data)
+
+    with cf.ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(call, jobs))
+    sizes = {}
+    for data, r in answers:
+        assert r.status_code == 200, r.text
+        sizes.setdefault(data["steps"], []).append(int(r.headers["X-Backdrop-Batch-Size"]))
+    assert max(sizes["3"]) > 1  # batched across requests ...
+    assert max(sizes["3"]) <= 4 and max(sizes["4"]) <= 3  # ... only with requests of the same loop
+    alone = generate(stack["url"], data={"steps": "3", "seed": "0"})
+    batched = next(r for d, r in answers if d == {"steps": "3", "seed": "0"})
+    assert np.abs(decode(alone.content).astype(int) - decode(batched.content)).max() <= 1  # batch mates don't matter
+
+
+def test_overload_is_shed_with_503_and_retry_after_then_recovers(stack):
+    url = stack["tight"]
+    with cf.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda s: generate(url, data={"steps": "40", "seed": str(s)}), range(12)))
+    statuses = sorted(r.status_code for r in answers)
+    assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses, statuses
+    for r in answers:
+        if r.status_code == 503:
+            assert_error(r, 503, "overloaded")
+            assert int(r.headers["Retry-After"]) >= 1
+    assert generate(url).status_code == 200  # answers normally afterwards
+
+
+def test_client_retries_503_after_retry_after(stack):
+    from backdrop.client import BackdropClient
+
+    url = stack["tight"]
+    with cf.ThreadPoolExecutor(2) as pool:
+        busy = pool.submit(generate, url, data={"steps": "60"})  # runs
+        time.sleep(0.3)
+        queued = pool.submit(generate, url, data={"steps": "60", "seed": "2"})  # fills the queue of one
+        time.sleep(0.3)
+        answer = BackdropClient(url, API_KEY, max_retries=20, max_wait_s=60).generate(
+            product_rgba(), category="watch", steps=2, seed=1)
+        assert busy.result().status_code == 200 and queued.result().status_code in (200, 503, 504)
+    assert answer.attempts > 1 and len(answer.images) == 1 and answer.seeds == [1]
+
+
+def test_a_request_over_the_timeout_gets_504_and_its_loop_is_abandoned(stack):
+    url = stack["tight"]
+    t = time.monotonic()
+    assert_error(generate(url, data={"steps": "500"}), 504, "timeout")
+    assert time.monotonic() - t < 10
+    t = time.monotonic()
+    r = generate(url)  # the abandoned 500-step loop stopped: this one does not wait for it
+    assert r.status_code == 200 and time.monotonic() - t < 10
+
+
+# --- client, CLI, logs, metrics --------------------------------------------------------------------
+def test_python_client_and_cli(stack, tmp_path):
+    from backdrop.cli import main
+    from backdrop.client import BackdropClient, ServiceError
+
+    client = BackdropClient(stack["url"], API_KEY)
+    answer = client.generate(product_rgba(), category="lamp", reference=png(reference_rgb()), steps=2, seed=11,
+                             num_images=2)
+    assert answer.version == stack["versions"][0] and answer.seeds == [11, 12] and len(answer.images) == 2
+    assert client.models()["default"]["categories"] == ["mug", "lamp", "watch"]
+    with pytest.raises(ServiceError) as e:
+        client.generate(product_rgba(), category="sofa", steps=2)
+    assert e.value.status == 422 and e.value.code == "unknown_category" and e.value.request_id
+    (tmp_path / "p.png").write_bytes(png(product_rgba()))
+    out = tmp_path / "out.png"
+    assert main(["call", "--url", stack["url"], "--api-key", API_KEY, "--image", str(tmp_path / "p.png"),
+                 "--category", "mug", "--steps", "2", "--seed", "7", "--output", str(out)]) == 0
+    assert out.read_bytes() == generate(stack["url"]).content
+    assert main(["call", "--url", stack["url"], "--api-key", "bad", "--image", str(tmp_path / "p.png"),
+                 "--category", "mug"]) == 1
+
+
+def test_one_log_line_per_request_with_its_id_and_never_the_key(stack):
+    r = generate(stack["url"], data={"category": "sofa"})
+    request_id = r.headers["X-Request-Id"]
+    deadline = time.monotonic() + 20
+    lines = []
+    while time.monotonic() < deadline and not lines:
+        time.sleep(0.5)
+        lines = [line for f in serve_log_files() if f.parent.name == "serve"
+                 for line in f.read_text(errors="replace").splitlines()
+                 if '"event":"request"' in line and request_id in line]
+    assert len(lines) == 1, lines
+    record = json.loads(lines[0][lines[0].index("{"):])
+    assert record["request_id"] == request_id and record["path"] == "/v1/generate"
+    assert record["status"] == 422 and record["error"] == "unknown_category" and record["key_id"]
+    for f in serve_log_files():  # the Serve logs and every worker's stdout/stderr
+        text = f.read_text(errors="replace")
+        assert API_KEY not in text and OTHER_KEY not in text, f
+
+
+def test_metrics_reach_rays_prometheus_endpoint(stack):
+    import ray
+
+    port = ray._private.worker._global_node.metrics_export_port
+    wanted = ("backdrop_requests", "backdrop_request_latency_ms", "backdrop_batch_size",
+              "backdrop_generator_queue_depth")
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if all(w in text for w in wanted):
+            break
+        time.sleep(2)
+    missing = [w for w in wanted if w not in text]
+    assert not missing, missing
+    assert 'status="422"' in text and 'status="200"' in text

@@ -1,0 +1,194 @@
+"""backdrop.service without Ray or HTTP: parameters, keys, inputs and batched generation."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backdrop.errors import (
+    CorruptImageError,
+    FullMaskError,
+    ImageTooLargeError,
+    InvalidParameterError,
+    MaskSizeError,
+    MissingMaskError,
+    UnknownCategoryError,
+)
+from backdrop.imaging import load_reference
+from backdrop.service import (
+    ApiKeys,
+    GenerateParams,
+    Generated,
+    LoadedModel,
+    ModelSelector,
+    ServiceLimits,
+    check_job,
+    load_job,
+    read_input,
+    run_jobs,
+)
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def product(size: int = 64) -> Image.Image:
+    rgba = np.zeros((size, size, 4), np.uint8)
+    rgba[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = (200, 40, 30, 255)
+    return Image.fromarray(rgba, "RGBA")
+
+
+# --- parameters ---------------------------------------------------------------------------------
+def test_params_parse_form_strings_and_json_values_alike():
+    a = GenerateParams.from_fields({"category": " Mug ", "steps": "20", "guidance": "2.5", "seed": "3",
+                                    "num_images": "2"})
+    b = GenerateParams.from_fields({"category": "Mug", "steps": 20, "guidance": 2.5, "seed": 3, "num_images": 2})
+    assert a == b and a.format == "json" and a.seeds == [3, 4] and a.loop_key == (20, 2.5)
+    one = GenerateParams.from_fields({"category": "mug", "prompt": "  "})
+    assert one.format == "png" and one.prompt is None and one.steps == 50 and 0 <= one.seed < 2**31
+
+
+@pytest.mark.parametrize("fields, fragment", [
+    ({}, "category is required"),
+    ({"category": "mug", "steps": "0"}, "steps must be in 1..100"),
+    ({"category": "mug", "steps": "2.5"}, "steps must be an integer"),
+    ({"category": "mug", "steps": True}, "steps must be an integer"),
+    ({"category": "mug", "guidance": "inf"}, "guidance must be in"),
+    ({"category": "mug", "seed": -1}, "seed must be in"),
+    ({"category": "mug", "num_images": 5}, "num_images must be in 1..4"),
+    ({"category": "mug", "num_images": 2, "format": "png"}, "use format=json"),
+    ({"category": "mug", "format": "tiff"}, "format must be one of"),
+    ({"category": "mug", "colour": "red"}, "unknown field(s) 'colour'"),
+    ({"category": ["mug"]}, "category must be a string"),
+])
+def test_params_out_of_range_are_readable_errors(fields, fragment):
+    with pytest.raises(InvalidParameterError) as e:
+        GenerateParams.from_fields(fields, ServiceLimits())
+    assert fragment in str(e.value)
+
+
+# --- keys ------------------------------------------------------------------------------------------
+def test_api_keys_are_held_as_digests_and_checked():
+    keys = ApiKeys.from_config([ApiKeys.digest("alpha")], plain="beta, gamma")
+    assert len(keys) == 3
+    assert keys.check("alpha") == ApiKeys.digest("alpha")[:8]
+    assert keys.check("gamma") and not keys.check("delta") and not keys.check("") and not keys.check(None)
+    assert "alpha" not in repr(vars(keys)) and "beta" not in repr(vars(keys))
+    with pytest.raises(ValueError):
+        ApiKeys(["not-a-digest"])
+    assert not ApiKeys()  # no keys: nothing is accepted
+
+
+# --- inputs ----------------------------------------------------------------------------------------
+def test_read_input_base64_data_url_and_refusals():
+    data = png(product())
+    assert read_input(base64.b64encode(data).decode(), "image") == data
+    assert read_input("data:image/png;base64," + base64.b64encode(data).decode(), "image") == data
+    assert read_input(None, "mask") is None and read_input("", "mask") is None
+    with pytest.raises(InvalidParameterError, match="neither base64 nor"):
+        read_input("/etc/passwd", "image")
+    with pytest.raises(InvalidParameterError, match="not accepted"):
+        read_input("file:///etc/passwd", "image")
+    with pytest.raises(ImageTooLargeError):
+        read_input(base64.b64encode(b"x" * 2000).decode(), "image", limits=ServiceLimits(max_image_bytes=1000))
+
+
+def test_read_input_from_s3(s3_bucket):
+    from backdrop import storage
+    from backdrop.errors import FetchError
+
+    data = png(product())
+    storage.write_bytes(f"{s3_bucket}/p.png", data)
+    assert read_input(f"{s3_bucket}/p.png", "image") == data
+    with pytest.raises(ImageTooLargeError):
+        read_input(f"{s3_bucket}/p.png", "image", limits=ServiceLimits(max_image_bytes=10))
+    with pytest.raises(FetchError):
+        read_input(f"{s3_bucket}/nothing.png", "image")
+
+
+def test_load_job_takes_the_mask_from_alpha_and_checks_the_reference():
+    params = GenerateParams.from_fields({"category": "mug"})
+    job = load_job(params, image=png(product()))
+    assert job.image.mode == "RGB" and job.mask.sum() == 32 * 32 and job.reference is None
+    with pytest.raises(MissingMaskError):
+        load_job(params, image=png(product().convert("RGB")))
+    with pytest.raises(CorruptImageError):
+        load_job(params, image=b"nope")
+    with pytest.raises(InvalidParameterError, match="required"):
+        load_job(params, mask=png(product()))
+    ref = Image.new("RGB", (48, 40), (10, 200, 10))
+    with pytest.raises(MaskSizeError, match="reference mask"):
+        load_job(params, image=png(product()), reference=png(ref), reference_mask=png(Image.new("L", (40, 40))))
+    with pytest.raises(FullMaskError, match="reference"):
+        load_job(params, image=png(product()), reference=png(ref), reference_mask=png(Image.new("L", (48, 40), 255)))
+
+
+def test_reference_masks_from_file_alpha_or_none():
+    ref = Image.new("RGB", (32, 32), (10, 200, 10))
+    assert load_reference(png(ref))[1] is None  # no mask, no alpha: all background
+    assert load_reference(png(ref.convert("RGBA")))[1] is None  # opaque alpha: no cut-out, all background
+    cut = product(32)
+    image, mask = load_reference(png(cut))
+    assert image.mode == "RGB" and mask.sum() == 16 * 16
+    empty = load_reference(png(ref), png(Image.new("L", (32, 32), 0)))[1]
+    assert empty is not None and not empty.any()  # no product in the reference: fine
+
+
+# --- models ----------------------------------------------------------------------------------------
+def test_model_selector_with_a_path_serves_that_model_only(tmp_path, tiny_model):
+    from backdrop.registry import RegistryError
+
+    tiny_model.save_pretrained(str(tmp_path / "g"))
+    selector = ModelSelector(model_path=str(tmp_path / "g"))
+    choice = selector.select()
+    assert choice.model_id == str(tmp_path / "g") and choice.version.startswith("path-") and choice.alias is None
+    assert choice.name == "g"  # not the server's path
+    with pytest.raises(RegistryError, match="versions and aliases need the registry"):
+        selector.select(version="2")
+    with pytest.raises(InvalidParameterError):
+        selector.select(version="two")
+    with pytest.raises(InvalidParameterError):
+        selector.select(alias="bad alias!")
+
+
+def test_run_jobs_one_loop_per_steps_and_guidance_and_isolated_failures(tiny_model):
+    from backdrop.pipeline import BackdropPipeline
+
+    model = LoadedModel(BackdropPipeline(tiny_model), "tiny", "1")
+    image = png(product())
+
+    def job(**fields):
+        return load_job(GenerateParams.from_fields({"category": "mug", "seed": 1, **fields}), image=image)
+
+    jobs = [job(steps=2), job(steps=3), job(steps=2, num_images=2), job(steps=2, guidance=1.0)]
+    results = run_jobs(model, jobs)
+    assert all(isinstance(r, Generated) for r in results)
+    assert [(r.batch_requests, r.batch_images) for r in results] == [(2, 3), (1, 1), (2, 3), (1, 1)]
+    assert len({r.loop for r in results}) == 3
+    assert len(results[2].images) == 2 and results[2].seeds == [1, 2]
+    assert results[0].images[0] == results[2].images[0]  # same seed, same loop: same pixels
+
+    bad = job(steps=2)
+    bad.mask = np.ones((3, 3), np.float32)  # slipped past validation: fails its loop
+    results = run_jobs(model, [job(steps=2), bad])
+    assert isinstance(results[0], Generated) and isinstance(results[1], MaskSizeError)
+
+    with pytest.raises(UnknownCategoryError):
+        check_job(model, load_job(GenerateParams.from_fields({"category": "sofa"}), image=image))
+
+
+def test_run_jobs_stops_a_loop_whose_callers_all_gave_up(tiny_model):
+    from backdrop.pipeline import BackdropPipeline
+    from backdrop.service import Abandoned
+
+    model = LoadedModel(BackdropPipeline(tiny_model), "tiny", "1")
+    job = load_job(GenerateParams.from_fields({"category": "mug", "steps": 50}), image=png(product()))
+    job.cancelled = True
+    assert isinstance(run_jobs(model, [job])[0], Abandoned)
