@@ -39,6 +39,9 @@ class GenerationRequest:
     seed: int = 0
 
 
+MAX_STEPS = 500
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     num_inference_steps: int = 50
@@ -46,8 +49,9 @@ class InferenceConfig:
     reference_init: bool = True  # z_T from the noised reference latent when PG is used
 
     def validate(self) -> None:
-        if not (isinstance(self.num_inference_steps, int) and 1 <= self.num_inference_steps <= 1000):
-            raise InvalidParameterError(f"steps must be an integer in [1, 1000], got {self.num_inference_steps!r}")
+        # DDIM with SD's steps_offset cannot take one step per training timestep (1000)
+        if not (isinstance(self.num_inference_steps, int) and 1 <= self.num_inference_steps <= MAX_STEPS):
+            raise InvalidParameterError(f"steps must be an integer in [1, {MAX_STEPS}], got {self.num_inference_steps!r}")
         if not (0.0 <= float(self.guidance_scale) <= 30.0):
             raise InvalidParameterError(f"guidance must be in [0, 30], got {self.guidance_scale!r}")
 
