@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# see platform/backdrop/__init__.py: spinning OpenMP threads livelock processes sharing 2 cores
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: install system-deps demo serve test test-fast clean
 

@@ -13,6 +13,7 @@ import os
 # Never reach a model hub from the tests (set before anything imports huggingface_hub).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see backdrop/__init__.py
 
 import socket  # noqa: E402
 import subprocess  # noqa: E402
