@@ -168,6 +168,12 @@ def resolve(ref: str) -> ResolvedModel:
         if not storage.exists(storage.join(ref, "backdrop.json")) and not storage.exists(storage.join(ref, "unet")):
             raise RegistryError(f"no saved generator at {ref}")
         return ResolvedModel(ref, name=ref, version=path_fingerprint(ref), path=ref)
+    name, version = _registered_version(ref)
+    return ResolvedModel(ref, name=name, version=version, path=download_version(name, version))
+
+
+def _registered_version(ref: str) -> tuple[str, str]:
+    """``(name, version)`` a ``models:/`` reference points at now (an alias is followed)."""
     configure()
     name, version, alias = parse_reference(ref)
     client = MlflowClient()
@@ -175,7 +181,7 @@ def resolve(ref: str) -> ResolvedModel:
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except mlflow.exceptions.MlflowException as e:
         raise RegistryError(f"cannot resolve {ref}: {e.message}") from None
-    return ResolvedModel(ref, name=name, version=str(mv.version), path=download_version(name, str(mv.version)))
+    return name, str(mv.version)
 
 
 def download_version(name: str, version: str) -> str:
@@ -273,14 +279,7 @@ def resolve_version(ref: str) -> tuple[str, str]:
     if not ref.startswith("models:/"):
         resolved = resolve(ref)
         return resolved.name, resolved.version
-    configure()
-    name, version, alias = parse_reference(ref)
-    client = MlflowClient()
-    try:
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    except mlflow.exceptions.MlflowException as e:
-        raise RegistryError(f"cannot resolve {ref}: {e.message}") from None
-    return name, str(mv.version)
+    return _registered_version(ref)
 
 
 def describe_registered(name: str) -> dict:
