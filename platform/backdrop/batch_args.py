@@ -1,0 +1,49 @@
+"""The command-line flags of the generation jobs, shared by ``jobs/catalog_backfill.py``,
+``jobs/nightly_regen.py`` and ``backdrop backfill`` so that they cannot drift apart.
+
+Kept apart from ``backdrop.batch`` so that building the ``backdrop`` CLI parser imports
+neither Ray nor pyarrow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+
+def add_generation_arguments(p) -> None:
+    """The flags every generation job shares (backfill, nightly, ``backdrop backfill``)."""
+    p.add_argument("--catalog", required=True, help="catalog Parquet file, directory or s3:// prefix")
+    p.add_argument("--output", required=True, help="output directory or s3:// prefix (images + manifest)")
+    p.add_argument("--category", action="append", default=[], help="only this category (repeatable)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance (default 2.0)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; each product's seed derives from it")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per generator call and manifest part")
+    p.add_argument("--concurrency", type=int, default=1, help="generator actors (the pool scales 1..N)")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per generator actor (0: CPU)")
+    p.add_argument("--cpus-per-actor", type=float, help="CPUs reserved per actor (default 0.5 on <= 4 CPUs, else 1)")
+    p.add_argument("--threads-per-actor", type=int, help="torch threads for CPU inference (default cores/actors)")
+    p.add_argument("--format", default="png", choices=["png", "jpeg", "webp"], help="output image format")
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality 1..100")
+    p.add_argument("--limit", type=int, help="only the first N rows (after --category) in catalog order")
+    p.add_argument("--max-failure-rate", type=float, default=0.1,
+                   help="exit non-zero when more than this fraction of rows failed (default 0.1)")
+    p.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, "
+                                          "else SQLite under $BACKDROP_HOME/mlflow)")
+    p.add_argument("--ray-address", help="Ray cluster to join ('local' starts a private one; default: "
+                                         "$RAY_ADDRESS, then the latest `ray start`, else a new local one)")
+    p.add_argument("--num-cpus", type=float, help="CPUs of a private local Ray instance (--ray-address local)")
+
+
+def config_from_args(args, **overrides):
+    """The ``batch.BackfillConfig`` that parsed flags describe."""
+    from .batch import BackfillConfig
+
+    config = BackfillConfig(
+        catalog=args.catalog, model=args.model, output=args.output, categories=tuple(args.category),
+        steps=args.steps, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
+        concurrency=args.concurrency, num_gpus=args.num_gpus, cpus_per_actor=args.cpus_per_actor,
+        threads_per_actor=args.threads_per_actor, image_format=args.format, quality=args.quality,
+        limit=args.limit, max_failure_rate=args.max_failure_rate,
+    )
+    return replace(config, **overrides)

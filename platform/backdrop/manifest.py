@@ -1,0 +1,142 @@
+"""The manifest of a generation job's output: every attempt is a record, the latest one is the truth.
+
+Layout under a job's output (a local directory or an ``s3://`` prefix)::
+
+    images/<category>/<product_id>.<ext>   generated images
+    manifest/parts/part-<uuid>.parquet     the records of one finished batch (append-only)
+    manifest.parquet                       the latest record per product_id (consolidated)
+    summary.json                           the last run's summary
+
+The write order keeps the manifest true at every instant: a batch's images are written (each
+atomically) before its part file (atomically too), so a record never points at a missing or
+partial image. A run killed at any moment leaves at worst images without records (made again
+on resume, with the same pixels: seeds are per product) and, on local disk, ``.tmp-`` files of
+interrupted writes (``storage.remove_partial_writes``). Consolidation writes
+``manifest.parquet`` before it deletes the parts it merged, so a crash in between leaves only
+duplicates, which :func:`latest` folds away.
+
+No Ray and no torch here: the driver, the nightly planner and tests all read manifests the
+same way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from . import storage
+from .generation import MANIFEST_COLUMNS, OK
+
+PARTS_DIR = "manifest/parts"
+MANIFEST_FILE = "manifest.parquet"
+SUMMARY_FILE = "summary.json"
+
+SCHEMA = pa.schema([(name, pa.int64() if name == "seed" else pa.string()) for name in MANIFEST_COLUMNS])
+
+# Why a catalog row needs (or does not need) generating, relative to a target.
+NEW, FAILED, MODEL_CHANGED, PARAMS_CHANGED, DONE = "new", "failed", "model_changed", "params_changed", "done"
+REASONS = (NEW, FAILED, MODEL_CHANGED, PARAMS_CHANGED, DONE)
+
+
+def manifest_uri(output_root: str) -> str:
+    return storage.join(output_root, MANIFEST_FILE)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def write_part(output_root: str, records: list[dict]) -> str:
+    """Append one batch's records as a new part file (atomic); returns its URI."""
+    uri = storage.join(output_root, PARTS_DIR, f"part-{uuid.uuid4().hex}.parquet")
+    storage.write_bytes(uri, parquet_bytes(pa.Table.from_pylist(records, schema=SCHEMA)))
+    return uri
+
+
+def _sources(output_root: str) -> tuple[object, list[str], list[str]]:
+    """(pyarrow filesystem, consolidated manifest path if any, part paths)."""
+    fs, parts_dir = storage.filesystem(storage.join(output_root, PARTS_DIR))
+    try:
+        parts = sorted(p for p in fs.ls(parts_dir, detail=False)
+                       if p.endswith(".parquet") and storage.TMP_MARKER not in p.rsplit("/", 1)[-1])
+    except FileNotFoundError:
+        parts = []
+    main = storage.filesystem(manifest_uri(output_root))[1]
+    consolidated = [main] if fs.exists(main) else []
+    return storage.pyarrow_filesystem(output_root)[0], consolidated, parts
+
+
+def read_records(output_root: str, columns: list[str] | None = None) -> pa.Table:
+    """Every record under ``output_root``: the consolidated manifest plus all parts."""
+    fs, consolidated, parts = _sources(output_root)
+    paths = consolidated + parts
+    if not paths:
+        empty = SCHEMA.empty_table()
+        return empty.select(columns) if columns else empty
+    # An explicit schema reads older files too (a column they lack comes back as nulls).
+    return pads.dataset(paths, schema=SCHEMA, filesystem=fs, format="parquet").to_table(columns=columns)
+
+
+def latest(records: pa.Table) -> pa.Table:
+    """The most recent record of each product_id (``created_at`` is ISO 8601 UTC: it sorts)."""
+    if records.num_rows == 0:
+        return records
+    df = records.to_pandas()
+    df = df.sort_values("created_at", kind="stable").drop_duplicates("product_id", keep="last")
+    df = df.sort_values(["category", "product_id"], kind="stable")
+    return pa.Table.from_pandas(df, schema=records.schema, preserve_index=False)
+
+
+def consolidate(output_root: str) -> pa.Table:
+    """Fold all parts into ``manifest.parquet`` (latest record per product) and drop the parts."""
+    fs, consolidated, parts = _sources(output_root)
+    if not parts and consolidated:
+        return read_records(output_root)
+    table = latest(read_records(output_root))
+    storage.write_bytes(manifest_uri(output_root), parquet_bytes(table))
+    if parts:
+        fsspec_fs, _ = storage.filesystem(output_root)
+        fsspec_fs.rm(parts)
+    return table
+
+
+def latest_index(output_root: str) -> pd.DataFrame:
+    """The latest status, model and params of every product in the manifest, by product_id."""
+    cols = ["product_id", "category", "status", "model_name", "model_version", "params_hash", "created_at"]
+    table = latest(read_records(output_root, columns=cols))
+    return table.to_pandas().set_index("product_id")[["status", "model_name", "model_version", "params_hash"]]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a row's latest record must match to count as done."""
+
+    model_name: str
+    model_version: str
+    params_hash: str
+
+
+def classify(rows: pd.DataFrame, index: pd.DataFrame, target_of: Callable[[str], Target]) -> np.ndarray:
+    """One reason from ``REASONS`` per row (``product_id``, ``category``): why it needs work, or ``done``."""
+    if rows.empty:
+        return np.array([], dtype=object)
+    rec = index.reindex(rows["product_id"].to_numpy())
+    targets = {c: target_of(c) for c in rows["category"].unique()}
+    want = [rows["category"].map(lambda c, f=f: getattr(targets[c], f)).to_numpy()
+            for f in ("model_name", "model_version", "params_hash")]
+    status = rec["status"].to_numpy()
+    moved = (rec["model_name"].to_numpy() != want[0]) | (rec["model_version"].to_numpy() != want[1])
+    return np.select(
+        [pd.isna(status), status != OK, moved, rec["params_hash"].to_numpy() != want[2]],
+        [NEW, FAILED, MODEL_CHANGED, PARAMS_CHANGED],
+        default=DONE,
+    ).astype(object)

@@ -1,0 +1,526 @@
+"""The catalog backfill and the nightly regeneration, end to end on real Ray, S3 and MLflow.
+
+Everything runs against real services: a local Ray instance (and a real ``ray start`` head for
+``ray job submit``), the moto S3 server on loopback, and MLflow's SQLite store in a private
+``BACKDROP_HOME``. The model is an untrained tiny generator: its pictures are noise, but they
+go through the same code as real weights.
+
+The module shares one catalog, one registered model (versions 1 and 2, ``champion`` -> 1) and
+one in-process Ray instance; ``first_backfill`` runs once and later tests build on its output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CATEGORIES = ["mug", "laptop", "sunscreen"]
+STEPS = 2
+# product_id -> (category, expected error code) of the bad rows added to the catalog
+BAD_ROWS = {
+    "bad-corrupt-image": ("mug", "corrupt_image"),
+    "bad-missing-mask": ("laptop", "fetch_error"),
+    "bad-mask-size": ("sunscreen", "mask_size_mismatch"),
+    "bad-unknown-category": ("spaceship", "unknown_category"),
+}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A private BACKDROP_HOME (MLflow store, model cache): the tests never touch ~/.backdrop."""
+    path = tmp_path_factory.mktemp("backdrop-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BACKDROP_HOME", str(path))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    import torch
+
+    from backdrop.models.generator import BackdropModel
+
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("model") / "tiny")
+    BackdropModel.tiny(CATEGORIES).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def registered(home, model_dir) -> str:
+    """``backdrop`` versions 1 and 2 in the private registry, ``champion`` -> 1."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from backdrop import registry
+    from backdrop.models.generator import BackdropModel
+
+    model = BackdropModel.from_pretrained(model_dir)
+    experiment = registry.ensure_experiment("backdrop-tests")
+    for _ in range(2):
+        with mlflow.start_run(experiment_id=experiment):
+            registry.log_generator(model, registered_model_name="backdrop")
+    MlflowClient().set_registered_model_alias("backdrop", "champion", "1")
+    return "backdrop"
+
+
+def _write_table(rows: list[dict], path: Path) -> str:
+    from backdrop.data.catalog import GENERATION_COLUMNS
+
+    pq.write_table(pa.table({c: pa.array([r.get(c) for r in rows], pa.string()) for c in GENERATION_COLUMNS}), path)
+    return str(path)
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def catalogs(tmp_path_factory) -> dict:
+    """``good``: 12 products + 3 with a reference ad (PG); ``with_bad``: those + the BAD_ROWS."""
+    from backdrop.data.catalog import read_catalog
+    from backdrop.data.synthetic import SyntheticConfig, make_catalog
+
+    root = tmp_path_factory.mktemp("catalog")
+    paths = make_catalog(str(root), SyntheticConfig(num_categories=3, train_per_category=0,
+                                                    heldout_per_category=4, pairs_per_category=1))
+    good = read_catalog(paths["heldout"]).to_pylist() + read_catalog(paths["pairs"]).to_pylist()
+    mug, laptop, sunscreen = (next(r for r in good if r["category"] == c) for c in CATEGORIES)
+    (root / "bad").mkdir()
+    (root / "bad" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    (root / "bad" / "small-mask.png").write_bytes(_png(np.full((32, 32), 255, np.uint8)))
+    bad = [
+        {**mug, "product_id": "bad-corrupt-image", "image_uri": str(root / "bad" / "corrupt.png")},
+        {**laptop, "product_id": "bad-missing-mask", "mask_uri": str(root / "bad" / "no-such-mask.png")},
+        {**sunscreen, "product_id": "bad-mask-size", "mask_uri": str(root / "bad" / "small-mask.png")},
+        {**mug, "product_id": "bad-unknown-category", "category": "spaceship"},
+    ]
+    assert [r["product_id"] for r in bad] == list(BAD_ROWS)
+    return {"good": _write_table(good, root / "good.parquet"), "with_bad": _write_table(good + bad, root / "with_bad.parquet"),
+            "rows": good, "bad": bad, "root": root}
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_server, home):
+    """One private local Ray instance for the module (after the S3 and registry environment is set,
+    which its workers inherit). ``address="local"`` never joins another cluster on this machine."""
+    import ray
+
+    from backdrop import batch
+
+    batch.init_ray("local", num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def _config(catalog: str, model: str, output: str, **kw):
+    from backdrop.batch import BackfillConfig
+
+    return BackfillConfig(catalog=catalog, model=model, output=output, **{"steps": STEPS, "batch_size": 4, **kw})
+
+
+@pytest.fixture(scope="module")
+def first_backfill(ray_local, registered, catalogs, tmp_path_factory):
+    from backdrop.batch import run_backfill
+
+    config = _config(catalogs["with_bad"], "models:/backdrop@champion", str(tmp_path_factory.mktemp("out")),
+                     max_failure_rate=0.5)
+    return config, run_backfill(config)
+
+
+def _manifest(output: str) -> list[dict]:
+    from backdrop import manifest
+
+    return manifest.read_records(output).to_pylist()
+
+
+# --------------------------------------------------------------------------- fast: no Ray
+
+
+def test_manifest_keeps_the_latest_record_and_classifies_rows():
+    import pandas as pd
+
+    from backdrop import manifest
+    from backdrop.manifest import DONE, FAILED, MODEL_CHANGED, NEW, PARAMS_CHANGED, Target
+
+    def rec(pid, status, version="1", params="p", t="2026-01-01T00:00:00+00:00"):
+        return {"product_id": pid, "category": "mug", "status": status, "model_name": "m",
+                "model_version": version, "params_hash": params, "seed": 1, "created_at": t}
+
+    records = pa.Table.from_pylist([
+        rec("a", "failed", t="2026-01-01T00:00:00+00:00"), rec("a", "ok", t="2026-01-02T00:00:00+00:00"),
+        rec("b", "ok", t="2026-01-02T00:00:00+00:00"), rec("b", "failed", t="2026-01-03T00:00:00+00:00"),
+        rec("c", "ok", version="0"), rec("d", "ok", params="q"),
+    ], schema=manifest.SCHEMA)
+    latest = manifest.latest(records)
+    assert latest.num_rows == 4
+    assert {r["product_id"]: r["status"] for r in latest.to_pylist()} == {"a": "ok", "b": "failed", "c": "ok", "d": "ok"}
+
+    index = latest.to_pandas().set_index("product_id")
+    rows = pd.DataFrame({"product_id": ["a", "b", "c", "d", "e"], "category": ["mug"] * 5})
+    reasons = manifest.classify(rows, index, lambda _: Target("m", "1", "p"))
+    assert list(reasons) == [DONE, FAILED, MODEL_CHANGED, PARAMS_CHANGED, NEW]
+
+
+def test_work_items_survive_the_trip_between_stages():
+    from backdrop.batch import items_from_table, items_to_table
+    from backdrop.generation import WorkItem
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8))
+    mask = np.zeros((24, 32), np.float32)
+    mask[5:10, 5:10] = 1
+    items = [WorkItem({"product_id": "p1", "category": "mug", "image_uri": "x"}, image=image, mask=mask),
+             WorkItem({"product_id": "p2", "category": "mug", "image_uri": "y"}, error="fetch_error: gone")]
+    back = items_from_table(items_to_table(items))
+    assert np.array_equal(np.asarray(back[0].image), np.asarray(image)) and back[0].image.size == (32, 24)
+    assert back[0].mask.dtype == np.float32 and np.array_equal(back[0].mask, mask)
+    assert back[0].reference is None and back[0].error is None
+    assert back[1].error == "fetch_error: gone" and back[1].image is None
+
+
+def test_in_process_loop_records_bad_rows_as_failed(catalogs, model_dir, tmp_path):
+    """The bare loop (no Ray) runs the same three stages; rows in = ok + failed."""
+    from backdrop.generation import OutputConfig, RunContext, generate_in_process
+    from backdrop.models.generator import BackdropModel
+    from backdrop.pipeline import BackdropPipeline, InferenceConfig
+
+    pipe = BackdropPipeline(BackdropModel.from_pretrained(model_dir))
+    inference = InferenceConfig(num_inference_steps=1)
+    ctx = RunContext.create(str(tmp_path), "tiny", "local", inference=inference, output=OutputConfig("jpeg", 90),
+                            resolution=64)
+    rows = catalogs["rows"][:3] + catalogs["bad"]
+    records = [r for batch in generate_in_process(pipe, rows, ctx, inference, batch_size=4) for r in batch]
+    assert [r["product_id"] for r in records] == [r["product_id"] for r in rows]
+    assert [r["status"] for r in records[:3]] == ["ok"] * 3
+    assert {r["product_id"]: r["error"].split(":")[0] for r in records[3:]} == {k: v[1] for k, v in BAD_ROWS.items()}
+    assert all(r["output_uri"].endswith(".jpg") and os.path.exists(r["output_uri"]) for r in records[:3])
+
+
+def test_plan_follows_categories_and_limit(catalogs, tmp_path):
+    from backdrop.batch import RowSelection, plan_rows
+    from backdrop.manifest import NEW, Target
+
+    plan = plan_rows(catalogs["good"], str(tmp_path), RowSelection(("Laptop", "mug"), limit=6),
+                     lambda _: Target("m", "1", "p"))
+    assert plan.total == plan.todo == 6 and plan.skipped == 0
+    assert plan.counts == {("mug", NEW): 4, ("laptop", NEW): 2}
+    assert plan.scope_ids.to_pylist() == [f"heldout-mug-0000{i}" for i in range(4)] + \
+        [f"heldout-laptop-0000{i}" for i in range(2)]
+
+
+def test_cli_job_and_backdrop_backfill_share_their_flags():
+    from backdrop.batch_args import config_from_args
+    from backdrop.cli import build_parser, cmd_backfill
+    from jobs import catalog_backfill
+
+    argv = ["--catalog", "c.parquet", "--model", "models:/backdrop@champion", "--output", "s3://b/out",
+            "--category", "mug", "--category", "lamp", "--steps", "20", "--format", "webp", "--limit", "10"]
+    via_cli = build_parser().parse_args(["backfill", *argv])
+    assert via_cli.func is cmd_backfill
+    assert config_from_args(via_cli) == config_from_args(catalog_backfill.build_parser().parse_args(argv))
+    config = config_from_args(via_cli)
+    assert (config.categories, config.steps, config.image_format, config.limit) == (("mug", "lamp"), 20, "webp", 10)
+
+
+# --------------------------------------------------------------------------- backfill on Ray
+
+
+@pytest.mark.slow
+def test_bad_rows_become_failed_records_and_the_job_completes(first_backfill, catalogs):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    config, result = first_backfill
+    good = {r["product_id"] for r in catalogs["rows"]}
+    records = _manifest(config.output)
+    assert len(records) == len(good) + len(BAD_ROWS)  # rows in = rows ok + rows failed
+    assert len({r["product_id"] for r in records}) == len(records)
+    by_id = {r["product_id"]: r for r in records}
+    assert {pid for pid, r in by_id.items() if r["status"] == "ok"} == good
+    assert {pid: by_id[pid]["error"].split(":")[0] for pid in BAD_ROWS} == {k: v[1] for k, v in BAD_ROWS.items()}
+    for pid in good:
+        rec = by_id[pid]
+        assert (rec["model_name"], rec["model_version"], rec["run_id"]) == ("backdrop", "1", result.run_id)
+        with Image.open(rec["output_uri"]) as im:
+            assert im.size == (64, 64)
+
+    assert (result.ok, result.failed, result.generated) == (15, 4, 15)
+    assert result.tally.failed_in("load") == 4 and result.exit_code() == 0
+    assert replace(result, config=replace(config, max_failure_rate=0.1)).exit_code() == 1  # 4/19 > 10%
+    assert "already done" in result.summary() and "unknown_category 1" in result.summary()
+    summary = json.loads(Path(config.output, "summary.json").read_text())
+    assert summary["metrics"]["rows_failed"] == 4 and summary["model_version"] == "1"
+    assert not list(Path(config.output, "manifest", "parts").glob("*.parquet"))  # consolidated
+
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.metrics["rows_ok"] == 15 and run.data.metrics["rows_failed"] == 4
+    assert run.data.params["model_version"] == "1" and run.data.tags["backdrop.model_name"] == "backdrop"
+    artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "gallery")}
+    assert artifacts == {f"gallery/{c}.png" for c in CATEGORIES}
+    assert mlflow.get_experiment(run.info.experiment_id).name == "backdrop-backfill"
+
+
+@pytest.mark.slow
+def test_rerun_does_no_generation_work(first_backfill):
+    from backdrop.batch import run_backfill
+
+    config, first = first_backfill
+    before = {r["product_id"]: r for r in _manifest(config.output)}
+    mtimes = {p: p.stat().st_mtime_ns for p in Path(config.output, "images").rglob("*.png")}
+
+    again = run_backfill(config)
+    assert again.plan.skipped == 15 and again.generated == 0  # only the 4 failed rows were retried
+    assert again.tally.rows == 4 and again.tally.failed_in("load") == 4
+    assert "generate          0" in again.summary()
+    after = {r["product_id"]: r for r in _manifest(config.output)}
+    assert after.keys() == before.keys()
+    assert all(after[p] == before[p] for p in after if before[p]["status"] == "ok")  # untouched
+    assert {p: p.stat().st_mtime_ns for p in Path(config.output, "images").rglob("*.png")} == mtimes
+
+
+@pytest.mark.slow
+def test_catalog_and_outputs_on_s3(ray_local, catalogs, model_dir, s3_bucket):
+    from backdrop import manifest, storage
+    from backdrop.batch import run_backfill
+    from backdrop.data.synthetic import SyntheticConfig, make_catalog
+
+    paths = make_catalog(f"{s3_bucket}/catalog", SyntheticConfig(num_categories=2, train_per_category=0,
+                                                                 heldout_per_category=3, pairs_per_category=0))
+    storage.upload_dir(model_dir, f"{s3_bucket}/models/tiny")
+    config = _config(f"{s3_bucket}/catalog/heldout.parquet", f"{s3_bucket}/models/tiny", f"{s3_bucket}/backfill",
+                     image_format="webp", quality=80)
+    assert paths["heldout"] == config.catalog
+
+    result = run_backfill(config)
+    records = manifest.read_records(config.output).to_pylist()
+    assert len(records) == 6 and {r["status"] for r in records} == {"ok"}
+    assert all(r["output_uri"].startswith(f"{s3_bucket}/backfill/images/") and r["output_uri"].endswith(".webp")
+               for r in records)
+    with Image.open(io.BytesIO(storage.read_bytes(records[0]["output_uri"]))) as im:
+        assert im.format == "WEBP" and im.size == (64, 64)
+    assert storage.exists(f"{s3_bucket}/backfill/summary.json")
+    assert result.model_version.startswith("path-")
+
+    assert run_backfill(config).generated == 0
+
+
+@pytest.mark.slow
+def test_killed_backfill_resumes_exactly_once(ray_local, catalogs, model_dir, tmp_path):
+    """SIGKILL the job (driver, and with it the Ray instance it started) mid-run, then run it again."""
+    from backdrop.batch import run_backfill
+
+    output = tmp_path / "out"
+    parts = output / "manifest" / "parts"
+    rows = catalogs["rows"][:8]
+    args = ["--catalog", catalogs["good"], "--model", model_dir, "--output", str(output), "--limit", "8",
+            "--steps", "6", "--batch-size", "1"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "jobs" / "catalog_backfill.py"), *args,
+                             "--ray-address", "local", "--num-cpus", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(parts.glob("part-*.parquet"))) < 2:
+            assert proc.poll() is None, "the job ended before it could be killed"
+            assert time.monotonic() < deadline, "no manifest parts after 240 s"
+            time.sleep(0.05)
+    finally:
+        _end_process_tree(proc, signal.SIGKILL)
+
+    assert not (output / "manifest.parquet").exists()
+    done_before = {r["product_id"] for r in _manifest(str(output)) if r["status"] == "ok"}
+    assert 2 <= len(done_before) < len(rows)
+    for path in (output / "images").rglob("*.png"):  # readers never see a partial image
+        with Image.open(path) as im:
+            im.load()
+    orphan = output / "images" / "mug" / "heldout-mug-00000.png.tmp-killedwriter"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"half an image")  # what a writer killed mid-write leaves behind
+
+    result = run_backfill(_config(catalogs["good"], model_dir, str(output), limit=8, steps=6, batch_size=1))
+    assert result.plan.skipped == len(done_before)
+    assert result.generated == len(rows) - len(done_before)
+    records = _manifest(str(output))
+    assert sorted(r["product_id"] for r in records) == sorted(r["product_id"] for r in rows)  # exactly once
+    assert {r["status"] for r in records} == {"ok"}
+    files = [p for p in output.rglob("*") if p.is_file()]
+    assert not [p for p in files if ".tmp-" in p.name]
+    assert len([p for p in files if p.suffix == ".png"]) == len(rows)
+
+
+@pytest.mark.slow
+def test_a_killed_generator_actor_is_restarted_and_no_row_is_lost(ray_local, catalogs, model_dir, tmp_path):
+    """SIGKILL the generator actor's process while the backfill runs: Ray Data restarts the actor
+    and retries its batch; every row still ends up in the manifest exactly once."""
+    import psutil
+
+    from backdrop.batch import run_backfill
+
+    killed = []
+
+    def kill_the_generator_once(_records) -> None:
+        for p in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if not killed and "MapBatches(GeneratorActor)" in " ".join(p.cmdline()):
+                    p.kill()
+                    killed.append(p.pid)
+
+    output = tmp_path / "out"
+    rows = catalogs["rows"][:8]
+    result = run_backfill(_config(catalogs["good"], model_dir, str(output), limit=8, batch_size=2, steps=4),
+                          on_records=kill_the_generator_once)
+    assert killed, "no generator actor process found"
+    records = _manifest(str(output))
+    assert sorted(r["product_id"] for r in records) == sorted(r["product_id"] for r in rows)
+    assert {r["status"] for r in records} == {"ok"} and result.exit_code() == 0
+
+
+def _end_process_tree(proc: subprocess.Popen, sig: int, grace_s: float = 5) -> None:
+    """Signal a process this test started, then end whatever of its descendants outlives it
+    (Ray's workers die with their driver or head; its agents may linger for a while)."""
+    import psutil
+
+    family = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(family, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_to_a_local_head(registered, catalogs, home, tmp_path):
+    """The README's command against a real `ray start --head`, through the real `ray job submit` CLI."""
+    ray_bin = Path(sys.executable).parent / "ray"
+    # `ray start` turns Ray 2.60's token authentication on; the CLI sends ~/.ray/auth_token only in token mode.
+    # The head's PATH decides which `python` runs the entrypoint: this venv's, as when it is activated.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    port, dashboard = _free_port(), _free_port()
+    temp_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"rayt{port}"  # short: Ray's socket paths
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}",
+         f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    output = tmp_path / "out"
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        _wait_for_dashboard(address, head)
+        runtime_env = {"env_vars": {"BACKDROP_HOME": str(home), "PYTHONPATH": "platform"},
+                       "excludes": [".git", "runs", "checkpoints"]}
+        job = subprocess.run(
+            [str(ray_bin), "job", "submit", "--address", address, "--working-dir", str(REPO),
+             "--runtime-env-json", json.dumps(runtime_env), "--",
+             "python", "jobs/catalog_backfill.py", "--catalog", catalogs["good"], "--model", "models:/backdrop@champion",
+             "--output", str(output), "--category", "mug", "--category", "laptop", "--limit", "6",
+             "--steps", str(STEPS), "--batch-size", "2"],
+            capture_output=True, text=True, timeout=420, cwd=REPO, env=env)
+        assert job.returncode == 0, f"ray job submit failed:\n{job.stdout[-6000:]}\n{job.stderr[-3000:]}"
+        assert "succeeded" in job.stdout.lower()
+        assert "6 rows in scope = 6 ok + 0 failed" in job.stdout
+    finally:
+        _end_process_tree(head, signal.SIGTERM, grace_s=15)  # `ray start --block` stops what it started
+
+    records = _manifest(str(output))
+    assert sorted(r["product_id"] for r in records) == [f"heldout-laptop-0000{i}" for i in range(2)] + \
+        [f"heldout-mug-0000{i}" for i in range(4)]
+    assert {(r["status"], r["model_name"], r["model_version"]) for r in records} == {("ok", "backdrop", "1")}
+
+
+def _wait_for_dashboard(address: str, head: subprocess.Popen, timeout: float = 120) -> None:
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert head.poll() is None, "ray start exited"
+        try:
+            with opener.open(f"{address}/api/version", timeout=2):
+                return
+        except urllib.error.HTTPError:  # e.g. 401 without Ray's auth token: it is up
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"no Ray dashboard at {address} after {timeout} s")
+
+
+# --------------------------------------------------------------------------- nightly (last: moves the alias)
+
+
+@pytest.mark.slow
+def test_nightly_regenerates_new_failed_and_moved_categories_only(first_backfill, catalogs, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from backdrop import regen
+    from backdrop.manifest import DONE, FAILED, MODEL_CHANGED, NEW
+
+    config, _ = first_backfill
+    mug = next(r for r in catalogs["rows"] if r["category"] == "mug")
+    catalog = _write_table(catalogs["rows"] + catalogs["bad"] + [{**mug, "product_id": "new-mug"}],
+                           catalogs["root"] / "tonight.parquet")
+    tonight = replace(config, catalog=catalog)
+    pins = regen.parse_pins(["mug=models:/backdrop/1"])
+    MlflowClient().set_registered_model_alias("backdrop", "champion", "2")
+    try:
+        before = _manifest(config.output)
+        from jobs import nightly_regen
+
+        assert nightly_regen.main(["--catalog", catalog, "--output", config.output, "--pin", "mug=models:/backdrop/1",
+                                   "--steps", str(STEPS), "--batch-size", "4", "--dry-run"]) == 0
+        printed = capsys.readouterr().out
+        assert "models:/backdrop@champion -> backdrop v2" in printed and "mug=models:/backdrop/1 -> backdrop v1" in printed
+        assert _manifest(config.output) == before  # a dry run touches nothing
+
+        plan, results = regen.run_nightly(tonight, pins)
+        assert plan.plan.counts == {
+            ("mug", DONE): 5, ("mug", NEW): 1, ("mug", FAILED): 1,
+            ("laptop", MODEL_CHANGED): 5, ("laptop", FAILED): 1,
+            ("sunscreen", MODEL_CHANGED): 5, ("sunscreen", FAILED): 1,
+            ("spaceship", FAILED): 1,
+        }
+        assert [r.model_version for r in results] == ["2", "1"]
+        assert [r.generated for r in results] == [10, 1]  # the failed rows fail again while loading
+        records = {r["product_id"]: r for r in _manifest(config.output)}
+        assert len(records) == len(before) + 1
+        assert {r["model_version"] for r in records.values() if r["category"] in ("laptop", "sunscreen")
+                and r["status"] == "ok"} == {"2"}
+        assert {r["model_version"] for r in records.values() if r["category"] == "mug"} == {"1"}
+        assert records["new-mug"]["status"] == "ok"
+        assert regen.plan_nightly(tonight, pins).plan.todo == 4  # only the bad rows remain
+    finally:
+        MlflowClient().set_registered_model_alias("backdrop", "champion", "1")
