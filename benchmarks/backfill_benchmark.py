@@ -283,6 +283,10 @@ def report(args, bare, ray_run, again, mem1, mem10, load_before, load_after) -> 
         f"Ray run: pipeline {full.pipeline_seconds:.1f}s of {full.seconds:.1f}s, first records after "
         f"{full.startup_seconds:.1f}s (workers and actor start, model load); Ray Data operators: "
         + ", ".join(f"{n} {s:.1f}s" for n, s in full.operators) + ".",
+        "",
+        "On a shared machine (a 1-minute load average above ~2 means other work ran meanwhile) (a) is "
+        "noisy in both directions: the Ray run's several processes can win CPU share from the "
+        "single-process loop, or lose it. (b) and (c) hardly depend on it.",
     ]
     return "\n".join(lines)
 

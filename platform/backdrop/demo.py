@@ -1,4 +1,5 @@
-"""The README's main command: synthetic catalog -> tiny generator -> galleries, on one machine."""
+"""The README's main command, on one machine: synthetic catalog -> tiny generator -> MLflow
+registry (evaluation gate) -> Ray Data backfill -> galleries."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import logging
 import os
 import time
 
-from . import storage
+from . import registry, storage
+from .batch import BackfillConfig, run_backfill
 from .data.catalog import read_catalog
 from .data.synthetic import SyntheticConfig, make_catalog
+from .evaluation import EvalConfig, evaluate
 from .gallery import contact_sheet, masked_product
 from .generation import load_request, row_seed
 from .models.generator import BackdropModel
@@ -30,22 +33,53 @@ def run_demo(
     t0 = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     catalog = make_catalog(os.path.join(workdir, "catalog"), SyntheticConfig())
-    log.info("[1/3] synthetic catalog ready (%.0fs): %s", time.perf_counter() - t0, catalog["train"])
+    log.info("[1/5] synthetic catalog ready (%.0fs): %s", time.perf_counter() - t0, catalog["train"])
 
     model_dir = os.path.join(workdir, "model")
     if from_scratch or not checkpoint or not os.path.isdir(checkpoint):
-        log.info("[2/3] training every stage from nothing: %s", DEFAULT_MINUTES)
+        log.info("[2/5] training every stage from nothing: %s", DEFAULT_MINUTES)
         model, _ = train_generator(catalog["train"], model_dir)
     else:
-        log.info("[2/3] fine-tuning CG of the shipped checkpoint %s for %.1f min", checkpoint, train_minutes)
+        log.info("[2/5] fine-tuning CG of the shipped checkpoint %s for %.1f min", checkpoint, train_minutes)
         model, _ = train_generator(catalog["train"], model_dir, stages=("cg",), init=checkpoint,
                                    minutes={"cg": train_minutes})
 
-    log.info("[3/3] generating galleries (%d DDIM steps)", steps)
+    log.info("[3/5] evaluating, registering in MLflow and promoting through the gate")
+    ref = register(model, catalog, steps)
+
+    log.info("[4/5] catalog backfill of the held-out split through Ray Data with %s", ref)
+    backfill = run_backfill(BackfillConfig(catalog=catalog["heldout"], model=ref,
+                                           output=os.path.join(workdir, "backfill"), steps=steps))
+
+    log.info("[5/5] galleries (%d DDIM steps)", steps)
     out = render_galleries(model, catalog, os.path.join(workdir, "gallery"), steps=steps, per_category=per_category)
+    out["manifest"] = storage.join(backfill.config.output, "manifest.parquet")
     log.info("demo done in %.1f min; open %s", (time.perf_counter() - t0) / 60, out["category"])
-    print(f"\ngalleries:\n  {out['category']}\n  {out['reference']}\n  {out['html']}")
+    print(f"\ngalleries:\n  {out['category']}\n  {out['reference']}\n  {out['html']}\n"
+          f"backfill manifest ({sum(backfill.tally.ok.values())} ok, {sum(backfill.tally.failed.values())} failed): "
+          f"{out['manifest']}\n"
+          f"MLflow: mlflow ui --backend-store-uri {registry.tracking_uri()}")
     return out
+
+
+def register(model: BackdropModel, catalog: dict, steps: int, name: str = "backdrop") -> str:
+    """Evaluate, register a new version, and move ``champion`` to it if the gate allows."""
+    import mlflow
+
+    result = evaluate(model, catalog, EvalConfig(steps=steps, per_category=6), with_references=False)
+    registry.configure()
+    with mlflow.start_run(experiment_id=registry.ensure_experiment(), run_name="demo-train"):
+        mlflow.log_metrics({k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))})
+        mlflow.log_image(result.grids["categories"], "eval/categories.png")
+        version = str(registry.log_generator(model, registered_model_name=name,
+                                             tags={"preset": model.config.preset, "source": "demo"}).version)
+    registry.record_metrics(name, version, {k: v for k, v in result.metrics.items() if isinstance(v, float)})
+    try:
+        registry.promote(name, version)
+    except registry.RegistryError as e:  # an earlier, better champion stays in place
+        log.warning("%s", e)
+    log.info("category consistency %.3f; %s v%s registered", result.metrics["category_consistency"], name, version)
+    return f"models:/{name}@{registry.CHAMPION}"
 
 
 def render_galleries(model: BackdropModel, catalog: dict, out_dir: str, steps: int = 20,
