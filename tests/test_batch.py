@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -454,6 +455,7 @@ def test_ray_job_submit_to_a_local_head(registered, catalogs, home, tmp_path):
         assert "6 rows in scope = 6 ok + 0 failed" in job.stdout
     finally:
         _end_process_tree(head, signal.SIGTERM, grace_s=15)  # `ray start --block` stops what it started
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
     records = _manifest(str(output))
     assert sorted(r["product_id"] for r in records) == [f"heldout-laptop-0000{i}" for i in range(2)] + \

@@ -56,7 +56,7 @@ def run_demo(
     out["manifest"] = storage.join(backfill.config.output, "manifest.parquet")
     log.info("demo done in %.1f min; open %s", (time.perf_counter() - t0) / 60, out["category"])
     print(f"\ngalleries:\n  {out['category']}\n  {out['reference']}\n  {out['html']}\n"
-          f"backfill manifest ({sum(backfill.tally.ok.values())} ok, {sum(backfill.tally.failed.values())} failed): "
+          f"backfill manifest ({backfill.ok} ok, {backfill.failed} failed): "
           f"{out['manifest']}\n"
           f"MLflow: mlflow ui --backend-store-uri {registry.tracking_uri()}")
     return out
