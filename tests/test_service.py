@@ -173,7 +173,12 @@ def test_run_jobs_one_loop_per_steps_and_guidance_and_isolated_failures(tiny_mod
     assert [(r.batch_requests, r.batch_images) for r in results] == [(2, 3), (1, 1), (2, 3), (1, 1)]
     assert len({r.loop for r in results}) == 3
     assert len(results[2].images) == 2 and results[2].seeds == [1, 2]
-    assert results[0].images[0] == results[2].images[0]  # same seed, same loop: same pixels
+    # same seed in the same loop: the same image up to float rounding. Rows at different batch
+    # positions may take different BLAS code paths on CPU, so identical rows can differ by a
+    # rounding step after uint8 conversion; identical *requests* answered alone are byte-equal
+    # (test_serve checks that), and the product pixels are pasted back exactly in both.
+    a, b = (np.asarray(Image.open(io.BytesIO(r.images[0])), np.int16) for r in (results[0], results[2]))
+    assert np.abs(a - b).max() <= 2
 
     bad = job(steps=2)
     bad.mask = np.ones((3, 3), np.float32)  # slipped past validation: fails its loop
