@@ -97,3 +97,27 @@ def test_plain_controlnet_baseline_variant(data, tmp_path):
     train_stage(plain, random_batches(data, 4), StageConfig("cg", max_steps=1, batch_size=4))
     plain.save_pretrained(str(tmp_path / "plain"))
     assert BackdropModel.from_pretrained(str(tmp_path / "plain")).config.cg_variant == "plain"
+
+
+@pytest.mark.parametrize("sampling", ["importance", "uniform"])
+def test_timestep_sampling_estimates_the_same_weighted_loss(sampling):
+    """Both samplers are unbiased for E_t~U[w(t) L(t)]; importance puts the batch at high noise."""
+    from diffusers import DDIMScheduler
+
+    from backdrop.training.loop import TimestepSampler, loss_weights
+
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    cfg = StageConfig("cg", timestep_sampling=sampling)
+    every_t = torch.arange(scheduler.config.num_train_timesteps)
+    per_t_loss = torch.cos(every_t / 300.0) + 2  # any loss curve over t
+    exact = (loss_weights(scheduler, every_t, cfg) * per_t_loss).mean()
+    t, w = TimestepSampler(scheduler, cfg)(200_000, torch.Generator().manual_seed(0))
+    estimate = (w * per_t_loss[t]).mean()
+    assert abs(float(estimate / exact) - 1) < 0.01
+    share_high = float((t >= 800).float().mean())
+    assert share_high > 0.7 if sampling == "importance" else abs(share_high - 0.2) < 0.01
+
+
+def test_unknown_timestep_sampling_is_refused():
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        StageConfig("cg", timestep_sampling="sometimes")

@@ -40,6 +40,10 @@ class StageConfig:
     learning_rate: float | None = None  # None: DEFAULT_LR[stage]
     loss_weighting: str = "high-noise"  # or "none" (plain ε-MSE, the paper's Eq. 1)
     snr_cap: float = 100.0
+    # "importance": draw t in proportion to the loss weight and average unweighted (the same
+    # expected gradient with far less variance: under uniform t, the 20 % of samples at
+    # t >= 800 carry 78 % of the weight); "uniform": draw t uniformly and weight each sample.
+    timestep_sampling: str = "importance"
     prompt_dropout: float = 0.1  # classifier-free guidance needs the empty prompt in training
     base_caption: str = "a photo"  # the tiny base learns no category, like pretrained SD
     grad_accum: int = 1
@@ -53,6 +57,10 @@ class StageConfig:
             raise ValueError(f"unknown stage {self.stage!r}; stages are {', '.join(STAGES)}")
         if self.learning_rate is None:
             self.learning_rate = DEFAULT_LR[self.stage]
+        if self.loss_weighting not in ("high-noise", "none"):
+            raise ValueError(f"unknown loss_weighting {self.loss_weighting!r}")
+        if self.timestep_sampling not in ("importance", "uniform"):
+            raise ValueError(f"unknown timestep_sampling {self.timestep_sampling!r}")
 
 
 STAGE_ATTRIBUTE = {"vae": "vae", "base": "unet", "cg": "cg", "pg": "pg"}
@@ -71,6 +79,28 @@ def loss_weights(scheduler, timesteps: torch.Tensor, cfg: StageConfig) -> torch.
     alpha_bar = scheduler.alphas_cumprod[timesteps.cpu()]
     snr = alpha_bar / (1 - alpha_bar)
     return 1 + torch.clamp(1 / snr, max=cfg.snr_cap)
+
+
+class TimestepSampler:
+    """Draws training timesteps and the per-sample loss weights that go with them.
+
+    Both modes estimate the same weighted loss E_t~U[w(t) L(t)]: ``uniform`` draws t ~ U and
+    multiplies by w(t); ``importance`` draws t ~ w(t) / sum(w) and multiplies by mean(w), a
+    constant, so the batch is spent where the weight is.
+    """
+
+    def __init__(self, scheduler, cfg: StageConfig):
+        self.num_timesteps = scheduler.config.num_train_timesteps
+        self.importance = cfg.timestep_sampling == "importance" and cfg.loss_weighting != "none"
+        self.all_weights = loss_weights(scheduler, torch.arange(self.num_timesteps), cfg).float()
+        self.scheduler, self.cfg = scheduler, cfg
+
+    def __call__(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.importance:
+            t = torch.multinomial(self.all_weights, n, replacement=True, generator=generator)
+            return t, torch.full((n,), float(self.all_weights.mean()))
+        t = torch.randint(0, self.num_timesteps, (n,), generator=generator)
+        return t, loss_weights(self.scheduler, t, self.cfg)
 
 
 def random_keep_masks(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -106,6 +136,7 @@ class StageTrainer:
         )
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.scheduler = model.scheduler
+        self.timesteps = TimestepSampler(self.scheduler, cfg)
         self.step_count = 0
 
     # --- losses ---------------------------------------------------------------------
@@ -154,12 +185,11 @@ class StageTrainer:
         latents = self.pipe.encode_images(batch["images"].to(self.model.device))
         n = len(latents)
         noise = torch.randn(latents.shape, generator=self.generator).to(latents)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=self.generator)
+        t, w = self.timesteps(n, self.generator)
         noisy = self.scheduler.add_noise(latents, noise, t.to(latents.device))
         eps = predict_noise(self.model, noisy, t.to(latents.device), cond)
         per_sample = F.mse_loss(eps.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
-        w = loss_weights(self.scheduler, t, self.cfg).to(per_sample)
-        return (w * per_sample).mean(), {"mse": per_sample.mean().item()}
+        return (w.to(per_sample) * per_sample).mean(), {"mse": per_sample.mean().item()}
 
     # --- one optimizer step ---------------------------------------------------------
     def step(self, micro_batches: list[dict]) -> dict:
