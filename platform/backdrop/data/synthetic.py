@@ -102,6 +102,19 @@ def _pick(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
 
+def _ground(rng: np.random.Generator, img: np.ndarray, v: np.ndarray, band: tuple[float, float],
+            colour: Callable[[], Color], level: float, texture: float, cells: int) -> tuple[float, Color]:
+    """Paint the floor, counter or street below a random line in ``band``: a jittered colour
+    with value-noise texture. The colour is a callable so the RNG is drawn in a fixed order
+    (line, colour, noise): catalogs must stay reproducible from their seed."""
+    top = rng.uniform(*band)
+    col = colour()
+    tex = col * (level + texture * _noise(rng, img.shape[0], cells))[..., None]
+    low = v > top
+    img[low] = tex[low]
+    return top, col
+
+
 @lru_cache(maxsize=16)
 def _grid(res: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates in [0, 1]: u across (x), v down (y)."""
@@ -186,12 +199,8 @@ def _bg_kitchen(rng: np.random.Generator, res: int) -> np.ndarray:
     shade = 1.0 - 0.07 * var + 0.04 * (1.0 - v)
     img = tile * shade[..., None]
     img[line] = grout
-    top = rng.uniform(0.74, 0.86)
-    counter = _jit(rng, _pick(rng, [_c(0.28, 0.28, 0.31), _c(0.36, 0.33, 0.3), _c(0.2, 0.22, 0.26)]))
-    speck = _noise(rng, res, 12)
-    ctr = counter * (0.9 + 0.2 * speck)[..., None]
-    low = v > top
-    img[low] = ctr[low]
+    top, counter = _ground(rng, img, v, (0.74, 0.86), lambda: _jit(
+        rng, _pick(rng, [_c(0.28, 0.28, 0.31), _c(0.36, 0.33, 0.3), _c(0.2, 0.22, 0.26)])), 0.9, 0.2, 12)
     edge = (v > top) & (v < top + max(0.025, 1.2 / res))
     img[edge] = counter * 1.6
     return img
@@ -304,12 +313,7 @@ def _bg_brick(rng: np.random.Generator, res: int) -> np.ndarray:
     img = brick * (0.8 + 0.3 * var)[..., None]
     img[..., 1] += 0.04 * (_cell_hash(col, row, 3) - 0.5)
     img[mortar] = _jit(rng, _c(0.74, 0.7, 0.64), dv=0.05)
-    hz = rng.uniform(0.74, 0.86)
-    asphalt = _jit(rng, _c(0.26, 0.26, 0.28), dv=0.1)
-    speck = _noise(rng, res, 20)
-    street = asphalt * (0.88 + 0.24 * speck)[..., None]
-    low = v > hz
-    img[low] = street[low]
+    hz, _ = _ground(rng, img, v, (0.74, 0.86), lambda: _jit(rng, _c(0.26, 0.26, 0.28), dv=0.1), 0.88, 0.24, 20)
     kerb = (v > hz) & (v < hz + max(0.03, 1.5 / res))
     img[kerb] = _c(0.62, 0.62, 0.6)
     return img
@@ -405,11 +409,7 @@ def _bg_mountain(rng: np.random.Generator, res: int) -> np.ndarray:
         img[m] = col
         snowline = float(ridge_y.min()) + rng.uniform(0.05, 0.09)
         img[m & (v < snowline)] = snow
-    meadow = rng.uniform(0.74, 0.84)
-    grass = _jit(rng, _c(0.33, 0.55, 0.2), dh=0.03)
-    g_img = grass * (0.85 + 0.25 * _noise(rng, res, 10))[..., None]
-    low = v > meadow
-    img[low] = g_img[low]
+    _ground(rng, img, v, (0.74, 0.84), lambda: _jit(rng, _c(0.33, 0.55, 0.2), dh=0.03), 0.85, 0.25, 10)
     return img
 
 
@@ -427,11 +427,7 @@ def _bg_kidsroom(rng: np.random.Generator, res: int) -> np.ndarray:
     idx = (_cell_hash(np.floor(x), np.floor(y), 11) * 5).astype(np.int64) % 5
     img = np.broadcast_to(wall, (res, res, 3)).copy()
     img[dot] = palette[idx[dot]]
-    floor = rng.uniform(0.78, 0.88)
-    carpet = _jit(rng, _c(0.22, 0.42, 0.8), dh=0.03)
-    c_img = carpet * (0.9 + 0.15 * _noise(rng, res, 14))[..., None]
-    low = v > floor
-    img[low] = c_img[low]
+    _ground(rng, img, v, (0.78, 0.88), lambda: _jit(rng, _c(0.22, 0.42, 0.8), dh=0.03), 0.9, 0.15, 14)
     return img
 
 
