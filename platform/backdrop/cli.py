@@ -64,6 +64,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from . import manifest
     from .data.catalog import read_catalog
     from .generation import OutputConfig, RunContext, generate_in_process
     from .models.generator import BackdropModel
@@ -81,24 +82,14 @@ def cmd_generate(args) -> int:
     records = []
     t = time.perf_counter()
     for batch_records in generate_in_process(pipe, rows, ctx, inference, args.batch_size):
+        manifest.write_part(args.output, batch_records)  # the backfill's manifest layout
         records += batch_records
         print(f"  {len(records)}/{len(rows)} rows", file=sys.stderr)
     ok = sum(r["status"] == "ok" for r in records)
     print(f"{ok} ok, {len(records) - ok} failed of {len(records)} rows in {time.perf_counter() - t:.1f}s "
           f"-> {args.output}")
-    _write_manifest(records, args.output)
+    manifest.consolidate(args.output)
     return 0 if ok == len(records) else 1
-
-
-def _write_manifest(records: list[dict], output: str) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from . import storage
-
-    storage.makedirs(output)
-    fs, path = storage.pyarrow_filesystem(storage.join(output, "manifest.parquet"))
-    pq.write_table(pa.Table.from_pylist(records), path, filesystem=fs)
 
 
 def cmd_demo(args) -> int:
