@@ -55,9 +55,10 @@ def evaluate(model_dir: str, catalog_dir: str, out: str, args, references: bool)
 
 
 def train_for(model, data, stage: str, minutes: float, seed: int, trainer=None, elapsed: float = 0.0,
-              batch_size: int = 32):
+              batch_size: int = 32, timestep_sampling: str = "importance"):
     """Train ``stage`` until ``minutes`` of stage wall time in total (continuing ``trainer``)."""
-    cfg = StageConfig(stage, max_minutes=minutes, batch_size=batch_size, seed=seed)
+    cfg = StageConfig(stage, max_minutes=minutes, batch_size=batch_size, seed=seed,
+                      timestep_sampling=timestep_sampling)
     trainer = trainer or StageTrainer(model, cfg)
     result = train_stage(model, random_batches(data, batch_size, seed + int(elapsed)), cfg, trainer=trainer,
                          elapsed_before=elapsed)
@@ -77,6 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--per-category", type=int, default=12)
     p.add_argument("--pairs", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cg-timestep-sampling", default="importance", choices=["importance", "uniform"],
+                   help="the ablation: 'uniform' draws CG's timesteps uniformly and weights the loss")
     p.add_argument("--reuse-base", action="store_true",
                    help="keep WORKDIR/base (and its measured wall time) from an earlier run of this script")
     args = p.parse_args(argv)
@@ -112,7 +115,8 @@ def main(argv=None) -> int:
 
     curve, trainer, elapsed, cg_steps = [], None, 0.0, 0
     for point in curve_points:
-        trainer, r = train_for(model, data, "cg", point, args.seed + 10, trainer, elapsed)
+        trainer, r = train_for(model, data, "cg", point, args.seed + 10, trainer, elapsed,
+                               timestep_sampling=args.cg_timestep_sampling)
         elapsed, cg_steps = r.seconds, r.steps
         ckpt = os.path.join(args.workdir, f"cg-{point:g}min")
         model.save_pretrained(ckpt)
@@ -125,7 +129,7 @@ def main(argv=None) -> int:
     cg_dir = os.path.join(args.workdir, f"cg-{curve_points[-1]:g}min")
 
     results = {"resolution": args.resolution, "wall_minutes": {**wall, "cg": elapsed / 60}, "curve": curve,
-               "cg": final_cg}
+               "cg": final_cg, "cg_timestep_sampling": args.cg_timestep_sampling}
     if not args.skip_baseline:
         plain = BackdropModel.from_pretrained(base_dir).with_fresh_generators("plain")
         _, r = train_for(plain, data, "cg", curve_points[-1], args.seed + 10)
@@ -146,7 +150,8 @@ def main(argv=None) -> int:
         results["pg"].update(pg_minutes=round(r.seconds / 60, 2), pg_steps=r.steps,
                              product_bit_identical=res["product_bit_identical"])
 
-    write_report(results, os.path.join(HERE, "results", f"quality-{args.resolution}px"))
+    suffix = "" if args.cg_timestep_sampling == "importance" else f"-cg-{args.cg_timestep_sampling}-t"
+    write_report(results, os.path.join(HERE, "results", f"quality-{args.resolution}px{suffix}"))
     return 0
 
 
@@ -157,6 +162,7 @@ def write_report(results: dict, out: str) -> None:
 
     os.makedirs(os.path.dirname(out), exist_ok=True)
     lines = [f"# Quality bar ({results['resolution']} px, 2 CPU cores)", "",
+             f"CG timesteps: {results['cg_timestep_sampling']} sampling of the high-noise-weighted loss", "",
              "Training wall minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in results["wall_minutes"].items()), "",
              "## Category consistency of CG against total training minutes (chance = 1/8)", "",
              "| total training min | CG min | CG steps | consistency | product leak |", "| --- | --- | --- | --- | --- |"]

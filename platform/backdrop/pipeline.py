@@ -16,7 +16,8 @@ from diffusers import DDIMScheduler
 from PIL import Image
 
 from .categories import build_prompts, plain_prompt
-from .errors import InvalidParameterError, MaskSizeError
+from .errors import InvalidParameterError
+from .imaging import validate_mask
 from .models.attention import mask_at
 from .models.controlnets import mask_residuals
 from .models.generator import BackdropModel
@@ -200,9 +201,7 @@ class BackdropPipeline:
     def prepare(self, requests: list[GenerationRequest]) -> Conditioning:
         """PIL requests -> model-resolution tensors -> ``Conditioning``."""
         for r in requests:
-            if r.mask.shape != (r.image.height, r.image.width):
-                raise MaskSizeError(f"mask is {r.mask.shape[1]}x{r.mask.shape[0]} but image is "
-                                    f"{r.image.width}x{r.image.height}")
+            validate_mask(r.mask, r.image.size)
         rows = [i for i, r in enumerate(requests) if r.reference is not None]
         refs = ref_masks = None
         if rows:
