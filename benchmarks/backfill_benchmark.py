@@ -46,7 +46,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 
-from backdrop import batch  # noqa: E402
+from backdrop import batch, cluster  # noqa: E402
 from backdrop.data.catalog import read_catalog  # noqa: E402
 from backdrop.data.synthetic import SyntheticConfig, category_names, make_catalog  # noqa: E402
 from backdrop.generation import OutputConfig, RunContext, generate_in_process  # noqa: E402
@@ -182,7 +182,7 @@ def config(model_dir: str, catalog: str, output: str, args: Args) -> batch.Backf
 
 
 def in_fresh_ray(fn):
-    batch.init_ray("local", num_cpus=os.cpu_count())
+    cluster.init_ray("local", num_cpus=os.cpu_count())
     try:
         return fn()
     finally:

@@ -31,7 +31,7 @@ import os
 import sys
 
 # The driver imports this checkout's backdrop (in a submitted job: the uploaded copy); the
-# workers get the same package through the runtime env (batch.init_ray).
+# workers get the same package through the runtime env (cluster.init_ray).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bootstrap  # noqa: E402,F401
 

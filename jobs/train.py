@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bootstrap  # noqa: E402,F401
 
 from backdrop.cli import _minutes  # noqa: E402
+from backdrop.cluster import init_ray  # noqa: E402
 from backdrop.training.distributed import DistributedTrainConfig, train_distributed  # noqa: E402
 
 
@@ -59,13 +60,9 @@ def parse_args(argv=None) -> DistributedTrainConfig:
 
 
 def main(argv=None) -> int:
-    import ray
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse_args(argv)
-    ray.init(runtime_env={"env_vars": {k: v for k, v in os.environ.items()
-                                       if k.startswith(("BACKDROP_", "MLFLOW_", "AWS_", "HF_", "TRANSFORMERS_"))
-                                       or k == "PYTHONPATH"}})
+    init_ray()  # joins RAY_ADDRESS (a submitted job) or starts a local Ray
     outcome = train_distributed(cfg)
     print(json.dumps({"checkpoint": outcome.checkpoint_path, "mlflow_run_id": outcome.run_id,
                       "registered_version": outcome.registered_version, "state": outcome.state}, indent=2))

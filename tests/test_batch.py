@@ -15,9 +15,7 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,8 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from ray_head import REPO, end_process_tree, ray_head
 
-REPO = Path(__file__).resolve().parents[1]
 CATEGORIES = ["mug", "laptop", "sunscreen"]
 STEPS = 2
 # product_id -> (category, expected error code) of the bad rows added to the catalog
@@ -129,9 +127,9 @@ def ray_local(s3_server, home):
     which its workers inherit). ``address="local"`` never joins another cluster on this machine."""
     import ray
 
-    from backdrop import batch
+    from backdrop import cluster
 
-    batch.init_ray("local", num_cpus=2)
+    cluster.init_ray("local", num_cpus=2)
     yield
     ray.shutdown()
 
@@ -347,7 +345,7 @@ def test_killed_backfill_resumes_exactly_once(ray_local, catalogs, model_dir, tm
             assert time.monotonic() < deadline, "no manifest parts after 240 s"
             time.sleep(0.05)
     finally:
-        _end_process_tree(proc, signal.SIGKILL)
+        end_process_tree(proc, signal.SIGKILL)
 
     assert not (output / "manifest.parquet").exists()
     done_before = {r["product_id"] for r in _manifest(str(output)) if r["status"] == "ok"}
@@ -397,88 +395,24 @@ def test_a_killed_generator_actor_is_restarted_and_no_row_is_lost(ray_local, cat
     assert {r["status"] for r in records} == {"ok"} and result.exit_code() == 0
 
 
-def _end_process_tree(proc: subprocess.Popen, sig: int, grace_s: float = 5) -> None:
-    """Signal a process this test started, then end whatever of its descendants outlives it
-    (Ray's workers die with their driver or head; its agents may linger for a while)."""
-    import psutil
-
-    family = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=30)
-    _, alive = psutil.wait_procs(family, timeout=grace_s)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ray_job_submit_to_a_local_head(registered, catalogs, home, tmp_path):
     """The README's command against a real `ray start --head`, through the real `ray job submit` CLI."""
-    ray_bin = Path(sys.executable).parent / "ray"
-    # `ray start` turns Ray 2.60's token authentication on; the CLI sends ~/.ray/auth_token only in token mode.
-    # The head's PATH decides which `python` runs the entrypoint: this venv's, as when it is activated.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    port, dashboard = _free_port(), _free_port()
-    temp_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"rayt{port}"  # short: Ray's socket paths
-    head = subprocess.Popen(
-        [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}",
-         f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     output = tmp_path / "out"
-    try:
-        address = f"http://127.0.0.1:{dashboard}"
-        _wait_for_dashboard(address, head)
-        runtime_env = {"env_vars": {"BACKDROP_HOME": str(home), "PYTHONPATH": "platform"},
-                       "excludes": [".git", "runs", "checkpoints"]}
-        job = subprocess.run(
-            [str(ray_bin), "job", "submit", "--address", address, "--working-dir", str(REPO),
-             "--runtime-env-json", json.dumps(runtime_env), "--",
-             "python", "jobs/catalog_backfill.py", "--catalog", catalogs["good"], "--model", "models:/backdrop@champion",
+    with ray_head() as head:
+        job = head.submit(
+            ["python", "jobs/catalog_backfill.py", "--catalog", catalogs["good"], "--model", "models:/backdrop@champion",
              "--output", str(output), "--category", "mug", "--category", "laptop", "--limit", "6",
              "--steps", str(STEPS), "--batch-size", "2"],
-            capture_output=True, text=True, timeout=420, cwd=REPO, env=env)
-        assert job.returncode == 0, f"ray job submit failed:\n{job.stdout[-6000:]}\n{job.stderr[-3000:]}"
-        assert "succeeded" in job.stdout.lower()
-        assert "6 rows in scope = 6 ok + 0 failed" in job.stdout
-    finally:
-        _end_process_tree(head, signal.SIGTERM, grace_s=15)  # `ray start --block` stops what it started
-        shutil.rmtree(temp_dir, ignore_errors=True)
+            env_vars={"BACKDROP_HOME": str(home)})
+    assert job.returncode == 0, f"ray job submit failed:\n{job.stdout[-6000:]}\n{job.stderr[-3000:]}"
+    assert "succeeded" in job.stdout.lower()
+    assert "6 rows in scope = 6 ok + 0 failed" in job.stdout
 
     records = _manifest(str(output))
     assert sorted(r["product_id"] for r in records) == [f"heldout-laptop-0000{i}" for i in range(2)] + \
         [f"heldout-mug-0000{i}" for i in range(4)]
     assert {(r["status"], r["model_name"], r["model_version"]) for r in records} == {("ok", "backdrop", "1")}
-
-
-def _wait_for_dashboard(address: str, head: subprocess.Popen, timeout: float = 120) -> None:
-    import urllib.error
-    import urllib.request
-
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert head.poll() is None, "ray start exited"
-        try:
-            with opener.open(f"{address}/api/version", timeout=2):
-                return
-        except urllib.error.HTTPError:  # e.g. 401 without Ray's auth token: it is up
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"no Ray dashboard at {address} after {timeout} s")
 
 
 # --------------------------------------------------------------------------- nightly (last: moves the alias)

@@ -107,3 +107,36 @@ def test_two_nodes_survive_a_killed_worker(two_node_cluster, catalog, init_model
     assert "cg/loss" in run.data.metrics and run.data.tags["preset"] == "tiny"
     loaded = registry.resolve("models:/backdrop-two-node/1").load()
     assert loaded.categories.ids == {"mug": 0, "laptop": 1}
+
+
+def test_ray_job_submit_trains_registers_and_logs(catalog, init_model, tmp_path, monkeypatch):
+    """The README's training command through the real `ray job submit` CLI to a real `ray start --head`."""
+    import json
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from ray_head import ray_head
+
+    from backdrop import registry
+
+    home = tmp_path / "home"
+    with ray_head() as head:
+        job = head.submit(
+            ["python", "jobs/train.py", "--catalog", catalog["train"], "--storage-path", str(tmp_path / "ckpt"),
+             "--name", "submitted", "--init", init_model, "--stages", "cg,pg", "--steps", "cg=4,pg=2",
+             "--batch-size", "4", "--num-workers", "2", "--cpus-per-worker", "0.5", "--checkpoint-every", "2",
+             "--log-images-every", "2", "--registered-model-name", "backdrop-submitted"],
+            env_vars={"BACKDROP_HOME": str(home)})
+    assert job.returncode == 0, f"ray job submit failed:\n{job.stdout[-6000:]}\n{job.stderr[-3000:]}"
+    assert "succeeded" in job.stdout.lower()
+    summary = json.loads(job.stdout[job.stdout.index('{\n  "checkpoint"'):job.stdout.index("\n}") + 2])
+    assert summary["registered_version"] == "1"
+
+    monkeypatch.setenv("BACKDROP_HOME", str(home))  # read the store the job wrote
+    registry.configure()
+    run = mlflow.get_run(summary["mlflow_run_id"])
+    assert {"cg/loss", "cg/lr", "cg/samples_per_s", "pg/loss"} <= set(run.data.metrics)
+    assert run.data.tags["preset"] == "tiny" and run.data.tags["data_fingerprint"]
+    grids = [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "samples")]
+    assert any("cg_step000002" in p for p in grids) and any("pg_step000002" in p for p in grids)
+    assert registry.resolve("models:/backdrop-submitted/1").load().categories.ids == {"mug": 0, "laptop": 1}
