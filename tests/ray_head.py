@@ -68,7 +68,11 @@ class RayHead:
 
 @contextmanager
 def ray_head(num_cpus: int = 2):
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI into this process, so an earlier
+    # test's store would leak into the head and every job it runs: a job gets its store from
+    # its own runtime env (BACKDROP_HOME or MLFLOW_TRACKING_URI in ``submit``'s env_vars).
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env = {**inherited, "RAY_AUTH_MODE": "token", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     port, dashboard = free_port(), free_port()
     temp_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"rayt{port}"  # short: Ray's socket paths

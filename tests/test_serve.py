@@ -381,11 +381,15 @@ def test_overload_is_shed_with_503_and_retry_after_then_recovers(stack):
     with cf.ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(lambda s: generate(url, data={"steps": "40", "seed": str(s)}), range(12)))
     statuses = sorted(r.status_code for r in answers)
-    assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses, statuses
+    # Shed requests get 503. The one admitted to the queue may outlast this deployment's 2 s
+    # timeout on a loaded machine: that is a documented 504. Nothing else (no 500) may appear.
+    assert set(statuses) <= {200, 503, 504} and 503 in statuses and 200 in statuses, statuses
     for r in answers:
         if r.status_code == 503:
             assert_error(r, 503, "overloaded")
             assert int(r.headers["Retry-After"]) >= 1
+        elif r.status_code == 504:
+            assert_error(r, 504, "timeout")
     assert generate(url).status_code == 200  # answers normally afterwards
 
 
