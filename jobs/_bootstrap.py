@@ -12,7 +12,6 @@ _platform = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "plat
 if os.path.isdir(_platform) and _platform not in sys.path:
     sys.path.insert(0, os.path.abspath(_platform))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see backdrop/__init__.py
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Ray workers started for this job import backdrop too: hand them the same path.
 os.environ["PYTHONPATH"] = os.pathsep.join(

@@ -15,24 +15,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see backdrop/__init__.py
 
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
 
 import pytest  # noqa: E402
+from loopback import answers_http, free_port  # noqa: E402
 
 S3_STARTUP_TIMEOUT_S = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _moto_command(port: int) -> list[str]:
@@ -41,41 +34,26 @@ def _moto_command(port: int) -> list[str]:
     return base + ["-H", "127.0.0.1", "-p", str(port)]
 
 
-def _answers_http(url: str) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
-    try:
-        with opener.open(url, timeout=2) as r:
-            return r.status < 500
-    except urllib.error.HTTPError as e:  # an HTTP answer, even an error, means it is up
-        return e.code < 500
-    except OSError:
-        return False
-
-
-def _start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
-    """Start moto on a free port and wait until it answers; retries if the port was taken."""
+def _start_server(name: str, command: Callable[[int], list[str]], health: str, log_path: Path,
+                  timeout: float, stop: Callable[[subprocess.Popen], None], **popen) -> tuple[subprocess.Popen, str]:
+    """Start a server on a free loopback port and wait until ``health`` answers; retried if the
+    free port was taken in between. Returns the process and its base URL."""
     last_error = ""
     for _ in range(3):
-        port = _free_port()
-        endpoint = f"http://127.0.0.1:{port}"
-        log = open(log_path, "ab")
-        proc = subprocess.Popen(
-            _moto_command(port), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        log.close()
-        deadline = time.monotonic() + S3_STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                last_error = f"moto_server exited with status {proc.returncode}"
-                break
-            if _answers_http(endpoint + "/"):
-                return proc, endpoint
-            time.sleep(0.1)
-        else:
-            last_error = f"moto_server did not answer within {S3_STARTUP_TIMEOUT_S:.0f} s"
-            _stop(proc)
-    log_tail = log_path.read_text(errors="replace")[-3000:]
-    raise RuntimeError(f"cannot start the S3 test server: {last_error}\n{log_tail}")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(command(port), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, **popen)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            if answers_http(url + health):
+                return proc, url
+            time.sleep(0.2)
+        last_error = (f"{name} exited with status {proc.returncode}" if proc.poll() is not None
+                      else f"{name} did not answer within {timeout:.0f} s")
+        stop(proc)
+    raise RuntimeError(f"cannot start {name}: {last_error}\n{log_path.read_text(errors='replace')[-3000:]}")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -97,7 +75,7 @@ def s3_server(tmp_path_factory):
     values come back at teardown.
     """
     log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
-    proc, endpoint = _start_moto(log_path)
+    proc, endpoint = _start_server("moto_server", _moto_command, "/", log_path, S3_STARTUP_TIMEOUT_S, _stop)
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -184,34 +162,16 @@ def mlflow_server(s3_server, s3_bucket, tmp_path):
     )
     env.pop("MLFLOW_TRACKING_URI", None)
     log_path = tmp_path / "mlflow_server.log"
-    last_error = ""
-    for _ in range(3):  # retried if the free port was taken in between
-        port = _free_port()
-        uri = f"http://127.0.0.1:{port}"
-        cmd = base + [
-            "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow-server.db'}",
-            "--artifacts-destination", f"{s3_bucket}/mlartifacts",
-        ]
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True)
-        deadline = time.monotonic() + MLFLOW_STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                last_error = f"mlflow server exited with status {proc.returncode}"
-                break
-            if _answers_http(uri + "/health"):
-                try:
-                    yield uri
-                finally:
-                    _stop_group(proc)
-                return
-            time.sleep(0.25)
-        else:
-            last_error = f"mlflow server did not answer within {MLFLOW_STARTUP_TIMEOUT_S:.0f} s"
+    proc, uri = _start_server(
+        "mlflow server",
+        lambda port: base + ["server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow-server.db'}",
+                             "--artifacts-destination", f"{s3_bucket}/mlartifacts"],
+        "/health", log_path, MLFLOW_STARTUP_TIMEOUT_S, _stop_group, env=env, start_new_session=True)
+    try:
+        yield uri
+    finally:
         _stop_group(proc)
-    raise RuntimeError(f"cannot start mlflow server: {last_error}\n{log_path.read_text(errors='replace')[-3000:]}")
 
 
 def _stop_group(proc: subprocess.Popen) -> None:

@@ -12,24 +12,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from loopback import answers_http, free_port
+
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def end_process_tree(proc: subprocess.Popen, sig: int, grace_s: float = 5) -> None:
@@ -92,15 +85,9 @@ def ray_head(num_cpus: int = 2):
 
 
 def _wait_for_dashboard(address: str, head: subprocess.Popen, timeout: float = 120) -> None:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while not answers_http(f"{address}/api/version"):  # 401 without Ray's auth token: it is up
         assert head.poll() is None, "ray start exited"
-        try:
-            with opener.open(f"{address}/api/version", timeout=2):
-                return
-        except urllib.error.HTTPError:  # e.g. 401 without Ray's auth token: it is up
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"no Ray dashboard at {address} after {timeout} s")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no Ray dashboard at {address} after {timeout} s")
+        time.sleep(0.5)

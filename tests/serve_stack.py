@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import requests
+from loopback import free_port
 from PIL import Image
 
 API_KEY = "test-key-7f3a"
 OTHER_KEY = "second-key-19c2"
 CATEGORIES = ["mug", "lamp", "watch"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- images -------------------------------------------------------------------------------

@@ -90,17 +90,15 @@ class TimestepSampler:
     """
 
     def __init__(self, scheduler, cfg: StageConfig):
-        self.num_timesteps = scheduler.config.num_train_timesteps
         self.importance = cfg.timestep_sampling == "importance" and cfg.loss_weighting != "none"
-        self.all_weights = loss_weights(scheduler, torch.arange(self.num_timesteps), cfg).float()
-        self.scheduler, self.cfg = scheduler, cfg
+        self.weights = loss_weights(scheduler, torch.arange(scheduler.config.num_train_timesteps), cfg).float()
 
     def __call__(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.importance:
-            t = torch.multinomial(self.all_weights, n, replacement=True, generator=generator)
-            return t, torch.full((n,), float(self.all_weights.mean()))
-        t = torch.randint(0, self.num_timesteps, (n,), generator=generator)
-        return t, loss_weights(self.scheduler, t, self.cfg)
+            t = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+            return t, torch.full((n,), float(self.weights.mean()))
+        t = torch.randint(0, len(self.weights), (n,), generator=generator)
+        return t, self.weights[t]
 
 
 def random_keep_masks(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
