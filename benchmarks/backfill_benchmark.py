@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/backfill_benchmark.py            # ~5 min on 2 cores
     .venv/bin/python benchmarks/backfill_benchmark.py --quick    # a smoke run, numbers meaningless
 
-(a) throughput   the Ray Data backfill (``batch.run_backfill``) vs the bare in-process loop
-                 (``generation.generate_in_process``), same model, batch size, rows and DDIM
+(a) throughput   the Ray Data backfill (``run_backfill``) vs the same stages in one process
+                 (``executor="local"``: ``backdrop generate``), same model, batch size, rows and DDIM
                  steps, over the second half of each run's rows (time from the batch that
                  completes half the rows to the last one): the rate a catalog-sized run sees
                  once start-up is amortised                                         target >= 0.9
@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -46,16 +46,18 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 
-from backdrop import batch, cluster  # noqa: E402
-from backdrop.data.catalog import read_catalog  # noqa: E402
-from backdrop.data.synthetic import SyntheticConfig, category_names, make_catalog  # noqa: E402
-from backdrop.generation import OutputConfig, RunContext, generate_in_process  # noqa: E402
+from backdrop import cluster  # noqa: E402
+from backdrop.batch.config import BackfillConfig  # noqa: E402
+from backdrop.batch.run import run_backfill  # noqa: E402
+from backdrop.batch.stages import items_from_table, items_to_table  # noqa: E402
+from backdrop.catalog import read_catalog  # noqa: E402
+from backdrop.demo.synthetic import SyntheticConfig, category_names, make_catalog  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "backfill.md"
 
 
 class NoOpGenerator:
-    """NOT A GENERATOR. Stands in for ``batch.GeneratorActor`` (same constructor arguments) and
+    """NOT A GENERATOR. Stands in for ``backdrop.batch.stages.GeneratorActor`` (same constructor arguments) and
     returns each loaded product image unchanged as its output, so that a run measures the
     platform alone: reading, decoding, moving batches between stages, writing, the manifest."""
 
@@ -63,11 +65,11 @@ class NoOpGenerator:
         pass
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        items = batch.items_from_table(table)
+        items = items_from_table(table)
         for item in items:
             if item.ready:
-                item.output = item.image
-        return batch.items_to_table(items, pixels=("output",))
+                item.output = item.product.image
+        return items_to_table(items, pixels=("output",))
 
 
 class PeakRSS:
@@ -157,27 +159,17 @@ class Marks:
 
 
 def bare_loop(model_dir: str, catalog: str, output: str, args: Args) -> tuple[float, Marks]:
-    """Seconds for the in-process loop over a catalog (model load included), and its marks."""
-    from backdrop.models.generator import BackdropModel
-    from backdrop.pipeline import BackdropPipeline, InferenceConfig
-
+    """Seconds for the in-process executor over a catalog (model load included), and its marks."""
     marks = Marks()
-    model = BackdropModel.from_pretrained(model_dir)
-    pipe = BackdropPipeline(model)
-    inference = InferenceConfig(num_inference_steps=args.steps)
-    ctx = RunContext.create(output, model_dir, "bare", inference=inference, output=OutputConfig(),
-                            resolution=model.config.resolution)
-    for records in generate_in_process(pipe, read_catalog(catalog).to_pylist(), ctx, inference, args.batch_size):
-        marks(records)
+    run_backfill(replace(config(model_dir, catalog, output, args), executor="local"), on_records=marks)
     seconds = time.perf_counter() - marks.start
-    print(f"bare loop: {marks.marks[-1][1]} rows in {seconds:.1f}s", flush=True)
-    del pipe, model
+    print(f"in-process: {marks.marks[-1][1]} rows in {seconds:.1f}s", flush=True)
     gc.collect()
     return seconds, marks
 
 
-def config(model_dir: str, catalog: str, output: str, args: Args) -> batch.BackfillConfig:
-    return batch.BackfillConfig(catalog=catalog, model=model_dir, output=output, steps=args.steps,
+def config(model_dir: str, catalog: str, output: str, args: Args) -> BackfillConfig:
+    return BackfillConfig(catalog=catalog, model=model_dir, output=output, steps=args.steps,
                                 batch_size=args.batch_size, concurrency=1)
 
 
@@ -194,7 +186,7 @@ def peak_memory(model_dir: str, catalog: str, output: str, args: Args) -> tuple[
     def run():
         gc.collect()
         with PeakRSS() as peak:
-            result = batch.run_backfill(config(model_dir, catalog, output, args), generator_cls=NoOpGenerator)
+            result = run_backfill(config(model_dir, catalog, output, args), generator_cls=NoOpGenerator)
         return peak.peak, result.tally.rows
     return in_fresh_ray(run)
 
@@ -221,10 +213,10 @@ def main() -> int:
 
         def full_and_rerun(k: int):
             cfg, marks = config(model_dir, catalog, str(args.workdir / f"out-ray-{k}"), args), Marks()
-            full = batch.run_backfill(cfg, on_records=marks)
+            full = run_backfill(cfg, on_records=marks)
             full_s = time.perf_counter() - marks.start
             t = time.perf_counter()
-            again = batch.run_backfill(cfg)
+            again = run_backfill(cfg)
             again_s = time.perf_counter() - t
             assert full.tally.rows == args.rows and again.generated == 0
             return (full, full_s, marks), (again, again_s)

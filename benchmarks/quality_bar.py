@@ -28,9 +28,10 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "jobs"))
 import _bootstrap  # noqa: E402,F401
 
-from backdrop.cli import _minutes  # noqa: E402
-from backdrop.data.catalog import load_training_arrays  # noqa: E402
-from backdrop.data.synthetic import SyntheticConfig, make_catalog  # noqa: E402
+from backdrop.settings import configure_logging  # noqa: E402
+from backdrop.training import parse_budgets  # noqa: E402
+from backdrop.catalog import load_training_arrays  # noqa: E402
+from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.models.generator import BackdropModel  # noqa: E402
 from backdrop.models.presets import TinyPreset  # noqa: E402
 from backdrop.training import StageConfig, StageTrainer, random_batches, train_stage  # noqa: E402
@@ -83,13 +84,13 @@ def main(argv=None) -> int:
     p.add_argument("--reuse-base", action="store_true",
                    help="keep WORKDIR/base (and its measured wall time) from an earlier run of this script")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     os.makedirs(args.workdir, exist_ok=True)
     catalog_dir = os.path.join(args.workdir, "catalog")
     make_catalog(catalog_dir, SyntheticConfig(resolution=args.resolution, seed=args.seed))
     data = load_training_arrays(os.path.join(catalog_dir, "train.parquet"), args.resolution).as_dict()
     categories = sorted(set(data["categories"]))
-    budgets = _minutes(args.minutes)
+    budgets = parse_budgets(args.minutes)
     curve_points = [float(x) for x in args.curve.split(",")]
 
     base_dir = os.path.join(args.workdir, "base")

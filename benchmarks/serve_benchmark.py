@@ -152,7 +152,7 @@ def start_service(model_dir: str) -> dict[str, str]:
     import ray
     from ray import serve
 
-    from backdrop.service import ApiKeys
+    from backdrop.serving.auth import ApiKeys
     from serve_apps.app import AppArgs, Backdrop, Generator
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)

@@ -35,7 +35,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bootstrap  # noqa: E402,F401
 
-from backdrop import batch, batch_args  # noqa: E402
+from backdrop.batch import args as batch_args  # noqa: E402
+from backdrop.batch.run import run_backfill  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    batch.prepare_job(args)
-    return batch.run_backfill(batch_args.config_from_args(args)).exit_code()
+    batch_args.prepare_job(args)
+    return run_backfill(batch_args.config_from_args(args)).exit_code()
 
 
 if __name__ == "__main__":

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bootstrap  # noqa: E402,F401
 
-from backdrop import registry, storage  # noqa: E402
-from backdrop.evaluation import EvalConfig, evaluate  # noqa: E402
+from backdrop import registry, runtime, storage  # noqa: E402
+from backdrop.quality.evaluation import EvalConfig, evaluate  # noqa: E402
+from backdrop.settings import configure_logging  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -35,10 +35,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
     p.add_argument("--run-name", default="evaluate")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
 
     resolved = registry.resolve(a.model)
-    model = resolved.load()
+    model = runtime.load(resolved.path, device="cpu").model
     catalog = {k: storage.join(a.catalog_dir, f"{k}.parquet") for k in ("train", "heldout", "pairs")}
     cfg = EvalConfig(steps=a.steps, guidance=a.guidance, per_category=a.per_category, pairs=a.pairs,
                      clip_model=a.clip_model)

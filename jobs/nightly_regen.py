@@ -17,7 +17,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bootstrap  # noqa: E402,F401  (backdrop importable from a bare checkout)
 
-from backdrop import batch, batch_args, regen  # noqa: E402
+from backdrop.batch import args as batch_args  # noqa: E402
+from backdrop.batch import nightly  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    batch.prepare_job(args, start_ray=not args.dry_run)
-    _, results = regen.run_nightly(batch_args.config_from_args(args), regen.parse_pins(args.pin), dry_run=args.dry_run)
-    return regen.exit_code(results)
+    batch_args.prepare_job(args, start_ray=not args.dry_run)
+    config = batch_args.config_from_args(args)
+    _, results = nightly.run_nightly(config, nightly.parse_pins(args.pin), dry_run=args.dry_run)
+    return nightly.exit_code(results)
 
 
 if __name__ == "__main__":

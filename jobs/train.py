@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bootstrap  # noqa: E402,F401
 
-from backdrop.cli import _minutes  # noqa: E402
+from backdrop.training import parse_budgets  # noqa: E402
 from backdrop.cluster import init_ray  # noqa: E402
+from backdrop.settings import configure_logging  # noqa: E402
 from backdrop.training.distributed import DistributedTrainConfig, train_distributed  # noqa: E402
 
 
@@ -49,8 +49,8 @@ def parse_args(argv=None) -> DistributedTrainConfig:
     a = p.parse_args(argv)
     return DistributedTrainConfig(
         catalog=a.catalog, storage_path=a.storage_path, name=a.name,
-        stages=tuple(s for s in a.stages.split(",") if s), minutes=_minutes(a.minutes),
-        steps={k: int(v) for k, v in _minutes(a.steps).items()}, init=a.init, resolution=a.resolution,
+        stages=tuple(s for s in a.stages.split(",") if s), minutes=parse_budgets(a.minutes),
+        steps={k: int(v) for k, v in parse_budgets(a.steps).items()}, init=a.init, resolution=a.resolution,
         batch_size=a.batch_size, grad_accum=a.grad_accum, mixed_precision=a.mixed_precision,
         num_workers=a.num_workers, use_gpu=a.use_gpu, cpus_per_worker=a.cpus_per_worker,
         placement_strategy=a.placement_strategy, max_failures=a.max_failures,
@@ -60,7 +60,7 @@ def parse_args(argv=None) -> DistributedTrainConfig:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     cfg = parse_args(argv)
     init_ray()  # joins RAY_ADDRESS (a submitted job) or starts a local Ray
     outcome = train_distributed(cfg)

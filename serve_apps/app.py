@@ -2,7 +2,8 @@
 
     serve run serve_apps/config.yaml          # from the repository root
 
-Two deployments, both thin over the library (:mod:`backdrop.service` holds the logic):
+Two deployments, both thin over the library (:mod:`backdrop.serving` holds the logic, and
+:mod:`backdrop.runtime` loads and runs the generator as it does for every other front door):
 
 * ``Backdrop``, the ingress (FastAPI, so ``/docs`` has the OpenAPI page): checks the API key,
   decodes and validates the upload with the same rules as the batch jobs, picks a concrete
@@ -47,28 +48,22 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException
 
+from backdrop import runtime
 from backdrop.errors import (
     CorruptImageError,
+    Failure,
     ImageTooLargeError,
     InvalidInputError,
     InvalidParameterError,
     UnsupportedImageError,
 )
+from backdrop.limits import DEFAULT_LIMITS, Limits
 from backdrop.registry import RegistryError, describe_registered
-from backdrop.service import (
-    ApiKeys,
-    Generated,
-    GenerateParams,
-    Job,
-    LoadedModel,
-    ModelSelector,
-    ServiceLimits,
-    check_job,
-    load_job,
-    load_model,
-    read_input,
-    run_jobs,
-)
+from backdrop.runtime import LoadedGenerator
+from backdrop.serving.auth import ApiKeys
+from backdrop.serving.jobs import Generated, Job, check_job, load_job, run_jobs
+from backdrop.serving.models import ModelSelector
+from backdrop.serving.params import GenerateParams, read_input
 
 logger = logging.getLogger("ray.serve")
 
@@ -108,6 +103,14 @@ class RequestTimeout(Exception):
     """The answer did not come within ``request_timeout_s``."""
 
 
+class GenerationFailed(Exception):
+    """The generator could not make this request's image (the failure is logged, not answered)."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.line)
+        self.failure = failure
+
+
 # First match wins: subclasses before their bases.
 STATUS: list[tuple[type[BaseException], int, str]] = [
     (Unauthorized, 401, "unauthorized"),
@@ -130,7 +133,7 @@ async def error_response(request: Request, exc: BaseException) -> JSONResponse:
     exc = _cause(exc)
     status, code = next(((s, c) for cls, s, c in STATUS if isinstance(exc, cls)), (500, "internal_error"))
     if isinstance(exc, InvalidInputError):
-        code, message = exc.code, Exception.__str__(exc)  # without the "code: " prefix of manifests
+        code, message = exc.code, exc.message
     elif isinstance(exc, RequestValidationError):
         message = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in exc.errors())
     elif isinstance(exc, HTTPException):  # an unknown route, a malformed multipart body, ...
@@ -174,10 +177,11 @@ class AppArgs(BaseModel):
     api_key_sha256: list[str] = Field(default_factory=list, description="hex SHA-256 of each accepted key")
     api_keys_env: str = Field("BACKDROP_API_KEYS", description="env var with more keys, comma-separated")
     max_body_bytes: int = Field(48 * 2**20, gt=0, description="413 over this request body size")
-    max_image_bytes: int = Field(16 * 2**20, gt=0, description="413 over this size per image or mask")
-    max_pixels: int = Field(16_000_000, gt=0, description="413 over this many pixels per image")
-    max_steps: int = Field(100, ge=1, le=500)
-    max_images: int = Field(4, ge=1, le=16)
+    # The one set of limits (backdrop.limits): the same defaults as the batch jobs.
+    max_image_bytes: int = Field(DEFAULT_LIMITS.max_image_bytes, gt=0, description="413 over this size per file")
+    max_pixels: int = Field(DEFAULT_LIMITS.max_pixels, gt=0, description="413 over this many pixels per image")
+    max_steps: int = Field(DEFAULT_LIMITS.max_steps, ge=1, le=500)
+    max_images: int = Field(DEFAULT_LIMITS.max_images, ge=1, le=16)
     request_timeout_s: float = Field(60.0, gt=0, description="504 when an answer takes longer")
     retry_after_s: float = Field(2.0, gt=0, description="Retry-After on 503 when Serve gives none")
     allowed_uri_prefixes: list[str] = Field(["s3://"], description="URIs a JSON body may point at")
@@ -188,9 +192,9 @@ class AppArgs(BaseModel):
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per generator")
 
     @property
-    def limits(self) -> ServiceLimits:
-        return ServiceLimits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels,
-                             max_steps=self.max_steps, max_images=self.max_images)
+    def limits(self) -> Limits:
+        return Limits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels,
+                      max_steps=self.max_steps, max_images=self.max_images)
 
 
 FIELD_DOCS = {
@@ -241,7 +245,7 @@ class Generator:
 
             torch.set_num_threads(torch_threads)
         self.device = device
-        self.loaded: weakref.WeakValueDictionary[str, LoadedModel] = weakref.WeakValueDictionary()
+        self.loaded: weakref.WeakValueDictionary[str, LoadedGenerator] = weakref.WeakValueDictionary()
         self.waiting = 0
         self.queue_depth = Gauge("backdrop_generator_queue_depth",
                                  description="Requests inside the generator replica (waiting or running).")
@@ -256,10 +260,9 @@ class Generator:
         self.generate_batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.05)))
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
-    async def get_model(self, model_id: str) -> LoadedModel:
-        model = await asyncio.to_thread(load_model, model_id, self.device)
+    async def get_model(self, model_id: str) -> LoadedGenerator:
+        model = await asyncio.to_thread(runtime.load, model_id, self.device)
         self.loaded[model_id] = model
-        logger.info("loaded %s v%s on %s", model.name, model.version, model.describe()["device"])
         return model
 
     async def describe(self) -> dict:
@@ -268,7 +271,8 @@ class Generator:
         return {**model.describe(), "replica_models": sorted(m.version for m in self.loaded.values())}
 
     async def generate(self, job: Job) -> Generated | InvalidInputError:
-        """One request's images; a client error (e.g. unknown category) is answered, not raised."""
+        """One request's images; a client error (e.g. unknown category) is answered, not raised;
+        a generation failure is raised as :class:`GenerationFailed` (a 500 without its details)."""
         model = await self.get_model(serve.get_multiplexed_model_id())
         try:
             check_job(model, job)  # an unknown category fails here, never inside a batch
@@ -282,12 +286,12 @@ class Generator:
             raise
         finally:
             self._queue(-1)
-        if isinstance(result, Exception) and not isinstance(result, InvalidInputError):
-            raise result
+        if isinstance(result, Failure):
+            raise GenerationFailed(result)
         return result
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def generate_batch(self, jobs: list[Job]) -> list[Generated | Exception]:
+    async def generate_batch(self, jobs: list[Job]) -> list[Generated | Failure]:
         # Serve splits batches by multiplexed model id: every job here wants the same version.
         model = await self.get_model(serve.get_multiplexed_model_id())
         results = await asyncio.to_thread(run_jobs, model, jobs)

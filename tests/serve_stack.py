@@ -76,13 +76,13 @@ def register_versions(n: int = 2) -> list[str]:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from backdrop import registry
+    from backdrop import pyfunc, registry
 
     experiment = registry.ensure_experiment()
     versions = []
     for seed in range(n):
         with mlflow.start_run(experiment_id=experiment, run_name=f"tiny-{seed}"):
-            versions.append(registry.log_generator(tiny_model(seed), registered_model_name="backdrop").version)
+            versions.append(pyfunc.log_generator(tiny_model(seed), registered_model_name="backdrop").version)
     client = MlflowClient()
     client.set_registered_model_alias("backdrop", "champion", versions[0])
     if n > 1:

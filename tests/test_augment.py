@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from backdrop.augment import (
+from backdrop.training.augment import (
     Perturbation, add_random_masks, dilate_mask, dilation_kernel, mixup, translate_mask,
 )
 

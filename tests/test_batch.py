@@ -71,20 +71,20 @@ def registered(home, model_dir) -> str:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from backdrop import registry
+    from backdrop import pyfunc, registry
     from backdrop.models.generator import BackdropModel
 
     model = BackdropModel.from_pretrained(model_dir)
     experiment = registry.ensure_experiment("backdrop-tests")
     for _ in range(2):
         with mlflow.start_run(experiment_id=experiment):
-            registry.log_generator(model, registered_model_name="backdrop")
+            pyfunc.log_generator(model, registered_model_name="backdrop")
     MlflowClient().set_registered_model_alias("backdrop", "champion", "1")
     return "backdrop"
 
 
 def _write_table(rows: list[dict], path: Path) -> str:
-    from backdrop.data.catalog import GENERATION_COLUMNS
+    from backdrop.catalog import GENERATION_COLUMNS
 
     pq.write_table(pa.table({c: pa.array([r.get(c) for r in rows], pa.string()) for c in GENERATION_COLUMNS}), path)
     return str(path)
@@ -99,8 +99,8 @@ def _png(arr: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def catalogs(tmp_path_factory) -> dict:
     """``good``: 12 products + 3 with a reference ad (PG); ``with_bad``: those + the BAD_ROWS."""
-    from backdrop.data.catalog import read_catalog
-    from backdrop.data.synthetic import SyntheticConfig, make_catalog
+    from backdrop.catalog import read_catalog
+    from backdrop.demo.synthetic import SyntheticConfig, make_catalog
 
     root = tmp_path_factory.mktemp("catalog")
     paths = make_catalog(str(root), SyntheticConfig(num_categories=3, train_per_category=0,
@@ -135,14 +135,14 @@ def ray_local(s3_server, home):
 
 
 def _config(catalog: str, model: str, output: str, **kw):
-    from backdrop.batch import BackfillConfig
+    from backdrop.batch.config import BackfillConfig
 
     return BackfillConfig(catalog=catalog, model=model, output=output, **{"steps": STEPS, "batch_size": 4, **kw})
 
 
 @pytest.fixture(scope="module")
 def first_backfill(ray_local, registered, catalogs, tmp_path_factory):
-    from backdrop.batch import run_backfill
+    from backdrop.batch.run import run_backfill
 
     config = _config(catalogs["with_bad"], "models:/backdrop@champion", str(tmp_path_factory.mktemp("out")),
                      max_failure_rate=0.5)
@@ -150,7 +150,7 @@ def first_backfill(ray_local, registered, catalogs, tmp_path_factory):
 
 
 def _manifest(output: str) -> list[dict]:
-    from backdrop import manifest
+    from backdrop.batch import manifest
 
     return manifest.read_records(output).to_pylist()
 
@@ -161,8 +161,8 @@ def _manifest(output: str) -> list[dict]:
 def test_manifest_keeps_the_latest_record_and_classifies_rows():
     import pandas as pd
 
-    from backdrop import manifest
-    from backdrop.manifest import DONE, FAILED, MODEL_CHANGED, NEW, PARAMS_CHANGED, Target
+    from backdrop.batch import manifest
+    from backdrop.batch.manifest import DONE, FAILED, MODEL_CHANGED, NEW, PARAMS_CHANGED, Target
 
     def rec(pid, status, version="1", params="p", t="2026-01-01T00:00:00+00:00"):
         return {"product_id": pid, "category": "mug", "status": status, "model_name": "m",
@@ -184,42 +184,50 @@ def test_manifest_keeps_the_latest_record_and_classifies_rows():
 
 
 def test_work_items_survive_the_trip_between_stages():
-    from backdrop.batch import items_from_table, items_to_table
-    from backdrop.generation import WorkItem
+    from backdrop.batch.records import WorkItem
+    from backdrop.batch.stages import items_from_table, items_to_table
+    from backdrop.errors import Failure
+    from backdrop.inputs import Product
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8))
     mask = np.zeros((24, 32), np.float32)
     mask[5:10, 5:10] = 1
-    items = [WorkItem({"product_id": "p1", "category": "mug", "image_uri": "x"}, image=image, mask=mask),
-             WorkItem({"product_id": "p2", "category": "mug", "image_uri": "y"}, error="fetch_error: gone")]
+    gone = Failure("load", "fetch_error", "gone")
+    items = [WorkItem({"product_id": "p1", "category": "mug", "image_uri": "x"}, Product(image, mask, "mug")),
+             WorkItem({"product_id": "p2", "category": "mug", "image_uri": "y"}, failure=gone)]
     back = items_from_table(items_to_table(items))
-    assert np.array_equal(np.asarray(back[0].image), np.asarray(image)) and back[0].image.size == (32, 24)
-    assert back[0].mask.dtype == np.float32 and np.array_equal(back[0].mask, mask)
-    assert back[0].reference is None and back[0].error is None
-    assert back[1].error == "fetch_error: gone" and back[1].image is None
+    assert np.array_equal(np.asarray(back[0].product.image), np.asarray(image))
+    assert back[0].product.image.size == (32, 24)
+    assert back[0].product.mask.dtype == np.float32 and np.array_equal(back[0].product.mask, mask)
+    assert back[0].product.reference is None and back[0].failure is None
+    assert back[1].failure == gone and back[1].product is None
 
 
-def test_in_process_loop_records_bad_rows_as_failed(catalogs, model_dir, tmp_path):
-    """The bare loop (no Ray) runs the same three stages; rows in = ok + failed."""
-    from backdrop.generation import OutputConfig, RunContext, generate_in_process
-    from backdrop.models.generator import BackdropModel
-    from backdrop.pipeline import BackdropPipeline, InferenceConfig
+def test_in_process_executor_records_bad_rows_as_failed(catalogs, model_dir, tmp_path):
+    """The local executor (no Ray) runs the same stages; rows in = ok + failed."""
+    from backdrop.batch.config import BackfillConfig
+    from backdrop.batch.run import run_backfill
 
-    pipe = BackdropPipeline(BackdropModel.from_pretrained(model_dir))
-    inference = InferenceConfig(num_inference_steps=1)
-    ctx = RunContext.create(str(tmp_path), "tiny", "local", inference=inference, output=OutputConfig("jpeg", 90),
-                            resolution=64)
     rows = catalogs["rows"][:3] + catalogs["bad"]
-    records = [r for batch in generate_in_process(pipe, rows, ctx, inference, batch_size=4) for r in batch]
-    assert [r["product_id"] for r in records] == [r["product_id"] for r in rows]
-    assert [r["status"] for r in records[:3]] == ["ok"] * 3
-    assert {r["product_id"]: r["error"].split(":")[0] for r in records[3:]} == {k: v[1] for k, v in BAD_ROWS.items()}
-    assert all(r["output_uri"].endswith(".jpg") and os.path.exists(r["output_uri"]) for r in records[:3])
+    catalog = str(tmp_path / "catalog.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), catalog)
+    config = BackfillConfig(catalog=catalog, model=model_dir, output=str(tmp_path / "out"), steps=1,
+                            image_format="jpeg", quality=90, batch_size=4, executor="local")
+    result = run_backfill(config)
+    records = {r["product_id"]: r for r in _manifest(config.output)}
+    assert len(records) == len(rows) == result.ok + result.failed  # rows in = ok + failed
+    assert [records[r["product_id"]]["status"] for r in rows[:3]] == ["ok"] * 3
+    assert {pid: records[pid]["error_code"] for pid in BAD_ROWS} == {k: v[1] for k, v in BAD_ROWS.items()}
+    assert {records[pid]["error_stage"] for pid in BAD_ROWS} == {"load"}
+    assert all(records[pid]["error"].startswith(records[pid]["error_code"] + ": ") for pid in BAD_ROWS)
+    assert all(records[r["product_id"]]["output_uri"].endswith(".jpg") and
+               os.path.exists(records[r["product_id"]]["output_uri"]) for r in rows[:3])
 
 
 def test_plan_follows_categories_and_limit(catalogs, tmp_path):
-    from backdrop.batch import RowSelection, plan_rows
-    from backdrop.manifest import NEW, Target
+    from backdrop.batch.config import RowSelection
+    from backdrop.batch.plan import plan_rows
+    from backdrop.batch.manifest import NEW, Target
 
     plan = plan_rows(catalogs["good"], str(tmp_path), RowSelection(("Laptop", "mug"), limit=6),
                      lambda _: Target("m", "1", "p"))
@@ -230,7 +238,7 @@ def test_plan_follows_categories_and_limit(catalogs, tmp_path):
 
 
 def test_cli_job_and_backdrop_backfill_share_their_flags():
-    from backdrop.batch_args import config_from_args
+    from backdrop.batch.args import config_from_args
     from backdrop.cli import build_parser, cmd_backfill
     from jobs import catalog_backfill
 
@@ -258,7 +266,8 @@ def test_bad_rows_become_failed_records_and_the_job_completes(first_backfill, ca
     assert len({r["product_id"] for r in records}) == len(records)
     by_id = {r["product_id"]: r for r in records}
     assert {pid for pid, r in by_id.items() if r["status"] == "ok"} == good
-    assert {pid: by_id[pid]["error"].split(":")[0] for pid in BAD_ROWS} == {k: v[1] for k, v in BAD_ROWS.items()}
+    assert {pid: by_id[pid]["error_code"] for pid in BAD_ROWS} == {k: v[1] for k, v in BAD_ROWS.items()}
+    assert {by_id[pid]["error_stage"] for pid in BAD_ROWS} == {"load"}
     for pid in good:
         rec = by_id[pid]
         assert (rec["model_name"], rec["model_version"], rec["run_id"]) == ("backdrop", "1", result.run_id)
@@ -283,7 +292,7 @@ def test_bad_rows_become_failed_records_and_the_job_completes(first_backfill, ca
 
 @pytest.mark.slow
 def test_rerun_does_no_generation_work(first_backfill):
-    from backdrop.batch import run_backfill
+    from backdrop.batch.run import run_backfill
 
     config, first = first_backfill
     before = {r["product_id"]: r for r in _manifest(config.output)}
@@ -301,9 +310,10 @@ def test_rerun_does_no_generation_work(first_backfill):
 
 @pytest.mark.slow
 def test_catalog_and_outputs_on_s3(ray_local, catalogs, model_dir, s3_bucket):
-    from backdrop import manifest, storage
-    from backdrop.batch import run_backfill
-    from backdrop.data.synthetic import SyntheticConfig, make_catalog
+    from backdrop import storage
+    from backdrop.batch import manifest
+    from backdrop.batch.run import run_backfill
+    from backdrop.demo.synthetic import SyntheticConfig, make_catalog
 
     paths = make_catalog(f"{s3_bucket}/catalog", SyntheticConfig(num_categories=2, train_per_category=0,
                                                                  heldout_per_category=3, pairs_per_category=0))
@@ -328,7 +338,7 @@ def test_catalog_and_outputs_on_s3(ray_local, catalogs, model_dir, s3_bucket):
 @pytest.mark.slow
 def test_killed_backfill_resumes_exactly_once(ray_local, catalogs, model_dir, tmp_path):
     """SIGKILL the job (driver, and with it the Ray instance it started) mid-run, then run it again."""
-    from backdrop.batch import run_backfill
+    from backdrop.batch.run import run_backfill
 
     output = tmp_path / "out"
     parts = output / "manifest" / "parts"
@@ -374,7 +384,7 @@ def test_a_killed_generator_actor_is_restarted_and_no_row_is_lost(ray_local, cat
     and retries its batch; every row still ends up in the manifest exactly once."""
     import psutil
 
-    from backdrop.batch import run_backfill
+    from backdrop.batch.run import run_backfill
 
     killed = []
 
@@ -422,8 +432,8 @@ def test_ray_job_submit_to_a_local_head(registered, catalogs, home, tmp_path):
 def test_nightly_regenerates_new_failed_and_moved_categories_only(first_backfill, catalogs, capsys):
     from mlflow.tracking import MlflowClient
 
-    from backdrop import regen
-    from backdrop.manifest import DONE, FAILED, MODEL_CHANGED, NEW
+    from backdrop.batch import nightly as regen
+    from backdrop.batch.manifest import DONE, FAILED, MODEL_CHANGED, NEW
 
     config, _ = first_backfill
     mug = next(r for r in catalogs["rows"] if r["category"] == "mug")

@@ -4,8 +4,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from backdrop import cli, manifest
-from backdrop.data.synthetic import SyntheticConfig, category_names, make_catalog
+from backdrop import cli
+from backdrop.batch import manifest
+from backdrop.demo.synthetic import SyntheticConfig, category_names, make_catalog
 
 
 def test_generate_records_every_row_and_keeps_going_after_bad_ones(tmp_path, tiny_model):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from backdrop.data.synthetic import SyntheticConfig, make_catalog
+from backdrop.demo.synthetic import SyntheticConfig, make_catalog
 from backdrop.models.generator import BackdropModel
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def _train_workers() -> dict[int, int]:
 def test_two_nodes_survive_a_killed_worker(two_node_cluster, catalog, init_model, tmp_path):
     import mlflow
 
-    from backdrop import registry
+    from backdrop import registry, runtime
     from backdrop.training.distributed import DistributedTrainConfig, train_distributed
 
     storage_path = str(tmp_path / "ckpt")
@@ -105,7 +105,7 @@ def test_two_nodes_survive_a_killed_worker(two_node_cluster, catalog, init_model
     registry.configure()
     run = mlflow.get_run(result.run_id)
     assert "cg/loss" in run.data.metrics and run.data.tags["preset"] == "tiny"
-    loaded = registry.resolve("models:/backdrop-two-node/1").load()
+    loaded = runtime.load("models:/backdrop-two-node/1").model
     assert loaded.categories.ids == {"mug": 0, "laptop": 1}
 
 
@@ -117,7 +117,7 @@ def test_ray_job_submit_trains_registers_and_logs(catalog, init_model, tmp_path,
     from mlflow.tracking import MlflowClient
     from ray_head import ray_head
 
-    from backdrop import registry
+    from backdrop import registry, runtime
 
     home = tmp_path / "home"
     with ray_head() as head:
@@ -139,4 +139,4 @@ def test_ray_job_submit_trains_registers_and_logs(catalog, init_model, tmp_path,
     assert run.data.tags["preset"] == "tiny" and run.data.tags["data_fingerprint"]
     grids = [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "samples")]
     assert any("cg_step000002" in p for p in grids) and any("pg_step000002" in p for p in grids)
-    assert registry.resolve("models:/backdrop-submitted/1").load().categories.ids == {"mug": 0, "laptop": 1}
+    assert runtime.load("models:/backdrop-submitted/1").model.categories.ids == {"mug": 0, "laptop": 1}

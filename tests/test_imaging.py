@@ -312,7 +312,7 @@ def test_over_the_default_pixel_limit_from_the_header_only(monkeypatch):
         decode_image(data)
     assert str(e.value) == (
         "image_too_large: image is 7000x7000 (49,000,000 pixels), "
-        "over the limit of 40,000,000 pixels"
+        "over the limit of 25,000,000 pixels"
     )
     with pytest.raises(ImageTooLargeError, match="^image_too_large: mask is 7000x7000"):
         decode_mask(data)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backdrop import metrics
-from backdrop.data.synthetic import SyntheticConfig, category_names, split_sample
+from backdrop.quality import metrics
+from backdrop.demo.synthetic import SyntheticConfig, category_names, split_sample
 
 CFG = SyntheticConfig()  # 8 categories, 64 px: the quality bar's catalog
 NAMES = category_names(CFG.num_categories)

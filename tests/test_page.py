@@ -24,7 +24,7 @@ SCREENSHOT = "/tmp/backdrop-page.png"
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    from backdrop.service import ApiKeys
+    from backdrop.serving.auth import ApiKeys
 
     home = tmp_path_factory.mktemp("page-home")
     tiny_model(seed=3).save_pretrained(str(home / "generator"))

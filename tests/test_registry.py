@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from backdrop import registry
+from backdrop import pyfunc, registry
 from backdrop.models.generator import BackdropModel
 from backdrop.pipeline import BackdropPipeline, GenerationRequest, InferenceConfig
 
@@ -51,7 +51,7 @@ def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 def _log(model: BackdropModel, name: str):
     with mlflow.start_run(experiment_id=registry.ensure_experiment()):
-        return registry.log_generator(model, registered_model_name=name, tags={"preset": "tiny"})
+        return pyfunc.log_generator(model, registered_model_name=name, tags={"preset": "tiny"})
 
 
 def _job(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -115,17 +115,17 @@ def test_resolve_version_alias_and_path_load_the_same_generator(home, tmp_path):
     r1 = registry.resolve("models:/backdrop/1")
     assert (r1.reference, r1.name, r1.version) == ("models:/backdrop/1", "backdrop", "1")
     assert str(home.home) in r1.path
-    assert _same(_outputs(r1.load()), home.out_a)
+    assert _same(_outputs(BackdropModel.from_pretrained(r1.path)), home.out_a)
 
     r2 = registry.resolve("models:/backdrop/2")
     assert (r2.name, r2.version) == ("backdrop", "2")
-    assert _same(_outputs(r2.load()), home.out_b)
+    assert _same(_outputs(BackdropModel.from_pretrained(r2.path)), home.out_b)
 
     registry.promote("backdrop", "2", force=True)  # no eval tags: only a forced move is allowed
     champ = registry.resolve("models:/backdrop@champion")
     assert (champ.name, champ.version) == ("backdrop", "2")
     assert champ.path == r2.path  # same version, same cached copy
-    assert _same(_outputs(champ.load()), home.out_b)
+    assert _same(_outputs(BackdropModel.from_pretrained(champ.path)), home.out_b)
     assert registry.resolve_version("models:/backdrop@champion") == ("backdrop", "2")
 
     path = tmp_path / "saved"
@@ -133,7 +133,7 @@ def test_resolve_version_alias_and_path_load_the_same_generator(home, tmp_path):
     plain = registry.resolve(str(path))
     assert plain.path == str(path) and plain.name == str(path) and plain.version.startswith("path-")
     assert registry.resolve(str(path)).version == plain.version  # the fingerprint is stable
-    assert _same(_outputs(plain.load()), home.out_a)
+    assert _same(_outputs(BackdropModel.from_pretrained(plain.path)), home.out_a)
 
 
 @pytest.mark.parametrize("ref, words", [
@@ -233,7 +233,7 @@ def test_promote_job_exit_codes(gate):
 
 @pytest.mark.slow
 def test_evaluate_job_writes_table_and_records_eval_tags(home, tmp_path):
-    from backdrop.data.synthetic import SyntheticConfig, make_catalog
+    from backdrop.demo.synthetic import SyntheticConfig, make_catalog
 
     catalog = tmp_path / "catalog"
     make_catalog(str(catalog), SyntheticConfig(num_categories=2, train_per_category=8, heldout_per_category=4,
@@ -286,7 +286,7 @@ def test_registry_over_a_real_mlflow_server_with_artifacts_on_s3(mlflow_server, 
     assert (resolved.name, resolved.version) == ("backdrop-remote", "1")
     assert str(tmp_path / "home" / "model-cache") in resolved.path
     expected = _outputs(model)
-    assert _same(_outputs(resolved.load()), expected)
+    assert _same(_outputs(BackdropModel.from_pretrained(resolved.path)), expected)
 
     registry.record_metrics("backdrop-remote", "1", {"category_consistency": 0.7})
     registry.promote("backdrop-remote", "1")

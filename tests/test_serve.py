@@ -52,7 +52,7 @@ def stack(tmp_path_factory, s3_server):  # S3 first: the replicas inherit its en
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # the registry under BACKDROP_HOME, nothing else
     os.environ.update(env)
     os.environ["BACKDROP_API_KEYS"] = OTHER_KEY  # inherited by the replicas, never in a runtime_env
-    from backdrop.service import ApiKeys
+    from backdrop.serving.auth import ApiKeys
 
     try:
         versions = register_versions(2)

@@ -1,4 +1,4 @@
-"""backdrop.service without Ray or HTTP: parameters, keys, inputs and batched generation."""
+"""backdrop.serving without Ray or HTTP: parameters, keys, inputs and batched generation."""
 
 from __future__ import annotations
 
@@ -19,18 +19,13 @@ from backdrop.errors import (
     UnknownCategoryError,
 )
 from backdrop.imaging import load_reference
-from backdrop.service import (
-    ApiKeys,
-    GenerateParams,
-    Generated,
-    LoadedModel,
-    ModelSelector,
-    ServiceLimits,
-    check_job,
-    load_job,
-    read_input,
-    run_jobs,
-)
+from backdrop import runtime
+from backdrop.errors import Failure
+from backdrop.limits import Limits
+from backdrop.serving.auth import ApiKeys
+from backdrop.serving.jobs import Generated, check_job, load_job, run_jobs
+from backdrop.serving.models import ModelSelector
+from backdrop.serving.params import GenerateParams, read_input
 
 
 def png(image: Image.Image) -> bytes:
@@ -70,7 +65,7 @@ def test_params_parse_form_strings_and_json_values_alike():
 ])
 def test_params_out_of_range_are_readable_errors(fields, fragment):
     with pytest.raises(InvalidParameterError) as e:
-        GenerateParams.from_fields(fields, ServiceLimits())
+        GenerateParams.from_fields(fields, Limits())
     assert fragment in str(e.value)
 
 
@@ -97,7 +92,7 @@ def test_read_input_base64_data_url_and_refusals():
     with pytest.raises(InvalidParameterError, match="not accepted"):
         read_input("file:///etc/passwd", "image")
     with pytest.raises(ImageTooLargeError):
-        read_input(base64.b64encode(b"x" * 2000).decode(), "image", limits=ServiceLimits(max_image_bytes=1000))
+        read_input(base64.b64encode(b"x" * 2000).decode(), "image", limits=Limits(max_image_bytes=1000))
 
 
 def test_read_input_from_s3(s3_bucket):
@@ -108,7 +103,7 @@ def test_read_input_from_s3(s3_bucket):
     storage.write_bytes(f"{s3_bucket}/p.png", data)
     assert read_input(f"{s3_bucket}/p.png", "image") == data
     with pytest.raises(ImageTooLargeError):
-        read_input(f"{s3_bucket}/p.png", "image", limits=ServiceLimits(max_image_bytes=10))
+        read_input(f"{s3_bucket}/p.png", "image", limits=Limits(max_image_bytes=10))
     with pytest.raises(FetchError):
         read_input(f"{s3_bucket}/nothing.png", "image")
 
@@ -116,7 +111,7 @@ def test_read_input_from_s3(s3_bucket):
 def test_load_job_takes_the_mask_from_alpha_and_checks_the_reference():
     params = GenerateParams.from_fields({"category": "mug"})
     job = load_job(params, image=png(product()))
-    assert job.image.mode == "RGB" and job.mask.sum() == 32 * 32 and job.reference is None
+    assert job.product.image.mode == "RGB" and job.product.mask.sum() == 32 * 32 and job.product.reference is None
     with pytest.raises(MissingMaskError):
         load_job(params, image=png(product().convert("RGB")))
     with pytest.raises(CorruptImageError):
@@ -159,9 +154,7 @@ def test_model_selector_with_a_path_serves_that_model_only(tmp_path, tiny_model)
 
 
 def test_run_jobs_one_loop_per_steps_and_guidance_and_isolated_failures(tiny_model):
-    from backdrop.pipeline import BackdropPipeline
-
-    model = LoadedModel(BackdropPipeline(tiny_model), "tiny", "1")
+    model = runtime.wrap(tiny_model, "tiny", "1")
     image = png(product())
 
     def job(**fields):
@@ -181,19 +174,18 @@ def test_run_jobs_one_loop_per_steps_and_guidance_and_isolated_failures(tiny_mod
     assert np.abs(a - b).max() <= 2
 
     bad = job(steps=2)
-    bad.mask = np.ones((3, 3), np.float32)  # slipped past validation: fails its loop
+    bad.product.mask = np.ones((3, 3), np.float32)  # slipped past validation: fails its loop
     results = run_jobs(model, [job(steps=2), bad])
-    assert isinstance(results[0], Generated) and isinstance(results[1], MaskSizeError)
+    assert isinstance(results[0], Generated) and isinstance(results[1], Failure)
+    assert (results[1].stage, results[1].code) == ("generate", MaskSizeError.code)
 
     with pytest.raises(UnknownCategoryError):
         check_job(model, load_job(GenerateParams.from_fields({"category": "sofa"}), image=image))
 
 
 def test_run_jobs_stops_a_loop_whose_callers_all_gave_up(tiny_model):
-    from backdrop.pipeline import BackdropPipeline
-    from backdrop.service import Abandoned
-
-    model = LoadedModel(BackdropPipeline(tiny_model), "tiny", "1")
+    model = runtime.wrap(tiny_model, "tiny", "1")
     job = load_job(GenerateParams.from_fields({"category": "mug", "steps": 50}), image=png(product()))
     job.cancelled = True
-    assert isinstance(run_jobs(model, [job])[0], Abandoned)
+    result = run_jobs(model, [job])[0]
+    assert isinstance(result, Failure) and result.code == runtime.Cancelled.code

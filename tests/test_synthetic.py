@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from backdrop.data import synthetic as S
-from backdrop.data.synthetic import SyntheticConfig, make_catalog, render_sample
+from backdrop.demo import synthetic as S
+from backdrop.demo.synthetic import SyntheticConfig, make_catalog, render_sample
 
 SMALL = SyntheticConfig(num_categories=3, train_per_category=4, heldout_per_category=2,
                         pairs_per_category=2, brands_per_category=2, resolution=64, seed=0)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from backdrop.data.catalog import load_training_arrays
-from backdrop.data.synthetic import SyntheticConfig, make_catalog
+from backdrop.catalog import load_training_arrays
+from backdrop.demo.synthetic import SyntheticConfig, make_catalog
 from backdrop.models.generator import BackdropModel
 from backdrop.training import StageConfig, StageTrainer, random_batches, train_generator, train_stage
 

@@ -2,7 +2,7 @@
 
     backdrop synth    --output runs/catalog                 make the synthetic catalog
     backdrop train    --catalog runs/catalog/train.parquet --output runs/model
-    backdrop generate --model runs/model --catalog runs/catalog/heldout.parquet --output runs/out
+    backdrop generate --model runs/model --catalog runs/catalog/heldout.parquet --output runs/out   in-process
     backdrop demo                                            all of the above, small and fast
     backdrop call --image p.png --category mug --reference ad.png   through the HTTP service
     backdrop backfill --model models:/backdrop@champion --catalog ... --output ...   on Ray Data
@@ -13,7 +13,6 @@ Every path may be a local path or an ``s3://`` URI (endpoint from BACKDROP_S3_EN
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -21,17 +20,8 @@ import time
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", "tiny-64")
 
 
-def _minutes(text: str) -> dict[str, float]:
-    """'vae=5,base=4' -> {'vae': 5.0, 'base': 4.0}"""
-    out = {}
-    for part in filter(None, text.split(",")):
-        stage, _, value = part.partition("=")
-        out[stage.strip()] = float(value)
-    return out
-
-
 def cmd_synth(args) -> int:
-    from .data.synthetic import SyntheticConfig, make_catalog
+    from .demo.synthetic import SyntheticConfig, make_catalog
 
     cfg = SyntheticConfig(num_categories=args.categories, train_per_category=args.train_per_category,
                           heldout_per_category=args.heldout_per_category, resolution=args.resolution,
@@ -45,14 +35,14 @@ def cmd_synth(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .training import STAGES, train_generator
+    from .training import STAGES, parse_budgets, train_generator
 
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise SystemExit(f"unknown stage(s) {bad}; choose from {','.join(STAGES)}")
-    minutes = _minutes(args.minutes) if args.minutes else None
-    steps = {k: int(v) for k, v in _minutes(args.steps).items()} if args.steps else None
+    minutes = parse_budgets(args.minutes) or None
+    steps = {k: int(v) for k, v in parse_budgets(args.steps).items()} or None
     model, results = train_generator(
         args.catalog, args.output, stages=stages, minutes=minutes, steps=steps, init=args.init,
         batch_size=args.batch_size, resolution=args.resolution, seed=args.seed,
@@ -64,36 +54,16 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from . import manifest
-    from .data.catalog import read_catalog
-    from .generation import OutputConfig, RunContext, generate_in_process
-    from .models.generator import BackdropModel
-    from .pipeline import BackdropPipeline, InferenceConfig
+    """The backfill's in-process executor: same plan, stages, manifest and resume, no Ray."""
+    from .batch.args import config_from_args, prepare_job
+    from .batch.run import run_backfill
 
-    model = BackdropModel.from_pretrained(args.model)
-    pipe = BackdropPipeline(model)
-    rows = read_catalog(args.catalog).to_pylist()
-    if args.category:
-        rows = [r for r in rows if r["category"] in set(args.category)]
-    rows = rows[: args.limit] if args.limit else rows
-    inference = InferenceConfig(args.steps, args.guidance)
-    ctx = RunContext.create(args.output, model_name=args.model, model_version="local", inference=inference,
-                            output=OutputConfig(args.format), seed=args.seed, resolution=model.config.resolution)
-    records = []
-    t = time.perf_counter()
-    for batch_records in generate_in_process(pipe, rows, ctx, inference, args.batch_size):
-        manifest.write_part(args.output, batch_records)  # the backfill's manifest layout
-        records += batch_records
-        print(f"  {len(records)}/{len(rows)} rows", file=sys.stderr)
-    ok = sum(r["status"] == "ok" for r in records)
-    print(f"{ok} ok, {len(records) - ok} failed of {len(records)} rows in {time.perf_counter() - t:.1f}s "
-          f"-> {args.output}")
-    manifest.consolidate(args.output)
-    return 0 if ok == len(records) else 1
+    prepare_job(args, start_ray=False)
+    return run_backfill(config_from_args(args, executor="local", kind="generate")).exit_code()
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo.recipe import run_demo
 
     run_demo(args.workdir, train_minutes=args.train_minutes, from_scratch=args.from_scratch,
              checkpoint=args.checkpoint, steps=args.steps)
@@ -101,11 +71,11 @@ def cmd_demo(args) -> int:
 
 
 def cmd_backfill(args) -> int:
-    from . import batch
-    from .batch_args import config_from_args
+    from .batch.args import config_from_args, prepare_job
+    from .batch.run import run_backfill
 
-    batch.prepare_job(args)
-    return batch.run_backfill(config_from_args(args)).exit_code()
+    prepare_job(args)
+    return run_backfill(config_from_args(args)).exit_code()
 
 
 def cmd_call(args) -> int:
@@ -145,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
+    from .batch.args import add_generation_arguments
 
     s = sub.add_parser("synth", help="write the synthetic catalog (Parquet + PNGs)")
     s.add_argument("--output", required=True, help="directory or s3:// prefix")
@@ -167,17 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
 
-    g = sub.add_parser("generate", help="generate backgrounds for a catalog in this process")
-    g.add_argument("--model", required=True, help="saved generator (dir or s3://)")
-    g.add_argument("--catalog", required=True, help="catalog Parquet")
-    g.add_argument("--output", required=True, help="output dir or s3:// prefix")
-    g.add_argument("--category", action="append", help="only these categories (repeatable)")
-    g.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    g.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance (default 2.0)")
-    g.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
-    g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--limit", type=int)
-    g.add_argument("--seed", type=int, default=0)
+    g = sub.add_parser("generate", help="generate a catalog in this process (the backfill without Ray: "
+                                         "same manifest, resume and flags)")
+    g.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a saved generator path")
+    add_generation_arguments(g)
     g.set_defaults(func=cmd_generate)
 
     d = sub.add_parser("demo", help="synthetic catalog -> train (briefly) -> gallery, on local defaults")
@@ -189,8 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     # backfill: the Ray Data catalog backfill (same flags and library call as jobs/catalog_backfill.py)
-    from .batch_args import add_generation_arguments
-
     b = sub.add_parser("backfill", help="catalog backfill on Ray Data: resumable, with a manifest and an MLflow run")
     b.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a saved generator path")
     add_generation_arguments(b)
@@ -219,11 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .settings import configure_logging
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "botocore", "s3fs", "fsspec"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(args.verbose)
     return args.func(args)
 
 

@@ -1,16 +1,26 @@
 """Typed errors for bad input.
 
 Every error that a bad catalog row or a bad HTTP upload can cause is an ``InvalidInputError``
-with a short machine-readable ``code``. Batch jobs write ``code: message`` into the manifest's
-``error`` column and carry on; the HTTP layer maps the class to a 4xx status. Nothing here
-imports torch, so the checks run before any tensor is built.
+with a short machine-readable ``code``. A row that fails becomes a :class:`Failure` (stage,
+code, message as separate fields), which batch jobs write into the manifest and carry on;
+the HTTP layer maps the class to a status through its one table. Nothing parses an error
+string back. Nothing here imports torch, so the checks run before any tensor is built.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class BackdropError(Exception):
     """Base class of every error raised on purpose by backdrop."""
+
+    code = "error"
+
+    @property
+    def message(self) -> str:
+        """The readable message alone (``str()`` of an input error also names its code)."""
+        return Exception.__str__(self)
 
 
 class InvalidInputError(BackdropError, ValueError):
@@ -80,3 +90,30 @@ class FetchError(InvalidInputError):
     """An input URI could not be read (missing file, missing object, permission)."""
 
     code = "fetch_error"
+
+
+# The stages a row goes through; a failure names the one that failed it.
+LOAD, GENERATE, WRITE = "load", "generate", "write"
+STAGES = (LOAD, GENERATE, WRITE)
+UNEXPECTED = {LOAD: "load_error", GENERATE: "generation_error", WRITE: "write_error"}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one row (or one HTTP request's image) has no output: data, not an exception string."""
+
+    stage: str  # one of STAGES
+    code: str  # an ``InvalidInputError.code``, or the stage's ``UNEXPECTED`` code
+    message: str
+
+    @classmethod
+    def of(cls, stage: str, error: BaseException) -> "Failure":
+        """A typed error keeps its code; anything else is this stage's unexpected error."""
+        if isinstance(error, BackdropError) and error.code != BackdropError.code:
+            return cls(stage, error.code, error.message)
+        return cls(stage, UNEXPECTED[stage], f"{type(error).__name__}: {error}")
+
+    @property
+    def line(self) -> str:
+        """The readable one-line form the manifest's ``error`` column keeps."""
+        return f"{self.code}: {self.message}"

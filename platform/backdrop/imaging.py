@@ -43,6 +43,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .limits import DEFAULT_LIMITS
 from .errors import (
     CorruptImageError,
     EmptyMaskError,
@@ -66,8 +67,8 @@ __all__ = [
     "encode_image",
 ]
 
-DEFAULT_MAX_PIXELS = 40_000_000
-DEFAULT_MAX_BYTES = 50 * 2**20
+DEFAULT_MAX_PIXELS = DEFAULT_LIMITS.max_pixels
+DEFAULT_MAX_BYTES = DEFAULT_LIMITS.max_image_bytes
 
 _WANTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF", "HEIF")
 _GREY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from . import storage
+from . import settings, storage
 from .errors import BackdropError
+from .settings import backdrop_home, embedded_tracking_uri, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -38,35 +39,14 @@ CHAMPION = "champion"
 class RegistryError(BackdropError):
     """A model reference that cannot be resolved, or a refused promotion."""
 
-
-def backdrop_home() -> str:
-    return os.path.abspath(os.path.expanduser(os.environ.get("BACKDROP_HOME", "~/.backdrop")))
-
-
-# mlflow.set_tracking_uri() also exports the URI as $MLFLOW_TRACKING_URI (mlflow 3), so after
-# configure() the variable is set in this process even when nobody asked for a server: the
-# embedded URIs configure() exported are remembered so they are not mistaken for a user's choice.
-_exported_embedded: set[str] = set()
-
-
-def embedded_tracking_uri() -> str:
-    """The default store: SQLite under ``$BACKDROP_HOME/mlflow``."""
-    return f"sqlite:///{os.path.join(backdrop_home(), 'mlflow', 'mlflow.db')}"
-
-
-def tracking_uri() -> str:
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env and env not in _exported_embedded:
-        return env
-    os.makedirs(os.path.join(backdrop_home(), "mlflow"), exist_ok=True)
-    return embedded_tracking_uri()
+    code = "unknown_model"
 
 
 def configure() -> str:
     """Point the mlflow client at the configured store (idempotent); returns the URI."""
     uri = tracking_uri()
     if uri == embedded_tracking_uri():
-        _exported_embedded.add(uri)
+        settings.exported_embedded.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -89,44 +69,17 @@ def ensure_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
-class GeneratorPyfunc(mlflow.pyfunc.PythonModel):
-    """The generator as an MLflow model: rows of (image_uri, mask_uri, category, ...) -> PNGs.
-
-    Jobs and Serve load the generator directory itself (``resolve``); this wrapper makes the
-    registered version usable from any MLflow tool as well.
-    """
-
-    def load_context(self, context):
-        from .models.generator import BackdropModel
-        from .pipeline import BackdropPipeline
-
-        self.pipe = BackdropPipeline(BackdropModel.from_pretrained(context.artifacts[GENERATOR_ARTIFACT]))
-
-    def predict(self, context, model_input, params=None):
-        import base64
-
-        from .generation import load_request
-        from .imaging import encode_image
-        from .pipeline import InferenceConfig
-
-        params = params or {}
-        config = InferenceConfig(int(params.get("steps", 50)), float(params.get("guidance", 2.0)))
-        rows = model_input.to_dict("records")
-        images = self.pipe([load_request(r, int(r.get("seed", 0) or 0)) for r in rows], config)
-        return [base64.b64encode(encode_image(im)).decode() for im in images]
-
-
-def log_generator(model, *, registered_model_name: str | None = None, tags: dict | None = None):
-    """Log the generator in the active run as an MLflow model; optionally register a version.
-
-    Returns the new ``ModelVersion`` (or None when not registering).
+def log_model_dir(save, python_model, *, registered_model_name: str | None = None, tags: dict | None = None):
+    """Log a model directory (written by ``save(path)``) in the active run as an MLflow pyfunc
+    with ``python_model``; optionally register a version. Returns the new ``ModelVersion``
+    (or None when not registering). The registry knows no model code: the caller brings both.
     """
     with tempfile.TemporaryDirectory(prefix="backdrop-log-") as tmp:
         path = os.path.join(tmp, GENERATOR_ARTIFACT)
-        model.save_pretrained(path)
+        save(path)
         info = mlflow.pyfunc.log_model(
             name=GENERATOR_ARTIFACT,
-            python_model=GeneratorPyfunc(),
+            python_model=python_model,
             artifacts={GENERATOR_ARTIFACT: path},
             pip_requirements=["backdrop"],
         )
@@ -143,11 +96,6 @@ class ResolvedModel:
     name: str
     version: str
     path: str  # a saved-generator directory (local) or s3:// prefix
-
-    def load(self, **kwargs):
-        from .models.generator import BackdropModel
-
-        return BackdropModel.from_pretrained(self.path, **kwargs)
 
 
 def parse_reference(ref: str) -> tuple[str, str | None, str | None]:

@@ -19,9 +19,9 @@ from typing import Iterator
 
 import fsspec
 
-from .errors import FetchError
+from .errors import FetchError, ImageTooLargeError
+from .settings import ENDPOINT_ENV_VARS
 
-ENDPOINT_ENV_VARS = ("BACKDROP_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 TMP_MARKER = ".tmp-"  # local writes go to "<name>.tmp-<uuid>" first, then are renamed
 
 
@@ -69,14 +69,32 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
-def read_bytes(uri: str) -> bytes:
-    """Read a whole object; a missing or unreadable one raises ``FetchError``."""
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """Read a whole object; a missing or unreadable one raises ``FetchError``.
+
+    With ``max_bytes`` the object's size is checked (stat / HEAD) before a byte is read, only
+    regular files are opened (never a device, FIFO or directory), and at most ``max_bytes + 1``
+    bytes are ever read, so an object that grows meanwhile cannot exhaust memory either.
+    """
     fs, path = filesystem(uri)
     try:
+        if max_bytes is not None:
+            info = fs.info(path)
+            if info.get("type") != "file":
+                raise FetchError(f"cannot read {uri}: not a regular file ({info.get('type')})")
+            size = info.get("size")
+            if size is None or size > max_bytes:
+                raise ImageTooLargeError(f"{uri} is {size if size is not None else 'of unknown size'} bytes, "
+                                         f"over the limit of {max_bytes:,} bytes")
         with fs.open(path, "rb") as f:
-            return f.read()
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+    except (FetchError, ImageTooLargeError):
+        raise
     except (FileNotFoundError, IsADirectoryError, PermissionError, OSError) as e:
         raise FetchError(f"cannot read {uri}: {type(e).__name__}: {e}") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageTooLargeError(f"{uri} is over the limit of {max_bytes:,} bytes")
+    return data
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -2,5 +2,5 @@
 
 from .loop import (  # noqa: F401
     DEFAULT_LR, DEFAULT_MINUTES, STAGES, StageConfig, StageResult, StageTrainer, calibrate_latent_scale,
-    random_batches, train_generator, train_stage, trainable_network,
+    parse_budgets, random_batches, train_generator, train_stage, trainable_network,
 )

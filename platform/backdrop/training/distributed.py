@@ -24,13 +24,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .. import registry, storage
-from ..data.catalog import load_row, resize_pair
+from .. import registry, runtime, storage
+from ..pyfunc import log_generator
+from ..catalog import resize_pair
+from ..inputs import Product, fetch_pair
 from ..errors import InvalidInputError
 from ..gallery import contact_sheet, masked_product
 from ..models.generator import BackdropModel
 from ..models.presets import TinyPreset
-from ..pipeline import BackdropPipeline, GenerationRequest, InferenceConfig
 from .loop import StageConfig, StageTrainer, train_stage
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class DecodeBatch:
         images, masks, cats = [], [], []
         for uri, mask_uri, cat in zip(batch["image_uri"], batch["mask_uri"], batch["category"]):
             try:
-                img, m = load_row(str(uri), str(mask_uri) if mask_uri else None)
+                img, m = fetch_pair(str(uri), str(mask_uri) if mask_uri else None)
             except InvalidInputError as e:
                 log.warning("skipping training row %s: %s", uri, e)
                 continue
@@ -151,14 +152,14 @@ def _agree(local_stop: bool) -> bool:
 
 def _initial_model(cfg: DistributedTrainConfig, categories: list[str]) -> BackdropModel:
     if cfg.init:
-        model = registry.resolve(cfg.init).load()
+        model = runtime.load(cfg.init, device="cpu").model
         model.categories.extend(categories)
         return model
     return BackdropModel.tiny(categories, TinyPreset(resolution=cfg.resolution), seed=cfg.seed)
 
 
 def _catalog_categories(catalog: str) -> list[str]:
-    from ..data.catalog import read_catalog
+    from ..catalog import read_catalog
 
     return sorted(set(read_catalog(catalog, columns=["category"]).column("category").to_pylist()))
 
@@ -184,7 +185,7 @@ def _report(metrics: dict, model: BackdropModel, state: dict, rank: int, optimiz
 
 def _sample_grid(model: BackdropModel, batch: dict, stage: str, n: int = 4):
     """product | (reference) | output, for the first rows of a training batch."""
-    pipe = BackdropPipeline(model)
+    gen = runtime.wrap(model)
     imgs = (batch["images"][:n].permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
     masks = batch["masks"][:n, 0].numpy()
     from PIL import Image
@@ -193,8 +194,8 @@ def _sample_grid(model: BackdropModel, batch: dict, stage: str, n: int = 4):
     for i in range(len(imgs)):
         im = Image.fromarray(imgs[i])
         ref = Image.fromarray(imgs[(i + 1) % len(imgs)]) if stage == "pg" else None
-        req = GenerationRequest(im, masks[i], batch["categories"][i], reference=ref, seed=i)
-        out = pipe([req], InferenceConfig(num_inference_steps=10))[0]
+        product = Product(im, masks[i], batch["categories"][i], reference=ref)
+        out = runtime.generate_all(gen, product.requests([i]), runtime.inference(10))[0]
         rows.append([masked_product(im, masks[i]), ref, out, im])
     return contact_sheet(rows, cell=96, row_labels=batch["categories"][:n],
                          column_labels=["product", "reference", "output", "original"])
@@ -287,7 +288,7 @@ class TrainOutcome:
 
 
 def data_fingerprint(catalog: str) -> str:
-    from ..data.catalog import read_catalog
+    from ..catalog import read_catalog
 
     t = read_catalog(catalog, columns=["product_id", "category", "image_uri", "mask_uri"])
     h = hashlib.sha256()
@@ -341,6 +342,6 @@ def train_distributed(cfg: DistributedTrainConfig) -> TrainOutcome:
         tags = {"data_fingerprint": data_fingerprint(cfg.catalog), "code_revision": code_revision(),
                 "preset": model.config.preset, "stages": ",".join(cfg.stages), "train_run": cfg.name}
         mlflow.set_tags(tags)
-        version = registry.log_generator(model, registered_model_name=cfg.registered_model_name, tags=tags)
+        version = log_generator(model, registered_model_name=cfg.registered_model_name, tags=tags)
     return TrainOutcome(result.checkpoint.path, cfg.mlflow_run_id, str(version.version) if version else None,
                         state, model)

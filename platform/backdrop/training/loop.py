@@ -20,12 +20,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..augment import Perturbation
+from .augment import Perturbation
 from ..models.attention import mask_at
 from ..models.generator import BackdropModel
 from ..pipeline import BackdropPipeline, Conditioning, predict_noise
 
 log = logging.getLogger(__name__)
+
+
+def parse_budgets(text: str | None) -> dict[str, float]:
+    """Per-stage budgets from the command line: ``'vae=5,base=4'`` -> ``{'vae': 5.0, 'base': 4.0}``."""
+    out = {}
+    for part in filter(None, (text or "").split(",")):
+        stage, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"budget {part!r}: expected STAGE=NUMBER, e.g. cg=10")
+        out[stage.strip()] = float(value)
+    return out
 
 STAGES = ("vae", "base", "cg", "pg")
 DEFAULT_LR = {"vae": 1e-3, "base": 1e-3, "cg": 1e-3, "pg": 5e-4}
@@ -352,7 +363,7 @@ def train_generator(
     appended); without it a fresh tiny preset is built, which needs the ``vae`` and ``base``
     stages before ``cg`` makes sense.
     """
-    from ..data.catalog import load_training_arrays
+    from ..catalog import load_training_arrays
     from ..models.presets import TinyPreset
 
     minutes = dict(DEFAULT_MINUTES if minutes is None else minutes)

@@ -158,7 +158,7 @@ class ImageEncoder:
     def __init__(self, uri: str, device: str = "cpu") -> None:
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-        from . import storage
+        from .. import storage
 
         with storage.local_copy(uri) as path:
             self.model = CLIPVisionModelWithProjection.from_pretrained(path).to(device).eval()

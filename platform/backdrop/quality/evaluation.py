@@ -13,12 +13,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
+from .. import runtime
+from ..catalog import read_catalog
+from ..gallery import contact_sheet, masked_product
+from ..inputs import fetch_product, fetch_reference
+from ..pipeline import GenerationRequest, InferenceConfig
+from ..runtime import LoadedGenerator, row_seed
 from . import metrics
-from .data.catalog import read_catalog
-from .gallery import contact_sheet, masked_product
-from .generation import load_request, row_seed
-from .models.generator import BackdropModel
-from .pipeline import BackdropPipeline, GenerationRequest, InferenceConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,8 @@ class EvalResult:
         return "\n".join(lines)
 
 
-def _run(pipe: BackdropPipeline, requests: list[GenerationRequest], config: InferenceConfig, batch: int):
-    out = []
-    for i in range(0, len(requests), batch):
-        out += pipe(requests[i:i + batch], config)
-    return out
+def _request(row: dict, seed: int) -> GenerationRequest:
+    return fetch_product(row).requests([seed])[0]
 
 
 def _bit_identical(outputs, requests) -> bool:
@@ -61,27 +59,27 @@ def _bit_identical(outputs, requests) -> bool:
     )
 
 
-def evaluate(model: BackdropModel, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
+def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
              with_references: bool = True) -> EvalResult:
     """Category consistency, product leak, reference similarity (+ablations), copy-paste."""
     t0 = time.perf_counter()
-    pipe = BackdropPipeline(model)
+    gen = runtime.wrap(model)
     infer = InferenceConfig(cfg.steps, cfg.guidance)
     heldout = [r for r in read_catalog(catalog["heldout"]).to_pylist() if r["category"] in model.categories]
-    real = [load_request(r, row_seed(cfg.seed, r["product_id"])) for r in heldout]
+    real = [_request(r, row_seed(cfg.seed, r["product_id"])) for r in heldout]
     cats = [r["category"] for r in heldout]
     real_feats = np.stack([metrics.background_features(q.image, q.mask) for q in real])
     centroids = metrics.CategoryCentroids.fit(real_feats, cats)
 
     train_rows = read_catalog(catalog["train"]).to_pylist()
     train_rows = train_rows[:: max(1, len(train_rows) // cfg.palette_rows)]
-    train = [load_request(r, 0) for r in train_rows]
+    train = [_request(r, 0) for r in train_rows]
     palette = metrics.PaletteModel.fit([q.image for q in train], [q.mask for q in train],
                                        [r["category"] for r in train_rows])
 
     picks = [i for c in model.categories.names for i in [j for j, x in enumerate(cats) if x == c][: cfg.per_category]]
     reqs = [real[i] for i in picks]
-    outputs = _run(pipe, reqs, infer, cfg.batch_size)
+    outputs = runtime.generate_all(gen, reqs, infer, cfg.batch_size)
     feats = np.stack([metrics.background_features(o, q.mask) for o, q in zip(outputs, reqs)])
     consistency = metrics.category_consistency(feats, [q.category for q in reqs], centroids)
     real_consistency = metrics.category_consistency(
@@ -98,7 +96,7 @@ def evaluate(model: BackdropModel, catalog: dict[str, str], cfg: EvalConfig = Ev
     grids = {"categories": _category_grid(reqs, outputs)}
 
     if with_references and model.pg is not None and catalog.get("pairs"):
-        ref_metrics, ref_grid, ref_identical = _reference_eval(pipe, catalog["pairs"], cfg, real_feats.mean(0))
+        ref_metrics, ref_grid, ref_identical = _reference_eval(gen, catalog["pairs"], cfg, real_feats.mean(0))
         m.update(ref_metrics)
         grids["references"] = ref_grid
         identical = identical and ref_identical
@@ -111,21 +109,19 @@ def evaluate(model: BackdropModel, catalog: dict[str, str], cfg: EvalConfig = Ev
     return EvalResult(m, consistency["per_category"], grids)
 
 
-def _reference_eval(pipe: BackdropPipeline, pairs_uri: str, cfg: EvalConfig, center: np.ndarray):
+def _reference_eval(gen: LoadedGenerator, pairs_uri: str, cfg: EvalConfig, center: np.ndarray):
     """CG+PG vs CG alone, PG with vs without the reference-latent init, and copy-paste."""
-    from .generation import load_reference
-
-    rows = _round_robin([r for r in read_catalog(pairs_uri).to_pylist() if r["category"] in pipe.model.categories],
+    rows = _round_robin([r for r in read_catalog(pairs_uri).to_pylist() if r["category"] in gen.categories],
                         cfg.pairs)
-    with_ref = [load_request(r, row_seed(cfg.seed, r["product_id"])) for r in rows]
+    with_ref = [_request(r, row_seed(cfg.seed, r["product_id"])) for r in rows]
     alone = [GenerationRequest(q.image, q.mask, q.category, seed=q.seed) for q in with_ref]
-    ref_bg = [load_reference(r["reference_uri"], r.get("reference_mask_uri")) for r in rows]
+    ref_bg = [fetch_reference(r["reference_uri"], r.get("reference_mask_uri")) for r in rows]
 
     full = InferenceConfig(cfg.steps, cfg.guidance, reference_init=True)
     no_init = InferenceConfig(cfg.steps, cfg.guidance, reference_init=False)
-    out_full = _run(pipe, with_ref, full, cfg.batch_size)
-    out_noinit = _run(pipe, with_ref, no_init, cfg.batch_size)
-    out_alone = _run(pipe, alone, full, cfg.batch_size)
+    out_full = runtime.generate_all(gen, with_ref, full, cfg.batch_size)
+    out_noinit = runtime.generate_all(gen, with_ref, no_init, cfg.batch_size)
+    out_alone = runtime.generate_all(gen, alone, full, cfg.batch_size)
 
     ref_feats = np.stack([metrics.background_features(img, m) for img, m in ref_bg])
 

@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from . import storage
-from .generation import MANIFEST_COLUMNS, OK
+from .. import storage
+from .records import MANIFEST_COLUMNS, OK
 
 PARTS_DIR = "manifest/parts"
 MANIFEST_FILE = "manifest.parquet"

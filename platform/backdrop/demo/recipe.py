@@ -7,16 +7,17 @@ import logging
 import os
 import time
 
-from . import registry, storage
-from .batch import BackfillConfig, run_backfill
-from .data.catalog import read_catalog
-from .data.synthetic import SyntheticConfig, make_catalog
-from .evaluation import EvalConfig, evaluate
-from .gallery import contact_sheet, masked_product
-from .generation import load_request, row_seed
-from .models.generator import BackdropModel
-from .pipeline import BackdropPipeline, InferenceConfig
-from .training import DEFAULT_MINUTES, train_generator
+from .. import registry, runtime, storage
+from ..batch.config import BackfillConfig
+from ..batch.run import run_backfill
+from ..catalog import read_catalog
+from ..gallery import contact_sheet, masked_product
+from ..inputs import fetch_product
+from ..pyfunc import log_generator
+from ..quality.evaluation import EvalConfig, evaluate
+from ..runtime import row_seed
+from ..training import DEFAULT_MINUTES, train_generator
+from .synthetic import SyntheticConfig, make_catalog
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def run_demo(
     return out
 
 
-def register(model: BackdropModel, catalog: dict, steps: int, name: str = "backdrop") -> str:
+def register(model, catalog: dict, steps: int, name: str = "backdrop") -> str:
     """Evaluate, register a new version, and move ``champion`` to it if the gate allows."""
     import mlflow
 
@@ -71,8 +72,8 @@ def register(model: BackdropModel, catalog: dict, steps: int, name: str = "backd
     with mlflow.start_run(experiment_id=registry.ensure_experiment(), run_name="demo-train"):
         mlflow.log_metrics({k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))})
         mlflow.log_image(result.grids["categories"], "eval/categories.png")
-        version = str(registry.log_generator(model, registered_model_name=name,
-                                             tags={"preset": model.config.preset, "source": "demo"}).version)
+        version = str(log_generator(model, registered_model_name=name,
+                                    tags={"preset": model.config.preset, "source": "demo"}).version)
     registry.record_metrics(name, version, {k: v for k, v in result.metrics.items() if isinstance(v, float)})
     try:
         registry.promote(name, version)
@@ -82,11 +83,11 @@ def register(model: BackdropModel, catalog: dict, steps: int, name: str = "backd
     return f"models:/{name}@{registry.CHAMPION}"
 
 
-def render_galleries(model: BackdropModel, catalog: dict, out_dir: str, steps: int = 20,
+def render_galleries(model, catalog: dict, out_dir: str, steps: int = 20,
                      per_category: int = 4) -> dict[str, str]:
     """One row per category (product, then generated backgrounds); one row per reference pair."""
-    pipe = BackdropPipeline(model)
-    config = InferenceConfig(num_inference_steps=steps)
+    gen = runtime.wrap(model)
+    config = runtime.inference(steps)
     os.makedirs(out_dir, exist_ok=True)
 
     heldout = read_catalog(catalog["heldout"]).to_pylist()
@@ -95,8 +96,8 @@ def render_galleries(model: BackdropModel, catalog: dict, out_dir: str, steps: i
         picks = [r for r in heldout if r["category"] == category][:per_category]
         if not picks:
             continue
-        reqs = [load_request(r, row_seed(0, r["product_id"])) for r in picks]
-        outs = pipe(reqs, config)
+        reqs = [fetch_product(r).requests([row_seed(0, r["product_id"])])[0] for r in picks]
+        outs = runtime.generate_all(gen, reqs, config)
         rows.append([masked_product(reqs[0].image, reqs[0].mask)] + outs)
         labels.append(category)
     cat_path = os.path.join(out_dir, "categories.png")
@@ -108,9 +109,9 @@ def render_galleries(model: BackdropModel, catalog: dict, out_dir: str, steps: i
     for category in model.categories.names:
         picks = [r for r in pairs if r["category"] == category][:2]
         for r in picks:
-            with_ref = load_request(r, row_seed(0, r["product_id"]))
-            without = load_request({**r, "reference_uri": None}, row_seed(0, r["product_id"]))
-            a, b = pipe([with_ref, without], config)
+            with_ref = fetch_product(r).requests([row_seed(0, r["product_id"])])[0]
+            without = fetch_product({**r, "reference_uri": None}).requests([row_seed(0, r["product_id"])])[0]
+            a, b = runtime.generate_all(gen, [with_ref, without], config)
             pair_rows.append([masked_product(with_ref.image, with_ref.mask), with_ref.reference, a, b])
             pair_labels.append(f"{category}/{r['brand'][-7:]}")
     ref_path = os.path.join(out_dir, "references.png")

@@ -5,7 +5,8 @@ use now, which is the champion alias unless the category is pinned (``mug=models
 A row is generated again when it is new, failed last time, was made by another model version
 (the alias moved, a pin changed) or with other parameters; everything else is left alone.
 
-Each distinct model then runs one ordinary backfill (``backdrop.batch``) over its categories.
+Each distinct model then runs one ordinary backfill (:mod:`.run`) over its categories, with the
+model resolved and the rows planned once, here.
 A backfill applies the same rule row by row, so a nightly run is idempotent and resumable
 exactly like a backfill, and ``--dry-run`` shows the plan it would follow.
 """
@@ -16,9 +17,11 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-from .batch import BackfillConfig, BackfillResult, Plan, plan_rows, resolve_target, run_backfill
-from .categories import normalize
+from ..categories import normalize
+from .config import BackfillConfig
 from .manifest import Target
+from .plan import Plan, plan_rows
+from .run import BackfillResult, Resolved, resolve_target, run_backfill
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +31,12 @@ class ModelGroup:
     """Categories that one model version serves tonight."""
 
     reference: str  # as configured: the champion alias or a pin
-    pinned: str  # models:/NAME/VERSION (or the path) the backfill will load
-    target: Target
+    resolved: Resolved  # the version the backfill will load, resolved once tonight
     categories: tuple[str, ...]
+
+    @property
+    def target(self) -> Target:
+        return self.resolved.target
 
 
 @dataclass
@@ -70,18 +76,17 @@ def plan_nightly(config: BackfillConfig, pins: Mapping[str, str] | None = None) 
     pinned = {c: resolve_target(replace(config, model=ref)) for c, ref in pins.items()}
 
     def target_of(category: str) -> Target:
-        return pinned.get(normalize(category), champion)[3]
+        return pinned.get(normalize(category), champion).target
 
     plan = plan_rows(config.catalog, config.output, config.selection(), target_of)
     on_champion = tuple(c for c in plan.categories if normalize(c) not in pinned)
-    groups = [ModelGroup(config.model, champion[1], champion[3], on_champion)]
+    groups = [ModelGroup(config.model, champion, on_champion)]
     by_model: dict[str, list[str]] = {}
-    for category, (_, ref, _, _) in pinned.items():
-        by_model.setdefault(ref, []).append(category)
-    for ref, categories in by_model.items():
+    for category, resolved in pinned.items():
+        by_model.setdefault(resolved.pinned, []).append(category)
+    for categories in by_model.values():
         in_catalog = tuple(c for c in plan.categories if normalize(c) in categories)
-        target = pinned[categories[0]][3]
-        groups.append(ModelGroup(",".join(f"{c}={pins[c]}" for c in categories), ref, target, in_catalog))
+        groups.append(ModelGroup(",".join(f"{c}={pins[c]}" for c in categories), pinned[categories[0]], in_catalog))
     return NightlyPlan(config, groups, plan)
 
 
@@ -97,7 +102,8 @@ def run_nightly(config: BackfillConfig, pins: Mapping[str, str] | None = None,
         if not nightly.plan.todo_in(group.categories):
             log.info("%s: nothing to regenerate", group.reference)
             continue
-        results.append(run_backfill(replace(config, model=group.pinned, categories=group.categories, kind="nightly")))
+        group_config = replace(config, model=group.resolved.pinned, categories=group.categories, kind="nightly")
+        results.append(run_backfill(group_config, resolved=group.resolved, plan=nightly.plan.restrict(group.categories)))
     return nightly, results
 
 

@@ -1,7 +1,7 @@
 """Reading catalog tables (Parquet, local or ``s3://``) and turning rows into model inputs.
 
 Importing this module does not import torch: the batch job's CPU stages fetch and decode rows
-with :func:`load_row` in light worker processes; only the training path needs tensors.
+with :func:`backdrop.inputs.fetch_product` in light worker processes; only the training path needs tensors.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .. import storage
-from ..errors import InvalidInputError
-from ..imaging import load_product
+from . import storage
+from .errors import InvalidInputError
+from .inputs import fetch_pair
 
 if TYPE_CHECKING:
     import torch
@@ -74,13 +74,6 @@ def normalize_rows(table: pa.Table, columns: tuple[str, ...] = GENERATION_COLUMN
     return pa.table(cols)
 
 
-def load_row(image_uri: str, mask_uri: str | None) -> tuple[Image.Image, np.ndarray]:
-    """Fetch, decode and validate one product (typed ``InvalidInputError`` on bad input)."""
-    image_bytes = storage.read_bytes(image_uri)
-    mask_bytes = storage.read_bytes(mask_uri) if mask_uri else None
-    return load_product(image_bytes, mask_bytes)
-
-
 def resize_pair(image: Image.Image, mask: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (3,R,R) image and uint8 (1,R,R) binary mask at model resolution."""
     img = np.asarray(image.convert("RGB").resize((resolution, resolution), Image.BICUBIC))
@@ -113,7 +106,7 @@ def load_training_arrays(uri: str, resolution: int, limit: int | None = None) ->
     images, masks, cats, ids, skipped = [], [], [], [], {}
     for row in rows:
         try:
-            img, m = load_row(row["image_uri"], row["mask_uri"])
+            img, m = fetch_pair(row["image_uri"], row["mask_uri"])
         except InvalidInputError as e:
             skipped[row["product_id"]] = str(e)
             continue

@@ -1,13 +1,16 @@
 """The command-line flags of the generation jobs, shared by ``jobs/catalog_backfill.py``,
-``jobs/nightly_regen.py`` and ``backdrop backfill`` so that they cannot drift apart.
+``jobs/nightly_regen.py``, ``backdrop backfill`` and ``backdrop generate`` so that they cannot
+drift apart, and the one job set-up (logging, registry, Ray) they all do.
 
-Kept apart from ``backdrop.batch`` so that building the ``backdrop`` CLI parser imports
-neither Ray nor pyarrow.
+Importing this module imports neither Ray nor pyarrow, so building the CLI parser stays fast.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+
+from ..settings import configure_logging
 
 
 def add_generation_arguments(p) -> None:
@@ -36,8 +39,8 @@ def add_generation_arguments(p) -> None:
 
 
 def config_from_args(args, **overrides):
-    """The ``batch.BackfillConfig`` that parsed flags describe."""
-    from .batch import BackfillConfig
+    """The :class:`~backdrop.batch.config.BackfillConfig` that parsed flags describe."""
+    from .config import BackfillConfig
 
     config = BackfillConfig(
         catalog=args.catalog, model=args.model, output=args.output, categories=tuple(args.category),
@@ -47,3 +50,14 @@ def config_from_args(args, **overrides):
         limit=args.limit, max_failure_rate=args.max_failure_rate,
     )
     return replace(config, **overrides)
+
+
+def prepare_job(args, start_ray: bool = True) -> None:
+    """Logging, the tracking URI and Ray, in that order (workers inherit the URI)."""
+    configure_logging()
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    if start_ray:
+        from ..cluster import init_ray
+
+        init_ray(args.ray_address, args.num_cpus)

@@ -1,0 +1,1 @@
+"""Ray job entrypoints: thin argument parsing over library calls (run as scripts: python jobs/X.py)."""

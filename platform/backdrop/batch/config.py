@@ -1,0 +1,74 @@
+"""What a backfill or nightly run is asked to do: one dataclass, shared by every front door.
+
+``jobs/catalog_backfill.py``, ``jobs/nightly_regen.py``, ``backdrop backfill`` and ``backdrop
+generate`` all build a :class:`BackfillConfig` (from the same flags, :mod:`.args`) and call
+the same ``run_*`` function. No Ray and no torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..categories import normalize
+from ..limits import DEFAULT_LIMITS, Limits
+from .records import OutputConfig
+
+BACKFILL_EXPERIMENT = "backdrop-backfill"
+EXECUTORS = ("ray", "local")
+
+
+@dataclass(frozen=True)
+class BackfillConfig:
+    catalog: str  # Parquet file, directory or s3:// prefix
+    model: str  # models:/NAME@ALIAS, models:/NAME/VERSION or a saved generator's path
+    output: str  # directory or s3:// prefix
+    categories: tuple[str, ...] = ()  # only these (all when empty)
+    steps: int = 50
+    guidance: float = 2.0
+    seed: int = 0
+    batch_size: int = 16
+    concurrency: int = 1  # actors: the pool scales between 1 and this
+    num_gpus: float = 0.0  # per actor; > 0 runs the generator on CUDA in float16
+    cpus_per_actor: float | None = None  # None: 0.5 on clusters of <= 4 CPUs, else 1
+    threads_per_actor: int | None = None  # CPU inference; None: the node's cores / concurrency
+    image_format: str = "png"
+    quality: int = 95
+    limit: int | None = None  # the first N rows (after the category filter) in catalog order
+    max_failure_rate: float = 0.1
+    experiment: str = BACKFILL_EXPERIMENT
+    kind: str = "backfill"  # MLflow tag: backfill | nightly | generate
+    executor: str = "ray"  # ray: Ray Data stages and an actor pool; local: the same stages in this process
+    limits: Limits = field(default=DEFAULT_LIMITS)
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
+
+    def inference(self):
+        from .. import runtime
+
+        return runtime.inference(self.steps, self.guidance, self.limits)
+
+    def output_config(self) -> OutputConfig:
+        return OutputConfig(self.image_format, self.quality)
+
+    def selection(self) -> "RowSelection":
+        return RowSelection(tuple(self.categories), self.limit)
+
+
+@dataclass(frozen=True)
+class RowSelection:
+    """The catalog rows a run covers: ``categories`` (all when empty), then the first ``limit``."""
+
+    categories: tuple[str, ...] = ()
+    limit: int | None = None
+
+    def by_category(self, rows: pa.Table) -> pa.Table:
+        if not self.categories:
+            return rows
+        wanted = {normalize(c) for c in self.categories}
+        keep = [c for c in pc.unique(rows["category"]).to_pylist() if c is not None and normalize(c) in wanted]
+        return rows.filter(pc.is_in(rows["category"], value_set=pa.array(keep, pa.string())))

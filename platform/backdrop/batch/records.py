@@ -1,0 +1,166 @@
+"""One catalog row's way through a generation job, and the manifest record it ends as.
+
+    load_item(row)                  fetch, decode, validate          CPU, no model
+    generate_items(gen, items)      one denoising loop per batch     the model (backdrop.runtime)
+    write_item(item, ctx)           encode, write atomically, record CPU, no model
+
+The Ray Data backfill runs each as its own stage; the in-process executor (``backdrop
+generate``) chains them in one process. There is one implementation of each.
+
+A bad row becomes one ``failed`` record whose :class:`~backdrop.errors.Failure` is stored as
+separate ``error_stage``, ``error_code`` and ``error_message`` columns (``error`` keeps a
+readable line); it never takes its batch mates down. Importing this module does not import
+torch, so the Ray CPU stages stay light processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from .. import imaging, runtime, storage
+from ..categories import CategoryMap
+from ..errors import GENERATE, LOAD, WRITE, Failure
+from ..inputs import Product, fetch_product
+from ..limits import DEFAULT_LIMITS, Limits
+
+if TYPE_CHECKING:
+    from ..pipeline import InferenceConfig
+
+MANIFEST_COLUMNS = (
+    "product_id", "category", "status", "output_uri", "error", "error_stage", "error_code", "error_message",
+    "model_name", "model_version", "params_hash", "seed", "created_at", "run_id",
+)
+OK, FAILED = "ok", "failed"
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    image_format: str = "png"
+    quality: int = 95
+
+    @property
+    def extension(self) -> str:
+        return {"jpeg": "jpg", "jpg": "jpg"}.get(self.image_format.lower(), self.image_format.lower())
+
+
+def params_hash(inference: InferenceConfig, output: OutputConfig, seed: int, resolution: int) -> str:
+    """Identifies everything besides the model version that decides an output's pixels."""
+    blob = json.dumps({"inference": asdict(inference), "output": asdict(output), "seed": seed,
+                       "resolution": resolution}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def output_uri(output_root: str, row: dict, output: OutputConfig) -> str:
+    return storage.join(output_root, "images", str(row["category"]), f"{row['product_id']}.{output.extension}")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every record of one generation run shares (its lineage), and where outputs go.
+
+    Holds no torch object, so it travels to the Ray CPU stages without importing the model code.
+    """
+
+    output_root: str
+    model_name: str
+    model_version: str
+    params_hash: str
+    seed: int = 0
+    output: OutputConfig = OutputConfig()
+    run_id: str | None = None
+
+    def record(self, row: dict, uri: str | None = None, failure: Failure | None = None) -> dict:
+        """``ok`` with the image at ``uri``, or ``failed`` with its ``failure``."""
+        return {
+            "product_id": str(row["product_id"]),
+            "category": str(row.get("category")),
+            "status": FAILED if failure else OK,
+            "output_uri": uri,
+            "error": failure.line if failure else None,
+            "error_stage": failure.stage if failure else None,
+            "error_code": failure.code if failure else None,
+            "error_message": failure.message if failure else None,
+            "model_name": self.model_name,
+            "model_version": str(self.model_version),
+            "params_hash": self.params_hash,
+            "seed": runtime.row_seed(self.seed, str(row["product_id"])),
+            "created_at": datetime.now(timezone.utc).isoformat(),
+            "run_id": self.run_id,
+        }
+
+
+@dataclass
+class WorkItem:
+    """One catalog row on its way through load -> generate -> write.
+
+    ``failure`` is set by the first stage that fails the row; later stages pass it through.
+    """
+
+    row: dict
+    product: Product | None = None
+    output: Image.Image | None = None  # the generated ad, product pixels pasted back
+    failure: Failure | None = None
+
+    @property
+    def product_id(self) -> str:
+        return str(self.row["product_id"])
+
+    @property
+    def ready(self) -> bool:
+        """Loaded, valid and not generated yet."""
+        return self.failure is None and self.product is not None and self.output is None
+
+
+def load_item(row: dict, categories: CategoryMap | None = None, limits: Limits = DEFAULT_LIMITS) -> WorkItem:
+    """Fetch and validate one row; any failure is recorded on the item, never raised.
+
+    With ``categories`` (the model's map) an unknown category fails before anything is fetched.
+    """
+    item = WorkItem(row)
+    try:
+        if categories is not None:
+            categories.id_of(row["category"])
+        item.product = fetch_product(row, limits)
+    except Exception as e:  # noqa: BLE001 - an unexpected failure is still this row's failure
+        item.failure = Failure.of(LOAD, e)
+    return item
+
+
+def generate_items(gen: runtime.LoadedGenerator, items: list[WorkItem], inference: InferenceConfig,
+                   seed: int) -> int:
+    """Generate every ready item of a batch through the runtime; returns how many were sent.
+
+    Rows are grouped by category, so each category's prompts are encoded once (the pipeline
+    caches embeddings across batches too).
+    """
+    ready = sorted((it for it in items if it.ready), key=lambda it: str(it.row["category"]))
+    requests = [it.product.requests([runtime.row_seed(seed, it.product_id)])[0] for it in ready]
+    for item, result in zip(ready, runtime.generate(gen, requests, inference)):
+        if isinstance(result, Failure):
+            item.failure = result
+        else:
+            item.output = result
+    return len(ready)
+
+
+def write_item(item: WorkItem, ctx: RunContext) -> dict:
+    """Encode and write the item's image atomically, then return its manifest record.
+
+    A record says ``ok`` only once its image is complete at ``output_uri``.
+    """
+    if item.failure is not None:
+        return ctx.record(item.row, failure=item.failure)
+    if item.output is None:
+        return ctx.record(item.row, failure=Failure(GENERATE, "generation_error", "the row was never generated"))
+    uri = output_uri(ctx.output_root, item.row, ctx.output)
+    try:
+        storage.write_bytes(uri, imaging.encode_image(item.output, ctx.output.image_format, ctx.output.quality))
+    except Exception as e:  # noqa: BLE001 - a write failure is this row's failure
+        return ctx.record(item.row, failure=Failure.of(WRITE, e))
+    return ctx.record(item.row, uri)

@@ -1,0 +1,223 @@
+"""The backfill's stages, on Ray Data or in this process: the same functions either way.
+
+::
+
+    read_parquet(catalog)                      streaming, file by file
+      -> map_batches(select_rows)     tasks    category filter, --limit, skip rows already done
+      -> map_batches(load_batch)      tasks    fetch, decode, validate: a bad row becomes a failed item
+      -> map_batches(GeneratorActor)  actors   the model loads once per actor; one denoising loop per batch
+      -> map_batches(write_batch)     tasks    encode + write the images, then the batch's manifest part
+
+:func:`run_local` chains the same four functions in one process (``backdrop generate``, the
+benchmark's bare baseline): same plan, same manifest, same resume. Rows and pixels stream
+through the object store in bounded batches; every finished batch is one manifest part.
+
+**Small machines.** An actor pool whose actors reserve whole CPUs can starve the read tasks:
+on clusters of at most 4 CPUs the actors reserve half a CPU by default, and CPU inference
+uses as many torch threads as the node has cores (divided among the actors).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+from PIL import Image
+
+from .. import runtime
+from ..catalog import GENERATION_COLUMNS, catalog_files, iter_catalog, normalize_rows
+from ..categories import CategoryMap
+from ..errors import Failure
+from ..inputs import Product
+from ..limits import Limits
+from . import manifest
+from .config import BackfillConfig, RowSelection
+from .plan import Plan
+from .records import RunContext, WorkItem, generate_items, load_item, write_item
+
+SMALL_CLUSTER_CPUS = 4
+
+PIXEL_FIELDS = ("image", "mask", "reference", "reference_mask", "output")
+IMAGE_FIELDS = ("image", "reference", "output")  # PIL images; the masks are float arrays
+FAILURE_FIELDS = ("error_stage", "error_code", "error_message")
+ITEM_SCHEMA = pa.schema([(c, pa.string()) for c in GENERATION_COLUMNS + FAILURE_FIELDS]
+                        + [(f, pa.binary()) for f in PIXEL_FIELDS])
+
+
+# --------------------------------------------------------------------------- items <-> Arrow
+
+
+def _pack(value) -> bytes | None:
+    if value is None:
+        return None
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(value), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _unpack(data: bytes | None, as_image: bool):
+    if data is None:
+        return None
+    arr = np.load(io.BytesIO(data), allow_pickle=False)
+    return Image.fromarray(arr) if as_image else arr
+
+
+def items_to_table(items: list[WorkItem], pixels: tuple[str, ...] = PIXEL_FIELDS) -> pa.Table:
+    """WorkItems as an Arrow table (pixels as .npy bytes) to hand to the next stage."""
+    cols = {c: [it.row.get(c) for it in items] for c in GENERATION_COLUMNS}
+    for f in FAILURE_FIELDS:
+        cols[f] = [getattr(it.failure, f.removeprefix("error_")) if it.failure else None for it in items]
+    for f in PIXEL_FIELDS:
+        source = [it.output if f == "output" else getattr(it.product, f, None) for it in items]
+        cols[f] = [_pack(v) if f in pixels else None for v in source]
+    return pa.table(cols, schema=ITEM_SCHEMA)
+
+
+def items_from_table(table: pa.Table) -> list[WorkItem]:
+    items = []
+    for rec in table.to_pylist():
+        row = {c: rec[c] for c in GENERATION_COLUMNS}
+        px = {f: _unpack(rec[f], f in IMAGE_FIELDS) for f in PIXEL_FIELDS}
+        product = None if px["image"] is None else Product(px["image"], px["mask"], row["category"], px["reference"],
+                                                           px["reference_mask"], row.get("prompt") or None)
+        failure = Failure(*(rec[f] for f in FAILURE_FIELDS)) if rec["error_code"] else None
+        items.append(WorkItem(row, product, px["output"], failure))
+    return items
+
+
+# --------------------------------------------------------------------------- the stages
+
+
+def select_rows(batch: pa.Table, *, selection: RowSelection, done_ids: pa.Array,
+                scope_ids: pa.Array | None) -> pa.Table:
+    """Rows of this run not done yet, grouped by category (so a batch shares its prompts)."""
+    rows = selection.by_category(normalize_rows(batch))
+    if scope_ids is not None:
+        rows = rows.filter(pc.is_in(rows["product_id"], value_set=scope_ids))
+    if len(done_ids):
+        rows = rows.filter(pc.invert(pc.is_in(rows["product_id"], value_set=done_ids)))
+    return rows.sort_by("category")
+
+
+def load_batch(batch: pa.Table, *, categories: CategoryMap, limits: Limits) -> pa.Table:
+    """Fetch, decode and validate on CPU; an unknown category fails before any fetch."""
+    return items_to_table([load_item(row, categories, limits) for row in batch.to_pylist()])
+
+
+def cpu_threads(threads: int | None, max_actors: int) -> int:
+    """Torch threads for CPU inference: Ray would give a half-CPU actor one; use the node's cores."""
+    return threads or max(1, len(os.sched_getaffinity(0)) // max_actors)
+
+
+class GeneratorActor:
+    """Holds one generator: the model loads once per actor, then denoises batch after batch.
+
+    ``model_ref`` is pinned (``models:/NAME/VERSION`` or a path) so that an alias moving during
+    the run cannot mix versions; ``tracking_uri`` is the driver's registry.
+    """
+
+    def __init__(self, model_ref: str, tracking_uri: str, inference, seed: int, device: str = "cpu",
+                 threads: int | None = None, max_actors: int = 1):
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        self.generator = runtime.load(model_ref, device, cpu_threads(threads, max_actors) if device == "cpu" else None)
+        self.inference, self.seed = inference, seed
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        items = items_from_table(batch)
+        generate_items(self.generator, items, self.inference, self.seed)
+        return items_to_table(items, pixels=("output",))
+
+
+def write_batch(batch: pa.Table, *, ctx: RunContext) -> pa.Table:
+    """Write the batch's images (each atomically), then its records as one manifest part."""
+    records = [write_item(item, ctx) for item in items_from_table(batch)]
+    if records:
+        manifest.write_part(ctx.output_root, records)
+    return pa.Table.from_pylist(records, schema=manifest.SCHEMA)
+
+
+# --------------------------------------------------------------------------- on Ray Data
+
+
+@dataclass(frozen=True)
+class ActorStage:
+    """The generator stage: which actor class, with which arguments and resources."""
+
+    cls: type
+    kwargs: dict
+    num_cpus: float
+    num_gpus: float
+    concurrency: int
+
+
+def actor_stage(config: BackfillConfig, model_ref: str, tracking_uri: str, cls: type | None = None) -> ActorStage:
+    import ray
+
+    cpus = config.cpus_per_actor
+    if cpus is None:
+        small = ray.cluster_resources().get("CPU", 0) <= SMALL_CLUSTER_CPUS
+        cpus = 0.5 if small and not config.num_gpus else 1.0
+    kwargs = dict(model_ref=model_ref, tracking_uri=tracking_uri, inference=config.inference(), seed=config.seed,
+                  device="cuda" if config.num_gpus else "cpu", threads=config.threads_per_actor,
+                  max_actors=config.concurrency)
+    return ActorStage(cls or GeneratorActor, kwargs, cpus, config.num_gpus, config.concurrency)
+
+
+def build_dataset(config: BackfillConfig, plan: Plan, ctx: RunContext, categories: CategoryMap,
+                  generator: ActorStage):
+    """The streaming pipeline of the module docstring. Ray Data puts each stage's arguments
+    (the done ids included) in the object store once, not into every task."""
+    import ray
+
+    fs, files = catalog_files(config.catalog)
+    present = pads.dataset(files[:1], filesystem=fs, format="parquet").schema.names
+    return (
+        ray.data.read_parquet(files, filesystem=fs)
+        .select_columns([c for c in GENERATION_COLUMNS if c in present])
+        .map_batches(select_rows, batch_format="pyarrow",
+                     fn_kwargs=dict(selection=config.selection(), done_ids=plan.done_ids, scope_ids=plan.scope_ids))
+        # One block per generator batch from here on: every stage streams batch by batch, and
+        # each finished batch becomes one manifest part (the unit of resume).
+        .repartition(target_num_rows_per_block=config.batch_size, strict=True)
+        .map_batches(load_batch, batch_format="pyarrow", batch_size=config.batch_size,
+                     fn_kwargs=dict(categories=categories, limits=config.limits))
+        .map_batches(generator.cls, batch_format="pyarrow", batch_size=config.batch_size,
+                     compute=ray.data.ActorPoolStrategy(min_size=1, max_size=generator.concurrency),
+                     num_cpus=generator.num_cpus, num_gpus=generator.num_gpus or None,
+                     fn_constructor_kwargs=generator.kwargs)
+        .map_batches(write_batch, batch_format="pyarrow", fn_kwargs=dict(ctx=ctx))
+    )
+
+
+# --------------------------------------------------------------------------- in this process
+
+
+def run_local(config: BackfillConfig, plan: Plan, ctx: RunContext, categories: CategoryMap,
+              generator: GeneratorActor) -> Iterator[pa.Table]:
+    """The same stages chained in this process; yields each batch's records as they are written."""
+    selected = (select_rows(table, selection=config.selection(), done_ids=plan.done_ids, scope_ids=plan.scope_ids)
+                for table in iter_catalog(config.catalog, list(GENERATION_COLUMNS)))
+    for rows in _rebatch(selected, config.batch_size):
+        loaded = load_batch(rows, categories=categories, limits=config.limits)
+        yield write_batch(generator(loaded), ctx=ctx)
+
+
+def _rebatch(tables: Iterator[pa.Table], size: int) -> Iterator[pa.Table]:
+    """Tables of exactly ``size`` rows (the last may be shorter), like the Ray pipeline's blocks."""
+    pending: list[pa.Table] = []
+    n = 0
+    for t in tables:
+        pending.append(t)
+        n += t.num_rows
+        while n >= size:
+            whole = pa.concat_tables(pending)
+            yield whole.slice(0, size)
+            pending, n = [whole.slice(size)], n - size
+    if n:
+        yield pa.concat_tables(pending)

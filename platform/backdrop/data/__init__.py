@@ -1,1 +1,0 @@
-"""Datasets: the synthetic catalog generator and (later) catalog readers."""

@@ -1,0 +1,57 @@
+"""What one product, one request and one generation may ask for: one set of limits for every front door.
+
+The backfill, ``backdrop generate``, the HTTP service and the evaluation all check input
+against the same :class:`Limits`, so a product that one of them accepts is accepted by all of
+them and a request that one refuses is refused by all (with the same typed error). Front
+doors may override a field from their configuration (the Serve app's ``args``, a backfill
+config), never re-define it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import InvalidParameterError
+
+# DDIM with SD's steps_offset cannot take one step per training timestep (1000): a hard
+# property of the scheduler, not a policy; Limits.max_steps must stay at or below it.
+SCHEDULER_MAX_STEPS = 500
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Input limits; over one is a typed ``InvalidInputError`` (a failed row, or an HTTP 4xx)."""
+
+    max_image_bytes: int = 32 * 2**20  # per image or mask file, checked before it is read
+    max_pixels: int = 25_000_000  # per image (a 6000x4000 camera photo fits); also a bomb guard
+    min_product_pixels: int = 1  # a mask must keep at least this many product pixels ...
+    min_background_pixels: int = 1  # ... and leave at least this many to generate
+    max_steps: int = 100  # denoising steps per image
+    max_guidance: float = 30.0  # classifier-free guidance scale (0 .. this)
+    max_images: int = 4  # images per HTTP request
+    max_prompt_chars: int = 500  # free-text background prompt
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_steps <= SCHEDULER_MAX_STEPS:
+            raise ValueError(f"max_steps must be in 1..{SCHEDULER_MAX_STEPS}, got {self.max_steps}")
+
+    def check_steps(self, steps) -> int:
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.max_steps:
+            raise InvalidParameterError(f"steps must be an integer in 1..{self.max_steps}, got {steps!r}")
+        return steps
+
+    def check_guidance(self, guidance) -> float:
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or \
+                not (math.isfinite(guidance) and 0.0 <= guidance <= self.max_guidance):
+            raise InvalidParameterError(f"guidance must be in 0..{self.max_guidance:g}, got {guidance!r}")
+        return float(guidance)
+
+    def check_prompt(self, prompt: str | None) -> str | None:
+        if prompt and len(prompt) > self.max_prompt_chars:
+            raise InvalidParameterError(
+                f"prompt is {len(prompt)} characters, over the limit of {self.max_prompt_chars}")
+        return prompt
+
+
+DEFAULT_LIMITS = Limits()

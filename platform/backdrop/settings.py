@@ -1,0 +1,61 @@
+"""Where backdrop keeps its state and which environment it passes on: one place for both.
+
+Every job, the CLI and the Serve app read ``BACKDROP_HOME`` and the tracking URI through
+here, so a registry adapter, a Ray launcher and a test fixture cannot disagree about where
+the embedded MLflow store lives. Nothing here imports MLflow, Ray or torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+# S3-compatible endpoints, in the order they are honoured (storage reads the same tuple).
+ENDPOINT_ENV_VARS = ("BACKDROP_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+# The settings backdrop reads from the environment: a script that starts or joins a cluster
+# passes them on to its workers (a submitted job gets them from its runtime env instead).
+FORWARDED_ENV = ("BACKDROP_HOME", "MLFLOW_TRACKING_URI", "BACKDROP_MLFLOW_ARTIFACT_ROOT",
+                 *ENDPOINT_ENV_VARS, "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+NOISY_LOGGERS = ("httpx", "urllib3", "botocore", "s3fs", "fsspec", "alembic")
+
+
+def backdrop_home() -> str:
+    return os.path.abspath(os.path.expanduser(os.environ.get("BACKDROP_HOME", "~/.backdrop")))
+
+
+def embedded_tracking_uri() -> str:
+    """The default MLflow store: SQLite under ``$BACKDROP_HOME/mlflow``."""
+    return f"sqlite:///{os.path.join(backdrop_home(), 'mlflow', 'mlflow.db')}"
+
+
+# mlflow.set_tracking_uri() also exports the URI as $MLFLOW_TRACKING_URI (mlflow 3), so after
+# the registry configures the client the variable is set in this process even when nobody
+# asked for a server: embedded URIs exported that way are remembered so they are not
+# mistaken for a user's choice.
+exported_embedded: set[str] = set()
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` when a user set it, else the embedded store (created on demand)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and env not in exported_embedded:
+        return env
+    os.makedirs(os.path.join(backdrop_home(), "mlflow"), exist_ok=True)
+    return embedded_tracking_uri()
+
+
+def forwarded_env() -> dict[str, str]:
+    """The environment a launched cluster's workers need (``BACKDROP_HOME`` always resolved)."""
+    env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+    return {**env, "BACKDROP_HOME": backdrop_home()}
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """The one logging set-up of every front door (jobs, CLI): stderr, timestamps, quiet clients."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
