@@ -181,11 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .errors import BackdropError
     from .settings import configure_logging
 
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BackdropError as e:  # bad input or configuration: say what, no traceback
+        print(f"backdrop {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -46,6 +46,9 @@ class BackfillConfig:
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
+        # Refused before any model is resolved or row is read, as the HTTP service refuses it.
+        self.limits.check_steps(self.steps)
+        self.limits.check_guidance(self.guidance)
 
     def inference(self):
         from .. import runtime
