@@ -136,10 +136,10 @@ def generate_items(gen: runtime.LoadedGenerator, items: list[WorkItem], inferenc
                    seed: int) -> int:
     """Generate every ready item of a batch through the runtime; returns how many were sent.
 
-    Rows are grouped by category, so each category's prompts are encoded once (the pipeline
-    caches embeddings across batches too).
+    The selection stage already grouped the rows by category, so each category's prompts are
+    encoded once (the pipeline caches embeddings across batches too).
     """
-    ready = sorted((it for it in items if it.ready), key=lambda it: str(it.row["category"]))
+    ready = [it for it in items if it.ready]
     requests = [it.product.requests([runtime.row_seed(seed, it.product_id)])[0] for it in ready]
     for item, result in zip(ready, runtime.generate(gen, requests, inference)):
         if isinstance(result, Failure):
