@@ -32,10 +32,10 @@ serve: install
 	$(BIN)/serve run serve_apps/config.yaml
 
 test: install system-deps
-	$(BIN)/python -m pytest -v --timeout=900 tests
+	$(BIN)/python -m pytest -v --durations=25 --timeout=900 tests
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q --durations=25 -m "not slow" tests
 
 clean:
 	rm -rf runs .pytest_cache

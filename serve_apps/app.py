@@ -190,6 +190,7 @@ class AppArgs(BaseModel):
                                                                   "cluster has a GPU, else 0")
     generator_num_cpus: float = Field(0.5, gt=0)
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per generator")
+    hold_dir: str | None = Field(None, description="tests only (TestHold): batches wait while <dir>/hold exists")
 
     @property
     def limits(self) -> Limits:
@@ -227,6 +228,49 @@ def _ingress():
     return serve.get_replica_context().servable_object
 
 
+# --- test hook: a hold the tests control (inert unless hold_dir is set) ----------------------
+class TestHold:
+    """Lets a test decide when a batch runs, instead of hoping the machine is slow or fast.
+
+    While ``<dir>/hold`` exists, each request that reaches the generator writes
+    ``<dir>/arrived-<n>.json`` (its seeds, steps and model id), and a batch waits before its
+    denoising loop: it writes ``<dir>/entered-<n>.json`` (its jobs' seeds and steps) when it
+    starts waiting and ``<dir>/done-<n>.json`` (per job: ``ok`` or the exception) when done.
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, directory: str) -> None:
+        self.dir = Path(directory)
+        self.count = 0
+
+    def _write(self, name: str, record: dict) -> None:
+        tmp = self.dir / f".{name}.tmp"
+        tmp.write_text(json.dumps(record))
+        tmp.rename(self.dir / name)  # atomic: a reader never sees half a marker
+
+    def arrived(self, job: Job, model_id: str) -> None:
+        if (self.dir / "hold").exists():
+            self.count += 1
+            self._write(f"arrived-{os.getpid()}-{self.count}.json", {
+                "seeds": job.params.seeds, "steps": job.params.steps, "model_id": model_id})
+
+    async def wait(self, jobs: list[Job]) -> str | None:
+        if not (self.dir / "hold").exists():
+            return None
+        self.count += 1
+        marker = f"{os.getpid()}-{self.count}.json"
+        self._write(f"entered-{marker}", {"seeds": [j.params.seeds for j in jobs],
+                                          "steps": [j.params.steps for j in jobs]})
+        while (self.dir / "hold").exists():
+            await asyncio.sleep(0.02)
+        return marker
+
+    def done(self, marker: str, results: list) -> None:
+        self._write(f"done-{marker}", {"results": [
+            "ok" if isinstance(r, Generated) else f"{type(r).__name__}: {r}" for r in results]})
+
+
 # --- the generator ------------------------------------------------------------------------
 @serve.deployment(
     max_ongoing_requests=16,  # >= max_batch_size, so that a full batch can form
@@ -239,12 +283,13 @@ def _ingress():
 class Generator:
     """Holds models (one per registry version) and runs batched denoising loops."""
 
-    def __init__(self, device: str = "auto", torch_threads: int | None = None) -> None:
+    def __init__(self, device: str = "auto", torch_threads: int | None = None, hold_dir: str | None = None) -> None:
         if torch_threads:
             import torch
 
             torch.set_num_threads(torch_threads)
         self.device = device
+        self.hold = TestHold(hold_dir) if hold_dir else None
         self.loaded: weakref.WeakValueDictionary[str, LoadedGenerator] = weakref.WeakValueDictionary()
         self.waiting = 0
         self.queue_depth = Gauge("backdrop_generator_queue_depth",
@@ -278,6 +323,8 @@ class Generator:
             check_job(model, job)  # an unknown category fails here, never inside a batch
         except InvalidInputError as e:
             return e
+        if self.hold:
+            self.hold.arrived(job, serve.get_multiplexed_model_id())
         self._queue(+1)
         try:
             result = await self.generate_batch(job)
@@ -294,7 +341,10 @@ class Generator:
     async def generate_batch(self, jobs: list[Job]) -> list[Generated | Failure]:
         # Serve splits batches by multiplexed model id: every job here wants the same version.
         model = await self.get_model(serve.get_multiplexed_model_id())
+        marker = await self.hold.wait(jobs) if self.hold else None
         results = await asyncio.to_thread(run_jobs, model, jobs)
+        if marker:
+            self.hold.done(marker, results)
         for loop in {r.loop: r for r in results if isinstance(r, Generated)}.values():
             self.batch_size.observe(loop.batch_requests)
             self.batch_images.observe(loop.batch_images)
@@ -596,5 +646,5 @@ def build_app(args: AppArgs) -> serve.Application:
         num_gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
     generator = Generator.options(
         ray_actor_options={"num_cpus": args.generator_num_cpus, "num_gpus": num_gpus},
-    ).bind(device=args.device, torch_threads=args.torch_threads)
+    ).bind(device=args.device, torch_threads=args.torch_threads, hold_dir=args.hold_dir)
     return Backdrop.bind(generator, args.model_dump())

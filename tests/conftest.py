@@ -26,6 +26,83 @@ import pytest  # noqa: E402
 from loopback import answers_http, free_port  # noqa: E402
 
 S3_STARTUP_TIMEOUT_S = 60.0
+SESSION_MARK = "BACKDROP_TEST_SESSION"  # every process this run starts inherits it
+LEFTOVER_GRACE_S = 60.0  # how long stopped servers and Ray processes may take to exit (a hang guard)
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- the session: a private BACKDROP_HOME, nothing left behind ------------------------------
+@pytest.fixture(scope="session", autouse=True)
+def private_home(tmp_path_factory):
+    """The whole run uses a temporary ``BACKDROP_HOME`` (MLflow store, model cache) and no
+    inherited ``MLFLOW_TRACKING_URI``: the user's own store (``~/.backdrop``) is never read or
+    written. Tests never write under ``runs/`` in the checkout either: checked at the end."""
+    home = tmp_path_factory.mktemp("session-backdrop-home")
+    runs_before = _tree(REPO / "runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BACKDROP_HOME", str(home))
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "BACKDROP_MLFLOW_ARTIFACT_ROOT"):
+            mp.delenv(name, raising=False)
+        yield home
+        assert os.environ["BACKDROP_HOME"] == str(home), "a test left BACKDROP_HOME changed"
+    assert _tree(REPO / "runs") == runs_before, f"the tests wrote under {REPO / 'runs'}"
+
+
+def _tree(root: Path) -> dict[str, int] | None:
+    """Every file under ``root`` with its modification time (None: no such directory)."""
+    if not root.exists():
+        return None
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_processes_left_behind():
+    """Fails the run if any process it started (Ray heads and workers, Serve, moto, mlflow,
+    Chromium) is still alive at the end, after a grace period for those being stopped.
+
+    Every process the run starts inherits ``BACKDROP_TEST_SESSION``, so even one that lost its
+    parent (reparented to init) is found by its environment; the run's own descendants are
+    found through the process tree. What remains is killed, then reported.
+    """
+    import psutil
+
+    mark = uuid.uuid4().hex
+    os.environ[SESSION_MARK] = mark
+    yield
+    leftovers = _session_processes(mark)
+    if leftovers:
+        _, leftovers = psutil.wait_procs(leftovers, timeout=LEFTOVER_GRACE_S)
+    described = []
+    for proc in leftovers:
+        try:
+            described.append(f"{proc.pid} {proc.name()}: {' '.join(proc.cmdline())[:200]}")
+            proc.kill()
+        except psutil.Error:
+            pass
+    os.environ.pop(SESSION_MARK, None)
+    if described:
+        pytest.fail("processes left behind by the test run (now killed):\n" + "\n".join(described), pytrace=False)
+
+
+def _session_processes(mark: str) -> list:
+    import psutil
+
+    me = os.getpid()
+    found = {}
+    candidates = list(psutil.Process(me).children(recursive=True))
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != me and proc.environ().get(SESSION_MARK) == mark:
+                candidates.append(proc)
+        except psutil.Error:  # another user's process, or gone
+            pass
+    for proc in candidates:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                found[proc.pid] = proc
+        except psutil.Error:
+            pass
+    return list(found.values())
 
 
 def _moto_command(port: int) -> list[str]:

@@ -8,6 +8,7 @@ temporary MLflow store (``BACKDROP_HOME``), Ray runs with 2 CPUs, the app is dep
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from contextlib import contextmanager
@@ -125,12 +126,74 @@ def deploy(name: str, route_prefix: str, args: dict, generator: dict | None = No
         app = build_app(args)
     else:
         gen = Generator.options(ray_actor_options={"num_cpus": args.generator_num_cpus, "num_gpus": 0},
-                                **generator).bind(device=args.device, torch_threads=args.torch_threads)
+                                **generator).bind(device=args.device, torch_threads=args.torch_threads,
+                                                  hold_dir=args.hold_dir)
         app = Backdrop.bind(gen, args.model_dump())
     serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
     base = url + (route_prefix if route_prefix != "/" else "")
     wait_ready(base)
     return base
+
+
+def deploy_ingress(name: str, route_prefix: str, args: dict, generator_app: str, url: str = "") -> str:
+    """Another ingress (its own settings, e.g. a shorter timeout) in front of the generator of the
+    already deployed application ``generator_app``: both answer from the same replica."""
+    from ray import serve
+
+    from serve_apps.app import AppArgs, Backdrop
+
+    handle = serve.get_deployment_handle("Generator", app_name=generator_app)
+    serve.run(Backdrop.bind(handle, AppArgs(**{"num_gpus": 0, **args}).model_dump()), name=name,
+              route_prefix=route_prefix, blocking=False)
+    base = url + route_prefix
+    wait_ready(base)
+    return base
+
+
+class Hold:
+    """The test's side of ``serve_apps.app.TestHold``: while held (``with Hold(dir) as hold``),
+    requests reach the generator (``arrived``) but no denoising loop starts until ``release()``.
+    Every wait polls for a condition; its deadline only guards against a hang."""
+
+    def __init__(self, directory: str | Path, deadline_s: float = 180.0) -> None:
+        self.dir, self.deadline_s = Path(directory), deadline_s
+
+    def __enter__(self) -> "Hold":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for old in self.dir.glob("*.json"):
+            old.unlink()
+        (self.dir / "hold").touch()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        (self.dir / "hold").unlink(missing_ok=True)
+
+    def markers(self, kind: str) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted(self.dir.glob(f"{kind}-*.json"))]
+
+    def wait_for(self, kind: str, count: int, check=None) -> list[dict]:
+        """At least ``count`` markers of ``kind`` (arrived, entered, done), optionally until ``check(markers)``."""
+        deadline = time.monotonic() + self.deadline_s
+        while True:
+            found = self.markers(kind)
+            if len(found) >= count and (check is None or check(found)):
+                return found
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{count} {kind} marker(s) expected in {self.dir}, found {found}")
+            time.sleep(0.02)
+
+
+def wait_until(condition, deadline_s: float = 180.0, what: str = "condition"):
+    """Poll ``condition()`` until it returns something true; the deadline only guards against a hang."""
+    deadline = time.monotonic() + deadline_s
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} after {deadline_s:.0f} s")
+        time.sleep(0.02)
+    return value
 
 
 def wait_ready(base: str, timeout_s: float = 180.0) -> None:

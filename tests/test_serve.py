@@ -1,11 +1,17 @@
 """The backdrop HTTP service end to end: a real Ray Serve on a local Ray, real HTTP.
 
-Two applications share one Serve instance:
+Three applications share one Serve instance:
 
 * ``backdrop`` at ``/``: models from a temporary MLflow registry (v1 = champion,
   v2 = challenger), batching with a generous wait so that concurrent requests meet;
 * ``tight`` at ``/tight``: one saved generator (``model_path``), one request at a time and a
-  queue of one, a 2 s request timeout: for overload (503 + Retry-After) and timeouts (504).
+  queue of one: for overload (503 + Retry-After) and the client's retries;
+* ``timeout`` at ``/timeout``: another ingress in front of the ``tight`` generator with a 5 s
+  request timeout: for timeouts (504).
+
+No test depends on how fast the machine is: where a request must be running, queued or late,
+the test holds the generator (``serve_stack.Hold``, the app's ``TestHold``) and releases it
+itself. The request timeouts that are not under test are hang guards (300 s).
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ from PIL import Image
 from serve_stack import (
     API_KEY,
     OTHER_KEY,
+    Hold,
     decode,
     deploy,
+    deploy_ingress,
     local_serve,
     png,
     product_mask,
@@ -36,12 +44,14 @@ from serve_stack import (
     register_versions,
     serve_log_files,
     tiny_model,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MAX_BODY = 2 * 2**20
 KEY = {"X-API-Key": API_KEY}
+TIMEOUT_S = 5  # the ``timeout`` app's: a held request always outlasts it; reaching the hold takes far less
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +76,27 @@ def stack(tmp_path_factory, s3_server):  # S3 first: the replicas inherit its en
                 "max_image_bytes": MAX_BODY,
                 "max_pixels": 1_000_000,
                 "max_steps": 400,
+                "request_timeout_s": 300,
+                "hold_dir": str(home / "hold-main"),
             }, generator={"max_ongoing_requests": 16, "max_queued_requests": 64,
                           "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.25}}, url=url)
-            tight = deploy("tight", "/tight", {
+            tight_args = {
                 "model_path": str(model_dir),
                 "api_key_sha256": [ApiKeys.digest(API_KEY)],
-                "request_timeout_s": 2,
+                "request_timeout_s": 300,
                 "retry_after_s": 1,
                 "max_steps": 500,
-            }, generator={"max_ongoing_requests": 1, "max_queued_requests": 1,
-                          "backpressure_config": {"status_code": 503, "retry_after_s": 1},
-                          "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}, url=url)
-            yield {"url": main, "tight": tight, "versions": versions}
+                "hold_dir": str(home / "hold-tight"),
+                "generator_num_cpus": 0.25,
+            }
+            tight = deploy("tight", "/tight", tight_args,
+                           generator={"max_ongoing_requests": 1, "max_queued_requests": 1,
+                                      "backpressure_config": {"status_code": 503, "retry_after_s": 1},
+                                      "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}, url=url)
+            timeout = deploy_ingress("timeout", "/timeout", {**tight_args, "request_timeout_s": TIMEOUT_S},
+                                     generator_app="tight", url=url)
+            yield {"url": main, "tight": tight, "timeout": timeout, "versions": versions,
+                   "hold_main": home / "hold-main", "hold_tight": home / "hold-tight"}
     finally:
         for k, v in saved.items():
             if v is None:
@@ -339,12 +358,19 @@ def test_champion_moves_mid_run_without_dropping_in_flight_requests(stack):
     v1, v2 = stack["versions"]
     registry.configure()
     client = MlflowClient()
-    with cf.ThreadPoolExecutor(4) as pool:
-        in_flight = [pool.submit(generate, stack["url"], data={"steps": "250", "seed": str(s)}) for s in (1, 2)]
-        time.sleep(2.0)  # both were resolved to v1 and are denoising in the generator now
+    with cf.ThreadPoolExecutor(4) as pool, Hold(stack["hold_main"]) as hold:
+        in_flight = [pool.submit(generate, stack["url"], data={"steps": "3", "seed": str(s)}) for s in (1, 2)]
+        # both were resolved to v1 and are inside the generator, held before their denoising loop
+        arrived = hold.wait_for("arrived", 2)
+        assert sorted(a["seeds"][0] for a in arrived) == [1, 2] and all(a["model_id"].endswith("/" + v1) for a in arrived)
         client.set_registered_model_alias("backdrop", "champion", v2)
         try:
-            after = generate(stack["url"])
+            late = pool.submit(generate, stack["url"])  # resolved after the move, while they are in flight
+            arrived = hold.wait_for("arrived", 3)
+            assert arrived[-1]["model_id"].endswith("/" + v2) and arrived[-1]["seeds"] == [7], arrived
+            assert not any(f.done() for f in in_flight)
+            hold.release()
+            after = late.result()
             assert after.status_code == 200 and after.headers["X-Backdrop-Model-Version"] == v2
             for f in in_flight:
                 r = f.result()
@@ -376,46 +402,86 @@ def test_concurrent_requests_share_denoising_loops_grouped_by_steps_and_guidance
     assert np.abs(decode(alone.content).astype(int) - decode(batched.content)).max() <= 1  # batch mates don't matter
 
 
+def _done_when(futures: list, count: int):
+    """The futures that are done, once at least ``count`` are (for ``wait_until``)."""
+    done = [f for f in futures if f.done()]
+    return done if len(done) >= count else None
+
+
 def test_overload_is_shed_with_503_and_retry_after_then_recovers(stack):
-    url = stack["tight"]
-    with cf.ThreadPoolExecutor(12) as pool:
-        answers = list(pool.map(lambda s: generate(url, data={"steps": "40", "seed": str(s)}), range(12)))
-    statuses = sorted(r.status_code for r in answers)
-    # Shed requests get 503. The one admitted to the queue may outlast this deployment's 2 s
-    # timeout on a loaded machine: that is a documented 504. Nothing else (no 500) may appear.
-    assert set(statuses) <= {200, 503, 504} and 503 in statuses and 200 in statuses, statuses
-    for r in answers:
-        if r.status_code == 503:
-            assert_error(r, 503, "overloaded")
-            assert int(r.headers["Retry-After"]) >= 1
-        elif r.status_code == 504:
-            assert_error(r, 504, "timeout")
+    """One request held in the generator, one in the queue of one: every other gets 503 at once."""
+    url, n = stack["tight"], 12
+    with cf.ThreadPoolExecutor(n) as pool, Hold(stack["hold_tight"]) as hold:
+        first = pool.submit(generate, url, data={"seed": "100"})
+        hold.wait_for("entered", 1)  # running (held) in the generator: its one request slot is taken
+        rest = [pool.submit(generate, url, data={"seed": str(100 + i)}) for i in range(1, n)]
+        shed = wait_until(lambda: _done_when(rest, n - 2), what=f"{n - 2} answers while held")
+        assert len(shed) == n - 2 and not first.done()  # the held one and the queued one still wait
+        for f in shed:
+            assert_error(f.result(), 503, "overloaded")
+            assert f.result().headers["Retry-After"] == "1"
+        (queued,) = [f for f in rest if f not in shed]
+        hold.release()
+        admitted = [first.result(), queued.result()]
+    assert [r.status_code for r in admitted] == [200, 200]
+    assert admitted[0].headers["X-Backdrop-Seed"] == "100"
+    assert admitted[1].headers["X-Backdrop-Seed"] == str(100 + 1 + rest.index(queued))
+    assert [e["seeds"] for e in hold.markers("entered")] == [[[100]]]  # the one batch that was held
     assert generate(url).status_code == 200  # answers normally afterwards
 
 
 def test_client_retries_503_after_retry_after(stack):
+    """The queue is full (one held, one queued) when the client calls: its first attempt gets 503
+    with Retry-After; the hold is released only once the client has seen it; a retry succeeds."""
+    import logging
+
     from backdrop.client import BackdropClient
 
     url = stack["tight"]
-    with cf.ThreadPoolExecutor(2) as pool:
-        busy = pool.submit(generate, url, data={"steps": "60"})  # runs
-        time.sleep(0.3)
-        queued = pool.submit(generate, url, data={"steps": "60", "seed": "2"})  # fills the queue of one
-        time.sleep(0.3)
-        answer = BackdropClient(url, API_KEY, max_retries=20, max_wait_s=60).generate(
-            product_rgba(), category="watch", steps=2, seed=1)
-        assert busy.result().status_code == 200 and queued.result().status_code in (200, 503, 504)
+    saw_503 = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record):
+            if "answered 503" in record.getMessage():
+                saw_503.set()
+
+    watch, client_log = Watch(), logging.getLogger("backdrop.client")
+    level = client_log.level
+    client_log.addHandler(watch)
+    client_log.setLevel(logging.INFO)
+    try:
+        with cf.ThreadPoolExecutor(8) as pool, Hold(stack["hold_tight"]) as hold:
+            busy = pool.submit(generate, url, data={"seed": "1"})
+            hold.wait_for("entered", 1)
+            fillers = [pool.submit(generate, url, data={"seed": str(s)}) for s in range(2, 6)]
+            shed = wait_until(lambda: _done_when(fillers, 3), what="the queue of one to fill")
+            assert all(f.result().status_code == 503 for f in shed)  # so the fourth filler is queued
+            (queued,) = [f for f in fillers if f not in shed]
+            client = BackdropClient(url, API_KEY, max_retries=100, max_wait_s=600)
+            call = pool.submit(client.generate, product_rgba(), category="watch", steps=2, seed=1)
+            assert saw_503.wait(timeout=180), "the client never saw a 503"
+            assert not call.done()  # it waits Retry-After, then tries again
+            hold.release()
+            answer = call.result()
+            assert busy.result().status_code == 200 and queued.result().status_code == 200
+    finally:
+        client_log.removeHandler(watch)
+        client_log.setLevel(level)
     assert answer.attempts > 1 and len(answer.images) == 1 and answer.seeds == [1]
 
 
 def test_a_request_over_the_timeout_gets_504_and_its_loop_is_abandoned(stack):
-    url = stack["tight"]
-    t = time.monotonic()
-    assert_error(generate(url, data={"steps": "500"}), 504, "timeout")
-    assert time.monotonic() - t < 10
-    t = time.monotonic()
-    r = generate(url)  # the abandoned 500-step loop stopped: this one does not wait for it
-    assert r.status_code == 200 and time.monotonic() - t < 10
+    """Held past the ``timeout`` app's request timeout: 504. Once released, its 500-step loop stops
+    before its first step (its caller gave up), and the shared generator answers the next request."""
+    with Hold(stack["hold_tight"]) as hold:
+        assert_error(generate(stack["timeout"], data={"steps": "500", "seed": "9"}), 504, "timeout")
+        (entered,) = hold.markers("entered")  # it was in its batch, held, when it timed out
+        assert entered["steps"] == [500] and entered["seeds"] == [[9]]
+    (done,) = hold.wait_for("done", 1)
+    assert len(done["results"]) == 1 and done["results"][0].startswith("Abandoned:"), done
+    assert done["results"][0].endswith("gave up at step 1/500")  # one step, not 500
+    r = generate(stack["tight"])  # the same generator replica, free again
+    assert r.status_code == 200
 
 
 # --- client, CLI, logs, metrics --------------------------------------------------------------------
@@ -443,13 +509,13 @@ def test_python_client_and_cli(stack, tmp_path):
 def test_one_log_line_per_request_with_its_id_and_never_the_key(stack):
     r = generate(stack["url"], data={"category": "sofa"})
     request_id = r.headers["X-Request-Id"]
-    deadline = time.monotonic() + 20
-    lines = []
-    while time.monotonic() < deadline and not lines:
-        time.sleep(0.5)
-        lines = [line for f in serve_log_files() if f.parent.name == "serve"
-                 for line in f.read_text(errors="replace").splitlines()
-                 if '"event":"request"' in line and request_id in line]
+
+    def request_lines():  # Serve writes its log files asynchronously: poll until the line is there
+        return [line for f in serve_log_files() if f.parent.name == "serve"
+                for line in f.read_text(errors="replace").splitlines()
+                if '"event":"request"' in line and request_id in line]
+
+    lines = wait_until(request_lines, what=f"the log line of request {request_id}")
     assert len(lines) == 1, lines
     record = json.loads(lines[0][lines[0].index("{"):])
     assert record["request_id"] == request_id and record["path"] == "/v1/generate"
@@ -465,12 +531,16 @@ def test_metrics_reach_rays_prometheus_endpoint(stack):
     port = ray._private.worker._global_node.metrics_export_port
     wanted = ("backdrop_requests", "backdrop_request_latency_ms", "backdrop_batch_size",
               "backdrop_generator_queue_depth")
-    deadline, text = time.monotonic() + 60, ""
-    while time.monotonic() < deadline:
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        if all(w in text for w in wanted):
-            break
-        time.sleep(2)
-    missing = [w for w in wanted if w not in text]
-    assert not missing, missing
+
+    assert generate(stack["url"]).status_code == 200 and generate(stack["url"], data={"category": "sofa"}).status_code == 422
+
+    def requests_by_status(text: str) -> set[str]:
+        return {s for line in text.splitlines() if line.startswith("backdrop_requests")
+                for s in ("200", "422") if f'status="{s}"' in line}
+
+    def complete():  # exported periodically: poll until every metric (and both statuses) has appeared
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        return text if all(w in text for w in wanted) and requests_by_status(text) == {"200", "422"} else None
+
+    text = wait_until(complete, what=f"all of {wanted} on the metrics endpoint")
     assert 'status="422"' in text and 'status="200"' in text

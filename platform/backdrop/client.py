@@ -9,8 +9,10 @@
 
 Images are paths, bytes or PIL images (sent as a multipart upload) or ``s3://`` URIs (then the
 request is a JSON body and the service reads the objects). A 503 (the service sheds load) is
-retried after the ``Retry-After`` the service sends, a bounded number of times and never past
-``max_wait_s`` in all; every other error is raised at once as :class:`ServiceError`.
+retried by urllib3's ``Retry`` on the session's adapter, after the ``Retry-After`` the service
+sends (a junk value, negative, NaN or not a number, falls back to exponential backoff), at most
+``max_retries`` times and never waiting more than ``max_wait_s`` in all; every other error is
+raised at once as :class:`ServiceError`. The API key never follows a redirect to another origin.
 """
 
 from __future__ import annotations
@@ -18,12 +20,16 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import math
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Union
+from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, ResponseError
+from urllib3.util.retry import Retry
 
 from .errors import BackdropError
 
@@ -31,6 +37,7 @@ log = logging.getLogger(__name__)
 
 ImageInput = Union[str, os.PathLike, bytes, "Image.Image"]  # noqa: F821 - PIL is optional here
 RETRY_STATUSES = (503,)
+API_KEY_HEADER = "X-API-Key"
 
 
 class ServiceError(BackdropError):
@@ -58,11 +65,20 @@ class GenerateResult:
 
 class BackdropClient:
     def __init__(self, url: str, api_key: str | None = None, *, timeout_s: float = 120.0, max_retries: int = 4,
-                 max_wait_s: float = 60.0, session: requests.Session | None = None) -> None:
+                 max_wait_s: float = 60.0, backoff_s: float = 0.5, session: requests.Session | None = None) -> None:
+        """``max_retries`` retries of a 503, waiting ``Retry-After`` (else ``backoff_s`` x 2^n, at most
+        10 s) each time and at most ``max_wait_s`` in all. A given ``session`` gets the retrying
+        adapter mounted for ``url`` and keeps the key from other origins too."""
         self.url = url.rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("BACKDROP_API_KEY")
         self.timeout_s, self.max_retries, self.max_wait_s = timeout_s, max_retries, max_wait_s
         self.session = session or requests.Session()
+        retry = ServiceRetry(total=max_retries, connect=0, read=0, other=0, status=max_retries,
+                             status_forcelist=RETRY_STATUSES, allowed_methods=None, raise_on_status=False,
+                             respect_retry_after_header=True, backoff_factor=backoff_s, backoff_max=10.0,
+                             max_wait_s=max_wait_s)
+        self.session.mount(self.url + "/", HTTPAdapter(max_retries=retry))
+        drop_key_across_origins(self.session)
 
     # --- the API ------------------------------------------------------------------------
     def generate(
@@ -125,23 +141,87 @@ class BackdropClient:
 
     # --- plumbing -----------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs) -> tuple[requests.Response, int]:
+        """One call; the adapter's ``ServiceRetry`` retries 503s. Returns the answer and the attempts."""
         headers = kwargs.pop("headers", {}) or {}
         if self.api_key:
-            headers["X-API-Key"] = self.api_key
-        deadline = time.monotonic() + self.max_wait_s
-        for attempt in range(1, self.max_retries + 2):
-            response = self.session.request(method, self.url + path, headers=headers, timeout=self.timeout_s,
-                                            **kwargs)
-            if response.ok:
-                return response, attempt
-            error = _service_error(response)
-            wait = error.retry_after_s if error.retry_after_s is not None else min(2.0 ** (attempt - 1), 10.0)
-            if (response.status_code not in RETRY_STATUSES or attempt > self.max_retries
-                    or time.monotonic() + wait > deadline):
-                raise error
-            log.info("%s; retrying in %.1f s (attempt %d of %d)", error, wait, attempt + 1, self.max_retries + 1)
-            time.sleep(wait)
-        raise AssertionError("unreachable")
+            headers[API_KEY_HEADER] = self.api_key
+        response = self.session.request(method, self.url + path, headers=headers, timeout=self.timeout_s, **kwargs)
+        retries = getattr(response.raw, "retries", None)
+        attempts = 1 + sum(1 for h in getattr(retries, "history", ()) if h.status in RETRY_STATUSES)
+        if not response.ok:
+            raise _service_error(response)
+        return response, attempts
+
+
+# --- retries and redirects --------------------------------------------------------------------
+class ServiceRetry(Retry):
+    """urllib3's ``Retry`` for the service's 503s, robust to any ``Retry-After``.
+
+    A number of seconds (fractions too) or an HTTP date is honoured; a negative value means
+    now; NaN, junk or an unparsable date fall back to exponential backoff (never an error).
+    Retrying stops, and the last 503 is answered, once the waits would pass ``max_wait_s`` in
+    all (so a huge ``Retry-After`` ends retrying at once instead of sleeping for hours).
+    """
+
+    def __init__(self, *args, max_wait_s: float = 60.0, waited_s: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_wait_s, self.waited_s = max_wait_s, waited_s
+
+    def new(self, **kw) -> "ServiceRetry":
+        return super().new(**{"max_wait_s": self.max_wait_s, "waited_s": self.waited_s, **kw})
+
+    def get_retry_after(self, response) -> float | None:
+        value = response.headers.get("Retry-After")
+        if value is None:
+            return None
+        try:
+            seconds = float(value.strip())
+        except ValueError:
+            try:
+                seconds = super().parse_retry_after(value)  # an HTTP date
+            except Exception:  # noqa: BLE001 - junk: back off instead
+                return None
+        if math.isnan(seconds):
+            return None
+        return min(max(seconds, 0.0), float(self.retry_after_max))
+
+    def planned_wait_s(self, response) -> float:
+        """What :meth:`sleep` will wait before the next attempt."""
+        retry_after = self.get_retry_after(response) if (self.respect_retry_after_header and response) else None
+        return retry_after if retry_after else self.get_backoff_time()
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        new = super().increment(method, url, response, error, _pool, _stacktrace)
+        wait = new.planned_wait_s(response)
+        if self.waited_s + wait > self.max_wait_s:
+            reason = ResponseError(f"the next retry would wait {wait:g} s, past the {self.max_wait_s:g} s budget")
+            raise MaxRetryError(_pool, url, reason) from reason
+        new.waited_s = self.waited_s + wait
+        status = getattr(response, "status", None)
+        log.info("%s answered %s; retrying in %.1f s (retry %d)", url, status, wait, len(new.history))
+        return new
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+def drop_key_across_origins(session: requests.Session) -> None:
+    """Never send the API key to another origin on a redirect (requests strips ``Authorization``
+    on a host change, but not a custom header like ``X-API-Key``)."""
+    if getattr(session, "_backdrop_drops_key", False):
+        return
+    rebuild_auth = session.rebuild_auth
+
+    def rebuild_auth_without_key(prepared_request, response):
+        if _origin(prepared_request.url) != _origin(response.request.url):
+            prepared_request.headers.pop(API_KEY_HEADER, None)
+        rebuild_auth(prepared_request, response)
+
+    session.rebuild_auth = rebuild_auth_without_key
+    session._backdrop_drops_key = True
 
 
 def _service_error(response: requests.Response) -> ServiceError:
@@ -151,11 +231,7 @@ def _service_error(response: requests.Response) -> ServiceError:
         code, message, request_id = error["code"], error["message"], error.get("request_id") or request_id
     except (ValueError, KeyError, TypeError):
         pass
-    retry_after = response.headers.get("Retry-After")
-    try:
-        retry_after_s = float(retry_after) if retry_after is not None else None
-    except ValueError:  # an HTTP date: not sent by this service; fall back to backoff
-        retry_after_s = None
+    retry_after_s = ServiceRetry(max_wait_s=0).get_retry_after(response)
     return ServiceError(response.status_code, code, message, request_id, retry_after_s)
 
 
