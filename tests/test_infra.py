@@ -8,6 +8,7 @@ Inside the image the repository is /app (infra/Dockerfile), so ``/app/x`` means 
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -140,3 +141,154 @@ def _containers(node) -> list[dict]:
     if isinstance(node, list):
         return [c for v in node for c in _containers(v)]
     return []
+
+
+# --------------------------------------------------------------------------- MLflow as shipped
+
+
+def _manifest(kind: str, name: str, file: str | None = None) -> dict:
+    found = [d for n, d in DOCS if d.get("kind") == kind and d.get("metadata", {}).get("name") == name
+             and (file is None or n == file)]
+    assert len(found) == 1, f"expected one {kind} {name!r} in infra/, found {len(found)}"
+    return found[0]
+
+
+def _container_env(container: dict, secrets: dict[tuple[str, str], str], mounts: dict[str, Path]) -> dict[str, str]:
+    """The container's environment as the kubelet would build it: literal values, Secret keys
+    from ``secrets``, and paths under a volume mount re-rooted at that volume's local stand-in."""
+    env = {}
+    for var in container.get("env", []):
+        if "valueFrom" in var:
+            ref = var["valueFrom"]["secretKeyRef"]
+            env[var["name"]] = secrets[(ref["name"], ref["key"])]
+            continue
+        value = var["value"]
+        for mount, local in mounts.items():
+            if value == mount or value.startswith(mount + "/"):
+                value = str(local) + value[len(mount):]
+                break
+        env[var["name"]] = value
+    return env
+
+
+@pytest.mark.slow
+def test_mlflow_server_as_shipped_answers_its_service_names_and_only_with_a_user(s3_server, s3_bucket, tmp_path):
+    """Start ``mlflow server`` with infra/mlflow.yaml's own command, arguments, environment and
+    auth configuration. What differs is only where it runs: loopback and a free port instead of
+    0.0.0.0:5000, one worker, SQLite instead of Postgres, the S3 test server instead of MinIO.
+    Then call it the way in-cluster clients do: with the Service's name in the Host header."""
+    import secrets as tokens
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+    from loopback import answers_http, free_port
+
+    deployment = _manifest("Deployment", "mlflow", "mlflow.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    auth_ini = _manifest("ConfigMap", "mlflow-auth", "mlflow.yaml")["data"]["basic_auth.ini"]
+
+    port = free_port()
+    overrides = {"--host": "127.0.0.1", "--port": str(port), "--workers": "1",
+                 "--backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                 "--artifacts-destination": f"{s3_bucket}/mlartifacts"}
+    argv, seen = [], set()
+    for arg in container["command"] + container["args"]:
+        flag, eq, _ = arg.partition("=")
+        if eq and flag in overrides:
+            arg, _ = f"{flag}={overrides[flag]}", seen.add(flag)
+        argv.append(arg)
+    assert seen == set(overrides), f"infra/mlflow.yaml no longer passes {set(overrides) - seen}"
+    assert argv[:2] == ["mlflow", "server"]
+    argv[0] = str(Path(sys.executable).parent / "mlflow")
+
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {}
+    for mount in container["volumeMounts"]:
+        local = mounts[mount["mountPath"]] = tmp_path / mount["name"]
+        local.mkdir()
+        if "configMap" in volumes[mount["name"]]:
+            cm = _manifest("ConfigMap", volumes[mount["name"]]["configMap"]["name"], "mlflow.yaml")
+            for key, text in cm["data"].items():
+                if key == "basic_auth.ini":  # the user store: SQLite instead of Postgres, the rest as shipped
+                    assert text == auth_ini and re.search(r"^database_uri = postgresql://mlflow@", text, re.M)
+                    text = re.sub(r"^database_uri = .*$", f"database_uri = sqlite:///{tmp_path / 'auth.db'}",
+                                  text, flags=re.M)
+                (local / key).write_text(text)
+    secrets = {(ref["name"], ref["key"]): tokens.token_hex(16) for ref in
+               (v["valueFrom"]["secretKeyRef"] for c in _containers(_manifest("Job", "mlflow-users")) + [container]
+                for v in c.get("env", []) if "valueFrom" in v)}
+    secrets[("backdrop-s3-mlflow", "access-key")] = secrets[("backdrop-s3-mlflow", "secret-key")] = "testing"
+    env = dict(os.environ, **_container_env(container, secrets, mounts))
+    env["MLFLOW_S3_ENDPOINT_URL"] = s3_server  # the S3 test server stands in for http://minio:9000
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    log = tmp_path / "mlflow-server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    session = requests.Session()
+    session.trust_env = False  # never through a proxy
+    try:
+        deadline = time.monotonic() + 180  # guards against a hang only
+        while proc.poll() is None and time.monotonic() < deadline and not answers_http(base + "/health"):
+            time.sleep(0.5)
+        assert proc.poll() is None and answers_http(base + "/health"), log.read_text(errors="replace")[-3000:]
+
+        admin = (secrets[("backdrop-mlflow-admin", "username")], secrets[("backdrop-mlflow-admin", "password")])
+        api = base + "/api/2.0/mlflow/experiments/search?max_results=1"
+        for host in ("mlflow:5000", "mlflow.backdrop.svc:5000", "mlflow.backdrop.svc.cluster.local:5000",
+                     "localhost:5000"):
+            assert session.get(base + "/health", headers={"Host": host}, timeout=30).status_code == 200, host
+            anonymous = session.get(api, headers={"Host": host}, timeout=30)
+            assert anonymous.status_code == 401, (host, anonymous.status_code, anonymous.text[:300])
+            ok = session.get(api, headers={"Host": host}, auth=admin, timeout=30)
+            assert ok.status_code == 200, (host, ok.status_code, ok.text[:300])
+        wrong = session.get(api, auth=admin, timeout=30)  # Host: 127.0.0.1:<port>, not a listed name
+        assert wrong.status_code == 403, wrong.text[:300]
+        assert session.get(api, headers={"Host": "evil.example:5000"}, auth=admin, timeout=30).status_code == 403
+        assert session.get(api, headers={"Host": "mlflow:5000"}, auth=(admin[0], "wrong"),
+                           timeout=30).status_code == 401
+
+        # The mlflow-users Job, run as shipped against http://mlflow:5000: its requests reach this
+        # server through HTTP_PROXY, so they carry the in-cluster Host header unchanged.
+        job = _manifest("Job", "mlflow-users")
+        (users,) = _containers(job)
+        job_env = dict(os.environ, **_container_env(users, secrets, {"/tmp": tmp_path}))
+        job_env.update(HTTP_PROXY=base, http_proxy=base, NO_PROXY="", no_proxy="")
+        assert users["command"][0] == "python"
+        for _ in range(2):  # idempotent: the second run updates the passwords
+            done = subprocess.run([sys.executable] + users["command"][1:] + users["args"], env=job_env, capture_output=True, text=True,
+                                  timeout=120)
+            assert done.returncode == 0, done.stderr[-3000:]
+        assert "updated MLflow user" in done.stdout
+
+        jobs_user = (secrets[("backdrop-mlflow-jobs", "username")], secrets[("backdrop-mlflow-jobs", "password")])
+        serve_user = (secrets[("backdrop-mlflow-serve", "username")], secrets[("backdrop-mlflow-serve", "password")])
+        host = {"Host": "mlflow:5000"}
+        created = session.post(base + "/api/2.0/mlflow/registered-models/create", json={"name": "backdrop"},
+                               headers=host, auth=jobs_user, timeout=30)
+        assert created.status_code == 200, created.text[:300]
+        read = session.get(base + "/api/2.0/mlflow/registered-models/get?name=backdrop", headers=host,
+                           auth=serve_user, timeout=30)
+        assert read.status_code == 200, read.text[:300]  # default_permission READ
+        moved = session.post(base + "/api/2.0/mlflow/registered-models/alias",
+                             json={"name": "backdrop", "alias": "champion", "version": "1"},
+                             headers=host, auth=serve_user, timeout=30)
+        assert moved.status_code == 403, moved.text[:300]  # Serve cannot move champion
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # workers that outlived the parent
+        except (ProcessLookupError, PermissionError):
+            pass
