@@ -292,3 +292,203 @@ def test_mlflow_server_as_shipped_answers_its_service_names_and_only_with_a_user
             os.killpg(proc.pid, signal.SIGKILL)  # workers that outlived the parent
         except (ProcessLookupError, PermissionError):
             pass
+
+
+# --------------------------------------------------------------------------- hardening and schemas
+
+K8S_VERSION = "1.33.0"  # CronJob.timeZone is GA from 1.27; KubeRay 1.x supports current releases
+KUBERAY_KINDS = {"RayCluster", "RayJob", "RayService"}
+SECRET_NAMED = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|API_KEYS|ROOT_USER|USERNAME|CREDENTIAL")
+TOP_LEVEL = [(n, d) for n, d in DOCS if "(embedded)" not in n]
+
+
+def _kuberay_templates(doc: dict) -> list[tuple[str, dict]]:
+    """The pod templates inside a KubeRay object (whose CRD schemas are not available offline)."""
+    spec = doc.get("spec", {})
+    found = []
+    cluster = spec.get("rayClusterConfig") or spec.get("rayClusterSpec") or (spec if doc["kind"] == "RayCluster" else None)
+    if cluster:
+        found.append(("head", cluster["headGroupSpec"]["template"]))
+        found += [(f"worker {g['groupName']}", g["template"]) for g in cluster.get("workerGroupSpecs", [])]
+    if "submitterPodTemplate" in spec:
+        found.append(("submitter", spec["submitterPodTemplate"]))
+    return found
+
+
+def _pod_specs() -> list[tuple[str, dict]]:
+    """Every pod spec in infra/, KubeRay templates and embedded RayJobs included."""
+    pods = []
+    for name, doc in DOCS:
+        kind = doc.get("kind")
+        label = f"{name} {kind} {doc.get('metadata', {}).get('name') or doc.get('metadata', {}).get('generateName')}"
+        if kind in KUBERAY_KINDS:
+            pods += [(f"{label} {part}", t["spec"]) for part, t in _kuberay_templates(doc)]
+        elif kind in {"Deployment", "StatefulSet", "Job"}:
+            pods.append((label, doc["spec"]["template"]["spec"]))
+        elif kind == "CronJob":
+            pods.append((label, doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]))
+    return pods
+
+
+PODS = _pod_specs()
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {v["name"]: v for v in container.get("env", [])}
+
+
+def test_every_pod_is_found():
+    kinds = {label.split()[1] for label, _ in PODS}
+    assert {"RayCluster", "RayJob", "RayService", "Deployment", "StatefulSet", "Job", "CronJob"} <= kinds
+    assert len(PODS) == 13, [label for label, _ in PODS]  # a new pod kind must be added to _pod_specs
+
+
+@pytest.mark.parametrize("label,pod", PODS, ids=[label for label, _ in PODS])
+def test_every_container_is_hardened_and_bounded(label, pod):
+    pod_sc = pod.get("securityContext", {})
+    assert pod_sc.get("runAsNonRoot") is True, f"{label}: pod securityContext.runAsNonRoot"
+    assert isinstance(pod_sc.get("runAsUser"), int) and pod_sc["runAsUser"] > 0, \
+        f"{label}: a numeric non-root runAsUser (images name users, which runAsNonRoot cannot check)"
+    assert pod_sc.get("seccompProfile") == {"type": "RuntimeDefault"}, label
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), label
+    containers = pod.get("containers", []) + pod.get("initContainers", [])
+    assert containers, label
+    for c in containers:
+        where = f"{label} container {c['name']}"
+        sc = c.get("securityContext", {})
+        assert sc.get("allowPrivilegeEscalation") is False, where
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"] and not sc["capabilities"].get("add"), where
+        assert sc.get("runAsNonRoot") is True and not sc.get("privileged"), where
+        assert sc.get("readOnlyRootFilesystem") is True, where
+        assert sc.get("seccompProfile") == {"type": "RuntimeDefault"}, where
+        res = c.get("resources", {})
+        for bound in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(res.get(bound, {})), f"{where}: resources.{bound} cpu and memory"
+        assert not any("hostPort" in p for p in c.get("ports", [])), where
+        # a read-only root needs somewhere to write: /tmp is an emptyDir wherever HOME or caches point
+        mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+        if c.get("image", "").startswith("backdrop:"):
+            assert "/tmp" in mounts, f"{where}: the backdrop image writes to /tmp (Ray sessions, BACKDROP_HOME)"
+
+
+def test_the_kuberay_autoscaler_sidecar_is_hardened_and_authenticated():
+    clusters = [(n, d["spec"].get("rayClusterConfig") or d["spec"]) for n, d in DOCS
+                if d.get("kind") in {"RayCluster", "RayService"}]
+    autoscaled = [(n, c) for n, c in clusters if c.get("enableInTreeAutoscaling")]
+    assert autoscaled
+    for name, cluster in autoscaled:
+        options = cluster["autoscalerOptions"]
+        assert options["securityContext"]["allowPrivilegeEscalation"] is False, name
+        assert options["securityContext"]["capabilities"]["drop"] == ["ALL"], name
+        assert {"cpu", "memory"} <= set(options["resources"]["limits"]), name
+        env = _env(options)
+        assert env["RAY_AUTH_MODE"]["value"] == "token", name
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "backdrop-ray-token", name
+
+
+def test_every_ray_node_and_submitter_uses_token_auth_from_the_secret():
+    checked = 0
+    for name, doc in DOCS:
+        if doc.get("kind") not in KUBERAY_KINDS:
+            continue
+        for part, template in _kuberay_templates(doc):
+            for c in template["spec"]["containers"]:
+                env = _env(c)
+                where = f"{name} {doc['kind']} {part} {c['name']}"
+                assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", where
+                ref = env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef", {})
+                assert (ref.get("name"), ref.get("key")) == ("backdrop-ray-token", "token"), where
+                checked += 1
+        cluster = doc["spec"].get("rayClusterConfig") or (doc["spec"] if doc["kind"] == "RayCluster" else None)
+        if cluster:
+            assert cluster["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP", name
+    assert checked == 7  # 3 RayCluster groups, 2 RayService groups, 2 RayJob submitters
+
+
+def test_no_service_leaves_the_cluster_and_no_console_is_exposed():
+    services = [(n, d) for n, d in DOCS if d.get("kind") == "Service"]
+    assert services
+    for name, svc in services:
+        assert svc["spec"].get("type", "ClusterIP") == "ClusterIP", f"{name}: {svc['metadata']['name']}"
+        for port in svc["spec"]["ports"]:
+            assert port["port"] != 9001 and "console" not in port.get("name", ""), f"{name}: {port}"
+    minio = _manifest("Deployment", "minio")
+    (container,) = minio["spec"]["template"]["spec"]["containers"]
+    assert _env(container)["MINIO_BROWSER"]["value"] == "off"
+    assert "--console-address" not in container.get("args", [])
+    assert [p["containerPort"] for p in container["ports"]] == [9000]
+
+
+def test_credentials_come_only_from_secrets():
+    """Credentials live in Secrets alone: every credential-named variable reads a Secret key,
+    no manifest value holds a user:password URL, and the only Secrets are the templates of
+    infra/secrets.example.yaml, whose values are placeholders."""
+    referenced = set()
+    for name, doc in DOCS:
+        for c in _containers(doc) + [doc.get("spec", {}).get("autoscalerOptions") or {}]:
+            for var in c.get("env", []):
+                if "valueFrom" in var:
+                    ref = var["valueFrom"].get("secretKeyRef")
+                    if ref:
+                        referenced.add((ref["name"], ref["key"]))
+                elif SECRET_NAMED.search(var["name"]):
+                    pytest.fail(f"{name}: {var['name']} is a literal value, not a secretKeyRef")
+        for s in _strings(doc):
+            for userinfo in re.findall(r"://([^/\s@]+)@", s):
+                assert userinfo.startswith("${") or ":" not in userinfo, f"{name}: credentials in a URL: {s[:120]}"
+    secrets = [(n, d) for n, d in TOP_LEVEL if d.get("kind") == "Secret"]
+    assert {n for n, _ in secrets} == {"secrets.example.yaml"}
+    provided = set()
+    for _, secret in secrets:
+        assert "data" not in secret, "templates use stringData placeholders"
+        for key, value in secret["stringData"].items():
+            assert value.startswith("REPLACE_ME"), f"{secret['metadata']['name']}.{key} is not a placeholder"
+            provided.add((secret["metadata"]["name"], key))
+    assert referenced <= provided, f"Secret keys used but not templated: {sorted(referenced - provided)}"
+    assert "backdrop-s3" not in {name for name, _ in referenced}, "the old shared root credentials are gone"
+
+
+def test_each_consumer_has_its_own_object_store_credentials():
+    def s3_secret(container):
+        return _env(container).get("AWS_ACCESS_KEY_ID", {}).get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+
+    users = {}
+    for label, pod in PODS:
+        for c in pod["containers"]:
+            if s3_secret(c):
+                users.setdefault(s3_secret(c), set()).add(label.split()[1])
+    assert users == {"backdrop-s3-jobs": {"RayCluster"}, "backdrop-s3-serve": {"RayService"},
+                     "backdrop-s3-mlflow": {"Deployment"}}, users
+    root = {label for label, pod in PODS for c in pod["containers"]
+            for v in c.get("env", []) if v.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "backdrop-s3-root"}
+    assert root == {"minio.yaml Deployment minio", "minio.yaml Job minio-buckets"}, root
+
+
+@pytest.mark.parametrize("name,doc", [(n, d) for n, d in TOP_LEVEL if d.get("kind") not in KUBERAY_KINDS],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_builtin_kinds_validate_strictly_against_the_kubernetes_schema(name, doc):
+    import kubernetes_validate
+
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("label,template", [(f"{n} {d['kind']} {part}", t) for n, d in DOCS
+                                            if d.get("kind") in KUBERAY_KINDS for part, t in _kuberay_templates(d)],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_kuberay_pod_templates_validate_strictly_as_pod_templates(label, template):
+    """The KubeRay CRD schemas are not packaged for offline use; the pod templates inside them
+    are core PodTemplateSpecs, so they are validated as such (strict: no unknown fields)."""
+    import kubernetes_validate
+
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
+                                  "template": template}, K8S_VERSION, strict=True)
+
+
+def test_the_schema_check_can_fail():
+    import kubernetes_validate
+
+    pod = dict(_manifest("Deployment", "mlflow")["spec"]["template"])
+    broken = {**pod, "spec": {**pod["spec"], "containers": [{**pod["spec"]["containers"][0], "securityContxt": {}}]}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
+                                      "template": broken}, K8S_VERSION, strict=True)
