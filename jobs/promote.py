@@ -2,8 +2,11 @@
 
     python jobs/promote.py --name backdrop --version 4            # refused if worse than champion
     python jobs/promote.py --name backdrop --version 4 --force    # explicit override
+    python jobs/promote.py --name backdrop --version 1 --allow-first   # no champion yet
 
-The gate compares the ``eval.<metric>`` tags that jobs/evaluate.py records on each version.
+The gate compares the ``eval.<metric>`` tags that jobs/evaluate.py records on each version
+(finite numbers only). The baseline is the alias's holder or, if that version was deleted, the
+last holder recorded in the registered model's ``backdrop.last_<alias>`` tag.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ def main(argv=None) -> int:
     p.add_argument("--metric", default="category_consistency")
     p.add_argument("--tolerance", type=float, default=0.0)
     p.add_argument("--force", action="store_true")
+    p.add_argument("--allow-first", action="store_true",
+                   help="promote although the alias has no current or recorded holder to compare with")
     a = p.parse_args(argv)
     try:
         report = registry.promote(a.name, a.version, alias=a.alias, metric=a.metric, force=a.force,
-                                  tolerance=a.tolerance)
+                                  tolerance=a.tolerance, allow_no_baseline=a.allow_first)
     except registry.RegistryError as e:
         print(f"promotion refused: {e}", file=sys.stderr)
         return 3

@@ -183,7 +183,10 @@ def gate(home):
 
 def test_promotion_gate(gate):
     assert registry.version_metrics(gate, "1") == {"category_consistency": 0.5, "product_leak": 0.1}
-    report = registry.promote(gate, "1")
+    with pytest.raises(registry.RegistryError, match="no current or recorded holder.*--allow-first"):
+        registry.promote(gate, "1")  # nothing to compare with: not a silent pass
+    assert registry.describe_registered(gate)["aliases"] == {}
+    report = registry.promote(gate, "1", allow_no_baseline=True)
     assert report["version"] == "1" and report["new"] == 0.5 and report["previous"] is None
     assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "1")
 
@@ -194,18 +197,18 @@ def test_promotion_gate(gate):
 
     assert registry.promote(gate, "2", tolerance=0.2)["new"] == 0.4  # within the tolerance
     registry.promote(gate, "1", force=True)
+    with pytest.raises(registry.RegistryError, match="tolerance must be a finite number"):
+        registry.promote(gate, "2", tolerance=float("nan"))  # nan - x compares false: would pass anything
 
     report = registry.promote(gate, "2", force=True)
     assert report["forced"] and report["previous_version"] == "1" and report["previous"] == 0.5
+    assert report["overridden"] and "0.4000" in report["overridden"][0]
     assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "2")
 
     with pytest.raises(registry.RegistryError, match="no 'category_consistency' evaluation"):
         registry.promote(gate, "3")
     with pytest.raises(registry.RegistryError, match="no 'category_consistency' evaluation"):
-        registry.promote(gate, "3", alias="fresh-alias")  # even with no current holder
-    registry.record_metrics(gate, "3", {"category_consistency": float("nan")})  # a failed evaluation
-    with pytest.raises(registry.RegistryError, match="no 'category_consistency' evaluation"):
-        registry.promote(gate, "3")
+        registry.promote(gate, "3", alias="fresh-alias", allow_no_baseline=True)  # even with no holder
     registry.promote(gate, "3", force=True)
     assert registry.describe_registered(gate)["aliases"] == {"champion": "3"}
 
@@ -213,14 +216,102 @@ def test_promotion_gate(gate):
         registry.promote(gate, "42")  # no such version: a clear error, not an MLflow traceback
 
 
+@pytest.mark.parametrize("value, kind", [("inf", "non-finite"), ("-inf", "non-finite"), ("nan", "non-finite"),
+                                         ("1e999", "non-finite"), ("good", "non-numeric"), ("", "non-numeric")])
+def test_the_gate_refuses_a_metric_that_is_not_a_finite_number(gate, value, kind):
+    """inf beats every champion and nan compares false with everything: both would pass the gate;
+    a non-numeric tag used to crash promote with a ValueError."""
+    registry.promote(gate, "1", allow_no_baseline=True)
+    MlflowClient().set_model_version_tag(gate, "3", "eval.category_consistency", value)
+    for kwargs in ({}, {"allow_no_baseline": True}, {"tolerance": 1.0}):
+        with pytest.raises(registry.RegistryError) as err:
+            registry.promote(gate, "3", **kwargs)
+        message = str(err.value)
+        assert f"{gate} v3" in message and "category_consistency" in message and repr(value) in message, message
+        assert kind in message
+    assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "1")  # unchanged
+    assert registry.promote(gate, "3", force=True)["forced"]  # --force keeps its meaning
+
+    # a bad baseline is refused the same way (an inf champion would block every promotion)
+    with pytest.raises(registry.RegistryError, match=f"{gate} v3 has a {kind}"):
+        registry.promote(gate, "1")
+
+
+def test_losing_the_champion_keeps_its_metric_as_the_baseline(gate):
+    """Deleting the champion's version deletes the alias; the next promote compares with the
+    last holder recorded in ``backdrop.last_champion`` instead of passing anything."""
+    registry.promote(gate, "1", allow_no_baseline=True)
+    tags = MlflowClient().get_registered_model(gate).tags
+    assert json.loads(tags["backdrop.last_champion"]) == {"version": "1", "metrics": {"category_consistency": 0.5}}
+
+    MlflowClient().delete_model_version(gate, "1")
+    assert registry.describe_registered(gate)["aliases"] == {}
+    with pytest.raises(registry.RegistryError) as err:
+        registry.promote(gate, "2", allow_no_baseline=True)  # the flag does not skip a recorded baseline
+    assert "0.4000" in str(err.value) and "v1's 0.5000" in str(err.value)
+    assert "backdrop.last_champion" in str(err.value)
+    assert registry.describe_registered(gate)["aliases"] == {}
+
+    registry.record_metrics(gate, "3", {"category_consistency": 0.6})
+    report = registry.promote(gate, "3")
+    assert (report["previous_version"], report["previous"], report["baseline"]) == ("1", 0.5, "backdrop.last_champion")
+    assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "3")
+    with pytest.raises(registry.RegistryError, match="v3's 0.6000 \\(alias\\)"):
+        registry.promote(gate, "2")  # the live alias is the baseline again
+
+
+def test_promote_by_a_zero_padded_version_is_the_same_version(gate):
+    report = registry.promote(gate, "0001", allow_no_baseline=True)
+    assert report["version"] == "1"
+    assert registry.describe_registered(gate)["aliases"] == {"champion": "1"}
+    for bad in ("1.0", "-1", "v1", "", "\u0661", "1" * 30):
+        with pytest.raises(registry.RegistryError, match="not a decimal version number"):
+            registry.promote(gate, bad)
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("models:/backdrop/1", ("backdrop", "1", None)),
+    ("models:/backdrop/0001", ("backdrop", "1", None)),
+    ("models:/backdrop/" + "0" * 5000 + "2", ("backdrop", "2", None)),
+    ("models:/backdrop/0", ("backdrop", "0", None)),
+    ("models:/a/b/12", ("a/b", "12", None)),
+    ("models:/backdrop@champion", ("backdrop", None, "champion")),
+])
+def test_parse_reference_normalises_versions(ref, expected):
+    assert registry.parse_reference(ref) == expected
+
+
+@pytest.mark.parametrize("ref", ["models:/backdrop/1.0", "models:/backdrop/-1", "models:/backdrop/ 1",
+                                 "models:/backdrop/\u0661", "models:/backdrop/1e3", "models:/backdrop/" + "9" * 5000,
+                                 "models:/backdrop/", "models:/@champion", "models:/backdrop@", "models://1"])
+def test_parse_reference_rejects_what_is_not_a_version(ref):
+    with pytest.raises(registry.RegistryError) as err:
+        registry.parse_reference(ref)
+    assert len(str(err.value)) < 400  # a 5,000-digit reference is not echoed back whole
+
+
+def test_zero_padded_versions_share_one_download(home):
+    first = registry.resolve("models:/backdrop/1")
+    padded = registry.resolve("models:/backdrop/0001")
+    assert (padded.version, padded.path) == ("1", first.path)
+    cached = {p.name for p in Path(first.path).parents[2].iterdir()}  # model-cache/<store>/backdrop/<version>
+    assert "1" in cached and cached <= {"1", "2"}, cached
+
+
 def test_promote_job_exit_codes(gate):
-    ok = _job("promote.py", "--name", gate, "--version", "1")
+    first = _job("promote.py", "--name", gate, "--version", "1")
+    assert first.returncode == 3 and "--allow-first" in first.stderr, first.stderr[-3000:]
+    ok = _job("promote.py", "--name", gate, "--version", "1", "--allow-first")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert json.loads(ok.stdout[ok.stdout.index("{"):])["version"] == "1"
 
     refused = _job("promote.py", "--name", gate, "--version", "2")
     assert refused.returncode == 3, refused.stderr[-3000:]
     assert "promotion refused" in refused.stderr and "0.4000" in refused.stderr
+    MlflowClient().set_model_version_tag(gate, "3", "eval.category_consistency", "inf")
+    bad = _job("promote.py", "--name", gate, "--version", "3")
+    assert bad.returncode == 3 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
+    assert "non-finite 'category_consistency'" in bad.stderr and "'inf'" in bad.stderr
     assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "1")
 
     forced = _job("promote.py", "--name", gate, "--version", "2", "--force")
@@ -254,7 +345,8 @@ def test_evaluate_job_writes_table_and_records_eval_tags(home, tmp_path):
     assert tags["category_consistency"] == pytest.approx(report["category_consistency"])
     assert "product_leak" in tags
     # the gate can now use it: a fresh alias accepts v1 without --force
-    assert registry.promote("backdrop", "1", alias="evaluated")["new"] == tags["category_consistency"]
+    assert registry.promote("backdrop", "1", alias="evaluated",
+                            allow_no_baseline=True)["new"] == tags["category_consistency"]
 
     runs = mlflow.search_runs([registry.ensure_experiment()], filter_string="tags.job = 'evaluate'",
                               output_format="list")
@@ -289,7 +381,7 @@ def test_registry_over_a_real_mlflow_server_with_artifacts_on_s3(mlflow_server, 
     assert _same(_outputs(BackdropModel.from_pretrained(resolved.path)), expected)
 
     registry.record_metrics("backdrop-remote", "1", {"category_consistency": 0.7})
-    registry.promote("backdrop-remote", "1")
+    registry.promote("backdrop-remote", "1", allow_no_baseline=True)
     champ = registry.resolve("models:/backdrop-remote@champion")
     assert champ.version == "1" and champ.path == resolved.path
 

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -98,16 +99,37 @@ class ResolvedModel:
     path: str  # a saved-generator directory (local) or s3:// prefix
 
 
+_VERSION = re.compile(r"0*([0-9]{1,18})")  # ASCII digits only; bounded, so int() never sees 4,300 digits
+
+
+def normalize_version(version) -> str:
+    """A registry version in its one canonical form (``0001`` -> ``1``).
+
+    Every cache (downloads here, loaded models in the HTTP service) is keyed by the version
+    string, so ``0001`` and ``1`` must not become two entries for the same model.
+    """
+    text = str(version)
+    match = _VERSION.fullmatch(text)
+    if not match:
+        raise RegistryError(f"model version {text[:40]!r} is not a decimal version number")
+    return match.group(1)
+
+
 def parse_reference(ref: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME@ALIAS`` -> (NAME, None, ALIAS); ``models:/NAME/3`` -> (NAME, '3', None)."""
+    """``models:/NAME@ALIAS`` -> (NAME, None, ALIAS); ``models:/NAME/3`` (or ``/0003``) -> (NAME, '3', None)."""
     body = ref[len("models:/"):]
     if "@" in body:
         name, alias = body.rsplit("@", 1)
-        return name, None, alias
-    if "/" in body:
+        if name and alias:
+            return name, None, alias
+    elif "/" in body:
         name, version = body.rsplit("/", 1)
-        return name, version, None
-    raise RegistryError(f"{ref!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        if name:
+            try:
+                return name, normalize_version(version), None
+            except RegistryError as e:
+                raise RegistryError(f"{ref[:200]!r}: {e}") from None
+    raise RegistryError(f"{ref[:200]!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
 
 
 def resolve(ref: str) -> ResolvedModel:
@@ -134,6 +156,7 @@ def _registered_version(ref: str) -> tuple[str, str]:
 
 def download_version(name: str, version: str) -> str:
     """Local copy of a registered version's generator, cached per (store, name, version)."""
+    version = normalize_version(version)
     store = hashlib.sha256(tracking_uri().encode()).hexdigest()[:10]
     dest = os.path.join(backdrop_home(), "model-cache", store, name, version)
     generator = os.path.join(dest, "artifacts", GENERATOR_ARTIFACT)
@@ -167,48 +190,140 @@ def path_fingerprint(uri: str) -> str:
 
 
 def version_metrics(name: str, version: str) -> dict[str, float]:
-    """Evaluation metrics recorded on a version as ``eval.<metric>`` tags."""
+    """Evaluation metrics recorded on a version as ``eval.<metric>`` tags (unreadable ones left out;
+    the promotion gate reads its metric strictly with :func:`gate_metric`)."""
     configure()
-    mv = MlflowClient().get_model_version(name, version)
-    return {k[len("eval."):]: float(v) for k, v in (mv.tags or {}).items() if k.startswith("eval.")}
+    mv = MlflowClient().get_model_version(name, normalize_version(version))
+    metrics = {}
+    for k, v in (mv.tags or {}).items():
+        if k.startswith("eval."):
+            try:
+                metrics[k[len("eval."):]] = float(v)
+            except ValueError:
+                pass
+    return metrics
 
 
 def record_metrics(name: str, version: str, metrics: dict[str, float]) -> None:
     configure()
     client = MlflowClient()
     for k, v in metrics.items():
-        client.set_model_version_tag(name, version, f"eval.{k}", str(float(v)))
+        client.set_model_version_tag(name, normalize_version(version), f"eval.{k}", str(float(v)))
 
 
-def promote(name: str, version: str, *, alias: str = CHAMPION, metric: str = "category_consistency",
-            force: bool = False, tolerance: float = 0.0) -> dict:
-    """Point ``alias`` at ``version`` if its held-out ``metric`` is not worse than the current holder's.
+def gate_metric(name: str, version: str, metric: str, value: str | None) -> float | None:
+    """A version's ``eval.<metric>`` tag as a finite number, None when there is none.
 
-    Returns a small report; raises ``RegistryError`` when the gate refuses (unless ``force``).
+    ``inf`` would beat every champion and ``nan`` compares false with everything, so either
+    would slip through the gate; a non-numeric tag is refused instead of crashing the job.
     """
-    configure()
-    client = MlflowClient()
+    if value is None:
+        return None
     try:
-        new = version_metrics(name, version).get(metric)
-    except mlflow.exceptions.MlflowException as e:
-        raise RegistryError(f"cannot promote {name} v{version}: {e.message}") from None
-    if new is not None and math.isnan(new):
-        new = None  # a failed evaluation is no evaluation: it must not slip through the gate
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number):
+        kind = "non-numeric" if number is None else "non-finite"
+        raise RegistryError(f"{name} v{version} has a {kind} '{metric}' evaluation: eval.{metric}={str(value)[:80]!r}; "
+                            f"re-run jobs/evaluate.py (or --force)")
+    return number
+
+
+def last_holder_tag(alias: str) -> str:
+    """The registered-model tag where ``promote`` records who held ``alias`` last."""
+    return f"backdrop.last_{alias}"
+
+
+def _baseline(client: MlflowClient, name: str, alias: str, metric: str) -> tuple[str | None, float | None, str]:
+    """(version, metric value, source) that a promotion to ``alias`` must not fall below.
+
+    The live alias wins. When it is gone (deleting a version deletes its aliases) the holder
+    recorded by the last ``promote`` in ``backdrop.last_<alias>`` stands in, so losing the
+    champion never turns into "no baseline, anything passes".
+    """
     try:
         current = client.get_model_version_by_alias(name, alias)
     except mlflow.exceptions.MlflowException:
         current = None
-    old = version_metrics(name, current.version).get(metric) if current else None
-    report = {"name": name, "alias": alias, "version": str(version), "metric": metric, "new": new,
-              "previous_version": str(current.version) if current else None, "previous": old, "forced": force}
-    if not force:
+    if current is not None:
+        version = str(current.version)
+        return version, gate_metric(name, version, metric, (current.tags or {}).get(f"eval.{metric}")), "alias"
+    try:
+        raw = (client.get_registered_model(name).tags or {}).get(last_holder_tag(alias))
+    except mlflow.exceptions.MlflowException:
+        raw = None
+    if not raw:
+        return None, None, "none"
+    try:
+        last = json.loads(raw)
+        version = normalize_version(last["version"])
+        value = last["metrics"].get(metric)
+    except (ValueError, KeyError, TypeError, AttributeError, RegistryError):
+        raise RegistryError(f"{name}: unreadable {last_holder_tag(alias)} tag {raw[:120]!r}; "
+                            f"fix or delete it, or use --force") from None
+    try:  # the version may still exist (alias removed by hand): its tags are the truth
+        tags = client.get_model_version(name, version).tags or {}
+        value = tags.get(f"eval.{metric}", value)
+    except mlflow.exceptions.MlflowException:
+        pass
+    return version, gate_metric(name, version, metric, value), last_holder_tag(alias)
+
+
+def promote(name: str, version: str, *, alias: str = CHAMPION, metric: str = "category_consistency",
+            force: bool = False, tolerance: float = 0.0, allow_no_baseline: bool = False) -> dict:
+    """Point ``alias`` at ``version`` if its held-out ``metric`` is not worse than the baseline's.
+
+    The baseline is the alias's current holder or, when the alias was lost, the last holder
+    recorded in the ``backdrop.last_<alias>`` registered-model tag (written here on every move).
+    With no baseline at all (a first promotion) the move needs ``allow_no_baseline``. Metrics
+    must be finite numbers. Returns a small report; raises ``RegistryError`` when the gate
+    refuses (``force`` moves the alias regardless).
+    """
+    if not (math.isfinite(tolerance) and tolerance >= 0):  # a nan tolerance would make every comparison pass
+        raise RegistryError(f"tolerance must be a finite number >= 0, not {tolerance!r}")
+    configure()
+    client = MlflowClient()
+    version = normalize_version(version)
+    try:
+        mv = client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException as e:
+        raise RegistryError(f"cannot promote {name} v{version}: {e.message}") from None
+    refusals: list[RegistryError] = []
+    try:
+        new = gate_metric(name, version, metric, (mv.tags or {}).get(f"eval.{metric}"))
+    except RegistryError as e:
+        new = None
+        refusals.append(e)
+    try:
+        old_version, old, source = _baseline(client, name, alias, metric)
+    except RegistryError as e:
+        old_version, old, source = None, None, "unreadable"
+        refusals.append(e)
+    if not refusals:
         if new is None:
-            raise RegistryError(f"{name} v{version} has no '{metric}' evaluation; run jobs/evaluate.py or --force")
-        if old is not None and new < old - tolerance:
-            raise RegistryError(
+            refusals.append(RegistryError(
+                f"{name} v{version} has no '{metric}' evaluation; run jobs/evaluate.py or --force"))
+        elif old_version is None and not allow_no_baseline:
+            refusals.append(RegistryError(
+                f"{name}@{alias} has no current or recorded holder to compare v{version} with; "
+                f"promote a first version with --allow-first (or --force)"))
+        elif old is None and old_version is not None and not allow_no_baseline:
+            refusals.append(RegistryError(
+                f"{name}@{alias}'s holder v{old_version} ({source}) has no '{metric}' evaluation to compare "
+                f"with; evaluate it, or use --allow-first (or --force)"))
+        elif old is not None and new < old - tolerance:
+            refusals.append(RegistryError(
                 f"refusing to move {alias}: {name} v{version} {metric}={new:.4f} is worse than "
-                f"v{current.version}'s {old:.4f} (use --force to override)")
-    client.set_registered_model_alias(name, alias, str(version))
+                f"v{old_version}'s {old:.4f} ({source}) (use --force to override)"))
+    if refusals and not force:
+        raise refusals[0]
+    report = {"name": name, "alias": alias, "version": version, "metric": metric, "new": new,
+              "previous_version": old_version, "previous": old, "baseline": source, "forced": force,
+              "overridden": [str(e) for e in refusals]}
+    client.set_registered_model_alias(name, alias, version)
+    metrics = {metric: new} if new is not None else {}
+    client.set_registered_model_tag(name, last_holder_tag(alias), json.dumps({"version": version, "metrics": metrics}))
     log.info("%s@%s -> v%s (%s: %s, previously %s)", name, alias, version, metric, new, old)
     return report
 

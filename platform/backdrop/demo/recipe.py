@@ -76,7 +76,7 @@ def register(model, catalog: dict, steps: int, name: str = "backdrop") -> str:
                                     tags={"preset": model.config.preset, "source": "demo"}).version)
     registry.record_metrics(name, version, {k: v for k, v in result.metrics.items() if isinstance(v, float)})
     try:
-        registry.promote(name, version)
+        registry.promote(name, version, allow_no_baseline=True)  # the demo's first run makes the first champion
     except registry.RegistryError as e:  # an earlier, better champion stays in place
         log.warning("%s", e)
     log.info("category consistency %.3f; %s v%s registered", result.metrics["category_consistency"], name, version)
