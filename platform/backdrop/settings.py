@@ -16,7 +16,8 @@ ENDPOINT_ENV_VARS = ("BACKDROP_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_END
 
 # The settings backdrop reads from the environment: a script that starts or joins a cluster
 # passes them on to its workers (a submitted job gets them from its runtime env instead).
-FORWARDED_ENV = ("BACKDROP_HOME", "MLFLOW_TRACKING_URI", "BACKDROP_MLFLOW_ARTIFACT_ROOT",
+FORWARDED_ENV = ("BACKDROP_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                 "BACKDROP_MLFLOW_ARTIFACT_ROOT",
                  *ENDPOINT_ENV_VARS, "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 NOISY_LOGGERS = ("httpx", "urllib3", "botocore", "s3fs", "fsspec", "alembic")
