@@ -441,3 +441,17 @@ def test_prior_catalog(tmp_path):
     assert again["train"].endswith("train.parquet")
     with pytest.raises(ValueError):
         S.make_prior_catalog(str(tmp_path / "none"), 0)
+
+
+def test_synth_command_style_seed_and_prior(tmp_path, capsys):
+    from backdrop import cli
+
+    out = tmp_path / "styled"
+    assert cli.main(["synth", "--output", str(out), "--categories", "2", "--train-per-category", "2",
+                     "--heldout-per-category", "1", "--style-seed", "11"]) == 0
+    assert json.loads((out / "categories.json").read_text()) == S.catalog_category_names(
+        SyntheticConfig(num_categories=2, style_seed=11))
+    assert cli.main(["synth", "--output", str(tmp_path / "prior"), "--prior", "--rows", "3", "--resolution", "32"]) == 0
+    rows = pq.read_table(tmp_path / "prior" / "train.parquet").to_pylist()
+    assert [r["product_id"] for r in rows] == ["prior-0000000", "prior-0000001", "prior-0000002"]
+    assert "train" in capsys.readouterr().out
