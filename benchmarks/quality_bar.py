@@ -299,7 +299,8 @@ def render_report(results: dict, args) -> str:
     mode, res = results["mode"], args.resolution
     lines = [f"# Quality bar: {mode} ({res} px, batch {args.batch_size})", "", _rate(results, args.batch_size), ""]
     if mode == "scratch":
-        lines += ["Base: " + ", ".join(f"{k} {v['steps']} steps / {v['minutes']:.1f} min" for k, v in results["base"].items()),
+        base = ", ".join(f"{k} {v['steps']} steps / {v['minutes']:.1f} min" for k, v in results["base"].items())
+        lines += [f"Base: {base}",
                   "", "## Category consistency of CG (chance = 1/categories)", "",
                   "| CG steps | CG wall min | consistency | product leak |", "| --- | --- | --- | --- |"]
         lines += [f"| {c['cg_steps']} | {c['cg_minutes']:.2f} | {c['category_consistency']:.3f} | "
