@@ -1,16 +1,31 @@
-"""The quality bar: train the tiny preset from nothing on the synthetic catalog and measure.
+"""The quality bar, against CG steps (batch 32) and wall minutes, in three modes.
 
-    python benchmarks/quality_bar.py --workdir runs/quality            # ~65 min on 2 cores
+    python benchmarks/quality_bar.py --workdir runs/quality                       # (a) from nothing
+    python benchmarks/quality_bar.py --mode adapt --init checkpoints/tiny-64 \\
+        --style-seeds 11,12,13 --cg-steps 1500 --workdir runs/adapt              # (b) adaptation
+    python benchmarks/quality_bar.py --mode table1 --init runs/prior-model \\
+        --style-seeds 11 --steps base=3000 --cg-steps 1500 --workdir runs/table1  # Table 1 revisited
 
-Phases (training wall time is measured per phase; evaluation time is not training time):
-  1. VAE + base (tiny preset, generic caption only) from random weights;
-  2. CG (mask-guided, the paper's) with evaluation at each point of --curve (cumulative CG
-     minutes), giving category consistency against total training minutes;
-  3. the plain-ControlNet baseline trained from the same base for the same CG budget;
-  4. PG on top of the final CG, then the reference metrics (CG+PG vs CG alone, with and
-     without the reference-latent initialisation, copy-paste).
-Every number is produced by jobs/evaluate.py (run as a subprocess on a saved checkpoint),
-written to benchmarks/results/quality.{md,json} and logged to MLflow.
+Budgets are steps, the same on every machine (``--cg-steps``, ``--curve-steps``, ``--steps``);
+``--curve-minutes`` and ``--minutes`` give the old wall-clock budgets instead. Every curve
+point reports (CG steps, CG wall minutes, consistency, leak), and the machine's measured
+steps/s is printed beside the table, so a step count converts to minutes on this machine.
+
+  scratch  VAE + base (caption "a photo") from random weights on the default catalog; CG with an
+           evaluation at each curve point; plain ControlNet from the same base at the same
+           budget; PG on the final CG with the reference metrics (Tables 2 and 4).
+  adapt    for each style seed: a catalog the model never saw (``SyntheticConfig.style_seed``);
+           from ``--init``, fine-tune CG (evaluated at each curve point), then PG; mean and
+           spread over the seeds per point; a gallery per seed. The bar: consistency >= 0.85
+           within 1,500 CG steps.
+  table1   does a base that knows category words beat CG with plain ControlNet? From ``--init``,
+           the base UNet is trained on the first style seed's catalog with captions "a photo"
+           and "A photo of {category}" (same steps); on each base, mask-guided CG and plain
+           ControlNet are trained for the same CG steps and evaluated with product leak.
+
+Numbers come from ``backdrop.quality.evaluation.evaluate`` (what ``jobs/evaluate.py`` runs) on a
+checkpoint saved at each point; the report goes to ``--results-dir`` (.md, .json, galleries)
+and to an MLflow run.
 """
 
 from __future__ import annotations
@@ -19,7 +34,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 
@@ -28,51 +42,388 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "jobs"))
 import _bootstrap  # noqa: E402,F401
 
-from backdrop.settings import configure_logging  # noqa: E402
-from backdrop.training import parse_budgets  # noqa: E402
+import numpy as np  # noqa: E402
+
+from backdrop import runtime  # noqa: E402
 from backdrop.catalog import load_training_arrays  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.models.generator import BackdropModel  # noqa: E402
 from backdrop.models.presets import TinyPreset  # noqa: E402
-from backdrop.training import StageConfig, StageTrainer, random_batches, train_stage  # noqa: E402
+from backdrop.quality.evaluation import EvalConfig, evaluate  # noqa: E402
+from backdrop.settings import configure_logging  # noqa: E402
+from backdrop.training import StageConfig, StageTrainer, parse_budgets, random_batches, train_stage  # noqa: E402
+from backdrop.training.loop import CATEGORY_CAPTION  # noqa: E402
 
 log = logging.getLogger("quality_bar")
+BAR = 0.85  # adaptation: category consistency within --cg-steps (1,500 CG steps at batch 32)
 
 
-def evaluate(model_dir: str, catalog_dir: str, out: str, args, references: bool) -> dict:
-    cmd = [sys.executable, os.path.join(ROOT, "jobs", "evaluate.py"), "--model", model_dir,
-           "--catalog-dir", catalog_dir, "--output", out, "--steps", str(args.eval_steps),
-           "--per-category", str(args.per_category), "--pairs", str(args.pairs),
-           "--run-name", f"quality-{os.path.basename(out)}"]
-    if not references:
-        cmd.append("--no-references")
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    with open(out + ".json") as f:
-        result = json.load(f)
-    log.info("evaluated %s in %.0fs: consistency %.3f", os.path.basename(model_dir), time.perf_counter() - t,
-             result["category_consistency"])
-    return result
+# ------------------------------------------------------------------------------ budgets
 
 
-def train_for(model, data, stage: str, minutes: float, seed: int, trainer=None, elapsed: float = 0.0,
-              batch_size: int = 32, timestep_sampling: str = "importance"):
-    """Train ``stage`` until ``minutes`` of stage wall time in total (continuing ``trainer``)."""
-    cfg = StageConfig(stage, max_minutes=minutes, batch_size=batch_size, seed=seed,
-                      timestep_sampling=timestep_sampling)
+class Budget:
+    """A cumulative budget for one stage: ``steps`` or ``minutes`` of that stage's wall time."""
+
+    def __init__(self, steps: int | None = None, minutes: float | None = None):
+        if (steps is None) == (minutes is None):
+            raise ValueError("a budget is steps or minutes")
+        self.steps, self.minutes = steps, minutes
+
+    def __str__(self) -> str:
+        return f"{self.steps}steps" if self.steps is not None else f"{self.minutes:g}min"
+
+
+def curve_budgets(args) -> list[Budget]:
+    if args.curve_minutes:
+        return [Budget(minutes=float(x)) for x in args.curve_minutes.split(",")]
+    if args.curve_steps:
+        points = [int(x) for x in args.curve_steps.split(",")]
+    else:  # four evenly spaced points up to --cg-steps
+        points = sorted({max(1, round(args.cg_steps * k / 4)) for k in (1, 2, 3, 4)})
+    return [Budget(steps=p) for p in points]
+
+
+def stage_budget(args, stage: str) -> Budget:
+    steps, minutes = parse_budgets(args.steps), parse_budgets(args.minutes)
+    if stage in steps:
+        return Budget(steps=int(steps[stage]))
+    if stage in minutes:
+        return Budget(minutes=minutes[stage])
+    raise SystemExit(f"no budget for stage {stage!r}: pass --steps {stage}=N (or --minutes {stage}=M)")
+
+
+def pg_budget(args) -> Budget:
+    return Budget(minutes=args.pg_minutes) if args.pg_minutes else Budget(steps=args.pg_steps)
+
+
+def train_for(model, data, stage: str, budget: Budget, seed: int, trainer=None, elapsed: float = 0.0,
+              batch_size: int = 32, **stage_kwargs):
+    """Train ``stage`` until the cumulative ``budget`` (continuing ``trainer``: its step count
+    and ``elapsed`` seconds count towards it)."""
+    cfg = StageConfig(stage, max_steps=budget.steps if budget.steps is not None else 10**9,
+                      max_minutes=budget.minutes, batch_size=batch_size, seed=seed, **stage_kwargs)
     trainer = trainer or StageTrainer(model, cfg)
-    result = train_stage(model, random_batches(data, batch_size, seed + int(elapsed)), cfg, trainer=trainer,
-                         elapsed_before=elapsed)
+    batches = random_batches(data, batch_size, seed + (trainer.step_count or int(elapsed)))
+    result = train_stage(model, batches, cfg, trainer=trainer, elapsed_before=elapsed)
     return trainer, result
 
 
-def main(argv=None) -> int:
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_checkpoint(model_dir: str, catalog_dir: str, out: str, args, references: bool) -> dict:
+    """Evaluate a saved checkpoint as ``jobs/evaluate.py`` does; write ``out``.json and its grids."""
+    t = time.perf_counter()
+    model = runtime.load(model_dir, device="cpu").model
+    catalog = {k: os.path.join(catalog_dir, f"{k}.parquet") for k in ("train", "heldout", "pairs")}
+    cfg = EvalConfig(steps=args.eval_steps, per_category=args.per_category, pairs=args.pairs, seed=args.seed)
+    result = evaluate(model, catalog, cfg, with_references=references)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    report = {**result.metrics, "per_category": result.per_category,
+              "grids": {name: f"{out}-{name}.png" for name in result.grids}}
+    for name, grid in result.grids.items():
+        grid.save(f"{out}-{name}.png")
+    with open(out + ".json", "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    log.info("evaluated %s in %.0fs: consistency %.3f", os.path.basename(model_dir), time.perf_counter() - t,
+             result.metrics["category_consistency"])
+    return report
+
+
+def run_curve(model, data, catalog_dir: str, workdir: str, prefix: str, args, seed: int) -> tuple[list, object]:
+    """CG trained through every curve point (cumulative), saved and evaluated at each."""
+    curve, trainer, elapsed = [], None, 0.0
+    for budget in curve_budgets(args):
+        trainer, r = train_for(model, data, "cg", budget, seed, trainer, elapsed, args.batch_size,
+                               timestep_sampling=args.cg_timestep_sampling)
+        elapsed = r.seconds
+        ckpt = os.path.join(workdir, f"{prefix}-{budget}")
+        model.save_pretrained(ckpt)
+        res = evaluate_checkpoint(ckpt, catalog_dir, os.path.join(workdir, "eval", f"{prefix}-{budget}"), args, False)
+        curve.append({"cg_steps": r.steps, "cg_minutes": round(elapsed / 60, 3),
+                      "category_consistency": res["category_consistency"], "product_leak": res["product_leak"],
+                      "checkpoint": ckpt, "grid": res["grids"]["categories"]})
+        log.info("curve point: %s", {k: v for k, v in curve[-1].items() if k not in ("checkpoint", "grid")})
+    return curve, r
+
+
+def steps_per_second(steps: int, seconds: float) -> float:
+    return steps / seconds if seconds > 0 else float("nan")
+
+
+def catalog_config(args, style_seed: int | None) -> SyntheticConfig:
+    return SyntheticConfig(num_categories=args.categories, train_per_category=args.train_per_category,
+                           heldout_per_category=args.heldout_per_category, pairs_per_category=args.pairs_per_category,
+                           resolution=args.resolution, seed=args.seed, style_seed=style_seed)
+
+
+def load_catalog(args, directory: str, style_seed: int | None) -> dict:
+    make_catalog(directory, catalog_config(args, style_seed))
+    return load_training_arrays(os.path.join(directory, "train.parquet"), args.resolution).as_dict()
+
+
+# -------------------------------------------------------------------------------- modes
+
+
+def run_scratch(args) -> dict:
+    """(a) From nothing on the default catalog, with the orderings (CG vs plain, PG)."""
+    catalog_dir = os.path.join(args.workdir, "catalog")
+    data = load_catalog(args, catalog_dir, None)
+    categories = sorted(set(data["categories"]))
+    base_dir = os.path.join(args.workdir, "base")
+    wall_file = os.path.join(base_dir, "wall.json")
+    if args.reuse_base and os.path.exists(wall_file):
+        # The base phase does not depend on anything CG does: a rerun may keep it, with the
+        # wall time and steps it was measured at when this script trained it.
+        model = BackdropModel.from_pretrained(base_dir)
+        with open(wall_file) as f:
+            base = json.load(f)
+    else:
+        model = BackdropModel.tiny(categories, TinyPreset(resolution=args.resolution), seed=args.seed)
+        base = {}
+        for i, stage in enumerate(("vae", "base")):
+            _, r = train_for(model, data, stage, stage_budget(args, stage), args.seed + i, batch_size=args.batch_size)
+            base[stage] = {"steps": r.steps, "minutes": round(r.seconds / 60, 3)}
+        model.save_pretrained(base_dir)
+        with open(wall_file, "w") as f:
+            json.dump(base, f)
+    curve, r = run_curve(model, data, catalog_dir, args.workdir, "cg", args, args.seed + 10)
+    final = curve[-1]
+    results = {"mode": "scratch", "base": base, "curve": curve, "cg": final,
+               "cg_steps_per_s": steps_per_second(r.steps, r.seconds)}
+    if not args.skip_baseline:  # the same base, the same budget as the last curve point
+        plain = BackdropModel.from_pretrained(base_dir).with_fresh_generators("plain")
+        _, rp = train_for(plain, data, "cg", curve_budgets(args)[-1], args.seed + 10, batch_size=args.batch_size,
+                          timestep_sampling=args.cg_timestep_sampling)
+        plain_dir = os.path.join(args.workdir, "plain-controlnet")
+        plain.save_pretrained(plain_dir)
+        res = evaluate_checkpoint(plain_dir, catalog_dir, os.path.join(args.workdir, "eval", "plain-controlnet"),
+                                  args, False)
+        results["plain_controlnet"] = {"cg_steps": rp.steps, "cg_minutes": round(rp.seconds / 60, 3),
+                                       "category_consistency": res["category_consistency"],
+                                       "product_leak": res["product_leak"],
+                                       "real_product_leak": res["real_product_leak"],
+                                       "grid": res["grids"]["categories"]}
+    if not args.skip_pg:
+        results["pg"] = run_pg(final["checkpoint"], data, catalog_dir, os.path.join(args.workdir, "cg-pg"), args)
+    return results
+
+
+def run_pg(cg_dir: str, data: dict, catalog_dir: str, out_dir: str, args) -> dict:
+    """PG on top of a CG checkpoint, then the reference metrics (CG+PG vs CG alone, copy-paste)."""
+    full = BackdropModel.from_pretrained(cg_dir)
+    _, r = train_for(full, data, "pg", pg_budget(args), args.seed + 20, batch_size=args.batch_size)
+    full.save_pretrained(out_dir)
+    res = evaluate_checkpoint(out_dir, catalog_dir, os.path.join(os.path.dirname(out_dir), "eval",
+                                                                  os.path.basename(out_dir)), args, True)
+    pg = {k: res[k] for k in res if k.startswith(("ref_similarity", "copy_paste"))}
+    pg.update(pg_steps=r.steps, pg_minutes=round(r.seconds / 60, 3), product_bit_identical=res["product_bit_identical"])
+    return pg
+
+
+def run_adapt(args) -> dict:
+    """(b) From ``--init``, CG (then PG) fine-tuned on catalogs of unseen style seeds."""
+    seeds = [int(s) for s in args.style_seeds.split(",")]
+    per_seed, steps_total, seconds_total = {}, 0, 0.0
+    for s in seeds:
+        workdir = os.path.join(args.workdir, f"style-{s}")
+        catalog_dir = os.path.join(workdir, "catalog")
+        data = load_catalog(args, catalog_dir, s)
+        model = BackdropModel.from_pretrained(args.init)
+        model.categories.extend(sorted(set(data["categories"])))
+        curve, r = run_curve(model, data, catalog_dir, workdir, "cg", args, args.seed + 10)
+        steps_total, seconds_total = steps_total + r.steps, seconds_total + r.seconds
+        entry = {"curve": curve, "gallery": curve[-1]["grid"]}
+        if not args.skip_pg:
+            entry["pg"] = run_pg(curve[-1]["checkpoint"], data, catalog_dir, os.path.join(workdir, "cg-pg"), args)
+            entry["gallery_references"] = os.path.join(workdir, "eval", "cg-pg-references.png")
+        per_seed[str(s)] = entry
+    points = []
+    for k in range(len(curve_budgets(args))):
+        rows = [per_seed[str(s)]["curve"][k] for s in seeds]
+        cons = np.array([x["category_consistency"] for x in rows])
+        points.append({"cg_steps": int(np.mean([x["cg_steps"] for x in rows])),
+                       "cg_minutes": float(np.mean([x["cg_minutes"] for x in rows])),
+                       "consistency_mean": float(cons.mean()), "consistency_std": float(cons.std()),
+                       "consistency_min": float(cons.min()), "consistency_max": float(cons.max()),
+                       "leak_mean": float(np.mean([x["product_leak"] for x in rows]))})
+    return {"mode": "adapt", "init": args.init, "style_seeds": seeds, "per_seed": per_seed, "points": points,
+            "bar": BAR, "bar_met": points[-1]["consistency_mean"] >= BAR,
+            "cg_steps_per_s": steps_per_second(steps_total, seconds_total)}
+
+
+def run_table1(args) -> dict:
+    """Table 1 revisited: CG vs plain ControlNet on a base with and without category words."""
+    s = int(args.style_seeds.split(",")[0])
+    catalog_dir = os.path.join(args.workdir, f"style-{s}", "catalog")
+    data = load_catalog(args, catalog_dir, s)
+    categories = sorted(set(data["categories"]))
+    rows, steps_total, seconds_total = [], 0, 0.0
+    for name, caption in (("generic base (\"a photo\")", "a photo"),
+                          ("category base (\"A photo of {category}\")", CATEGORY_CAPTION)):
+        tag = "category-base" if "{category}" in caption else "generic-base"
+        base = BackdropModel.from_pretrained(args.init)
+        base.categories.extend(categories)
+        _, rb = train_for(base, data, "base", stage_budget(args, "base"), args.seed + 1, batch_size=args.batch_size,
+                          base_caption=caption)
+        base_dir = os.path.join(args.workdir, tag)
+        base.save_pretrained(base_dir)
+        for variant, label in (("mask-guided", "CG (mask-guided, identifier prompt)"),
+                               ("plain", "plain ControlNet (\"A photo of {category}\")")):
+            model = BackdropModel.from_pretrained(base_dir).with_fresh_generators(variant)
+            _, r = train_for(model, data, "cg", curve_budgets(args)[-1], args.seed + 10, batch_size=args.batch_size,
+                             timestep_sampling=args.cg_timestep_sampling)
+            steps_total, seconds_total = steps_total + r.steps, seconds_total + r.seconds
+            out_dir = os.path.join(args.workdir, f"{tag}-{variant}")
+            model.save_pretrained(out_dir)
+            res = evaluate_checkpoint(out_dir, catalog_dir, os.path.join(args.workdir, "eval", f"{tag}-{variant}"),
+                                      args, False)
+            rows.append({"base": name, "base_steps": rb.steps, "model": label, "cg_steps": r.steps,
+                         "cg_minutes": round(r.seconds / 60, 3), "category_consistency": res["category_consistency"],
+                         "product_leak": res["product_leak"], "real_product_leak": res["real_product_leak"],
+                         "grid": res["grids"]["categories"]})
+    return {"mode": "table1", "init": args.init, "style_seed": s, "rows": rows,
+            "cg_steps_per_s": steps_per_second(steps_total, seconds_total)}
+
+
+# ------------------------------------------------------------------------------- report
+
+
+def _rate(results: dict, batch_size: int) -> str:
+    sps = results["cg_steps_per_s"]
+    return (f"Measured on this machine ({os.cpu_count()} cores): **{sps:.2f} CG steps/s** "
+            f"({sps * 60:.0f} per minute) at batch {batch_size}; a step budget converts to minutes with it.")
+
+
+def render_report(results: dict, args) -> str:
+    mode, res = results["mode"], args.resolution
+    lines = [f"# Quality bar: {mode} ({res} px, batch {args.batch_size})", "", _rate(results, args.batch_size), ""]
+    if mode == "scratch":
+        base = ", ".join(f"{k} {v['steps']} steps / {v['minutes']:.1f} min" for k, v in results["base"].items())
+        lines += [f"Base: {base}",
+                  "", "## Category consistency of CG (chance = 1/categories)", "",
+                  "| CG steps | CG wall min | consistency | product leak |", "| --- | --- | --- | --- |"]
+        lines += [f"| {c['cg_steps']} | {c['cg_minutes']:.2f} | {c['category_consistency']:.3f} | "
+                  f"{c['product_leak']:.3f} |" for c in results["curve"]]
+        if "plain_controlnet" in results:
+            b, cg = results["plain_controlnet"], results["cg"]
+            lines += ["", "## Mask-guided CG vs plain ControlNet (same base, same CG steps)", "",
+                      "| model | CG steps | consistency | product leak into background |", "| --- | --- | --- | --- |",
+                      f"| CG (mask-guided, identifier prompt) | {cg['cg_steps']} | {cg['category_consistency']:.3f} | "
+                      f"{cg['product_leak']:.3f} |",
+                      f"| plain ControlNet (\"A photo of {{category}}\") | {b['cg_steps']} | "
+                      f"{b['category_consistency']:.3f} | {b['product_leak']:.3f} |",
+                      f"| real held-out ad images | | 1.000 | {b['real_product_leak']:.3f} |"]
+    elif mode == "adapt":
+        lines += [f"From `{results['init']}` on style seeds {results['style_seeds']} (catalogs it never saw). "
+                  f"Bar: mean consistency >= {BAR} at the last point: **{'met' if results['bar_met'] else 'not met'}**.",
+                  "", "| CG steps | CG wall min (mean) | consistency mean | std | min | max | leak mean |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {p['cg_steps']} | {p['cg_minutes']:.2f} | {p['consistency_mean']:.3f} | {p['consistency_std']:.3f} "
+                  f"| {p['consistency_min']:.3f} | {p['consistency_max']:.3f} | {p['leak_mean']:.3f} |"
+                  for p in results["points"]]
+        for s, e in results["per_seed"].items():
+            lines += ["", f"### style seed {s}", "", "| CG steps | CG wall min | consistency | product leak |",
+                      "| --- | --- | --- | --- |"]
+            lines += [f"| {c['cg_steps']} | {c['cg_minutes']:.2f} | {c['category_consistency']:.3f} | "
+                      f"{c['product_leak']:.3f} |" for c in e["curve"]]
+            if "pg" in e:
+                lines += ["", "PG: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                 for k, v in e["pg"].items())]
+    else:
+        lines += [f"From `{results['init']}`, style seed {results['style_seed']}: the base UNet trained on the "
+                  "catalog with each caption for the same steps, then each generator for the same CG steps.", "",
+                  "| base | model | CG steps | consistency | product leak | real-ad leak |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['base']} | {r['model']} | {r['cg_steps']} | {r['category_consistency']:.3f} | "
+                  f"{r['product_leak']:.3f} | {r['real_product_leak']:.3f} |" for r in results["rows"]]
+    if results.get("pg"):
+        lines += ["", "## Reference-based generation (PG)", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results["pg"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def galleries(results: dict) -> dict[str, str]:
+    """name -> PNG path of the grids worth publishing."""
+    if results["mode"] == "adapt":
+        out = {f"style-{s}": e["gallery"] for s, e in results["per_seed"].items()}
+        out.update({f"style-{s}-references": e["gallery_references"] for s, e in results["per_seed"].items()
+                    if os.path.exists(e.get("gallery_references", ""))})
+        return out
+    if results["mode"] == "table1":
+        return {os.path.basename(r["grid"]).removesuffix("-categories.png"): r["grid"] for r in results["rows"]}
+    out = {"cg": results["cg"]["grid"]}
+    if "plain_controlnet" in results:
+        out["plain-controlnet"] = results["plain_controlnet"]["grid"]
+    return out
+
+
+def write_report(results: dict, args) -> str:
+    """Markdown + JSON + galleries under --results-dir, and the same in an MLflow run."""
+    import shutil
+
+    import mlflow
+
+    from backdrop import registry
+
+    stem = f"quality-{args.resolution}px" + ("" if results["mode"] == "scratch" else f"-{results['mode']}")
+    if args.cg_timestep_sampling != "importance":
+        stem += f"-cg-{args.cg_timestep_sampling}-t"
+    os.makedirs(args.results_dir, exist_ok=True)
+    out = os.path.join(args.results_dir, stem)
+    pictures = {}
+    for name, path in galleries(results).items():
+        pictures[name] = f"{out}-{name}.png"
+        shutil.copyfile(path, pictures[name])
+    results["galleries"] = pictures
+    text = render_report(results, args)
+    text += "".join(f"\n![{name}]({os.path.basename(p)})\n" for name, p in pictures.items())
+    print(text)
+    with open(out + ".md", "w") as f:
+        f.write(text)
+    registry.configure()
+    with mlflow.start_run(experiment_id=registry.ensure_experiment(), run_name=f"{stem}-bar") as run:
+        mlflow.set_tags({"job": "quality_bar", "mode": results["mode"]})
+        mlflow.log_metric("cg_steps_per_s", results["cg_steps_per_s"])
+        for c in results.get("curve", []):
+            mlflow.log_metric("category_consistency", c["category_consistency"], step=c["cg_steps"])
+        for p in results.get("points", []):
+            mlflow.log_metric("consistency_mean", p["consistency_mean"], step=p["cg_steps"])
+            mlflow.log_metric("consistency_std", p["consistency_std"], step=p["cg_steps"])
+        mlflow.log_text(text, "quality.md")
+        mlflow.log_dict(results, "quality.json")
+        for name, path in pictures.items():
+            mlflow.log_artifact(path, "galleries")
+        results["mlflow_run_id"] = run.info.run_id
+    with open(out + ".json", "w") as f:
+        json.dump(results, f, indent=2)
+    return out
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=("scratch", "adapt", "table1"), default="scratch")
     p.add_argument("--workdir", default="runs/quality")
+    p.add_argument("--results-dir", default=os.path.join(HERE, "results"))
     p.add_argument("--resolution", type=int, default=64, help="64 (the bar) or 128")
-    p.add_argument("--minutes", default="vae=5,base=4", help="VAE and base budgets")
-    p.add_argument("--curve", default="3,6,9,12,16,21", help="cumulative CG minutes at which to evaluate")
-    p.add_argument("--pg-minutes", type=float, default=5.0)
+    p.add_argument("--categories", type=int, default=8)
+    p.add_argument("--train-per-category", type=int, default=SyntheticConfig.train_per_category)
+    p.add_argument("--heldout-per-category", type=int, default=SyntheticConfig.heldout_per_category)
+    p.add_argument("--pairs-per-category", type=int, default=SyntheticConfig.pairs_per_category)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", default="", help="base budgets in steps, e.g. vae=2000,base=3000 (scratch, table1)")
+    p.add_argument("--minutes", default="vae=5,base=4", help="base budgets in wall minutes where --steps has none")
+    p.add_argument("--cg-steps", type=int, default=1500, help="the last CG curve point")
+    p.add_argument("--curve-steps", help="cumulative CG steps at which to evaluate (default: 4 points to --cg-steps)")
+    p.add_argument("--curve-minutes", "--curve", help="cumulative CG wall minutes instead of steps")
+    p.add_argument("--pg-steps", type=int, default=300)
+    p.add_argument("--pg-minutes", type=float, help="PG budget in wall minutes instead of --pg-steps")
+    p.add_argument("--init", default=os.path.join(ROOT, "checkpoints", "tiny-64"),
+                   help="adapt / table1: the checkpoint to start from (the shipped one or a prior model)")
+    p.add_argument("--style-seeds", default="11,12,13", help="adapt: one catalog per seed; table1: the first")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--skip-pg", action="store_true")
     p.add_argument("--eval-steps", type=int, default=20)
@@ -82,118 +433,20 @@ def main(argv=None) -> int:
     p.add_argument("--cg-timestep-sampling", default="importance", choices=["importance", "uniform"],
                    help="the ablation: 'uniform' draws CG's timesteps uniformly and weights the loss")
     p.add_argument("--reuse-base", action="store_true",
-                   help="keep WORKDIR/base (and its measured wall time) from an earlier run of this script")
-    args = p.parse_args(argv)
+                   help="scratch: keep WORKDIR/base (and its measured steps and minutes) from an earlier run")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     configure_logging()
     os.makedirs(args.workdir, exist_ok=True)
-    catalog_dir = os.path.join(args.workdir, "catalog")
-    make_catalog(catalog_dir, SyntheticConfig(resolution=args.resolution, seed=args.seed))
-    data = load_training_arrays(os.path.join(catalog_dir, "train.parquet"), args.resolution).as_dict()
-    categories = sorted(set(data["categories"]))
-    budgets = parse_budgets(args.minutes)
-    curve_points = [float(x) for x in args.curve.split(",")]
-
-    base_dir = os.path.join(args.workdir, "base")
-    wall_file = os.path.join(base_dir, "wall_minutes.json")
-    if args.reuse_base and os.path.exists(wall_file):
-        # The base phase does not depend on anything CG does: a rerun may keep it, with the
-        # wall time it was measured at when it was trained by this script.
-        model = BackdropModel.from_pretrained(base_dir)
-        with open(wall_file) as f:
-            wall = json.load(f)
-        log.info("reusing %s (trained in %s)", base_dir, wall)
-    else:
-        model = BackdropModel.tiny(categories, TinyPreset(resolution=args.resolution), seed=args.seed)
-        wall = {}
-        for i, stage in enumerate(("vae", "base")):
-            _, r = train_for(model, data, stage, budgets[stage], args.seed + i)
-            wall[stage] = r.seconds / 60
-            log.info("%s: %d steps in %.1f min, final loss %.4f", stage, r.steps, wall[stage], r.final_loss)
-        model.save_pretrained(base_dir)
-        with open(wall_file, "w") as f:
-            json.dump(wall, f)
-    base_minutes = wall["vae"] + wall["base"]
-
-    curve, trainer, elapsed, cg_steps = [], None, 0.0, 0
-    for point in curve_points:
-        trainer, r = train_for(model, data, "cg", point, args.seed + 10, trainer, elapsed,
-                               timestep_sampling=args.cg_timestep_sampling)
-        elapsed, cg_steps = r.seconds, r.steps
-        ckpt = os.path.join(args.workdir, f"cg-{point:g}min")
-        model.save_pretrained(ckpt)
-        res = evaluate(ckpt, catalog_dir, os.path.join(args.workdir, "eval", f"cg-{point:g}min"), args, False)
-        curve.append({"cg_minutes": round(elapsed / 60, 2), "total_training_minutes": round(base_minutes + elapsed / 60, 2),
-                      "cg_steps": cg_steps, "category_consistency": res["category_consistency"],
-                      "product_leak": res["product_leak"]})
-        log.info("curve point: %s", curve[-1])
-    final_cg = curve[-1]
-    cg_dir = os.path.join(args.workdir, f"cg-{curve_points[-1]:g}min")
-
-    results = {"resolution": args.resolution, "wall_minutes": {**wall, "cg": elapsed / 60}, "curve": curve,
-               "cg": final_cg, "cg_timestep_sampling": args.cg_timestep_sampling}
-    if not args.skip_baseline:
-        plain = BackdropModel.from_pretrained(base_dir).with_fresh_generators("plain")
-        _, r = train_for(plain, data, "cg", curve_points[-1], args.seed + 10)
-        plain_dir = os.path.join(args.workdir, "plain-controlnet")
-        plain.save_pretrained(plain_dir)
-        res = evaluate(plain_dir, catalog_dir, os.path.join(args.workdir, "eval", "plain-controlnet"), args, False)
-        results["plain_controlnet"] = {"cg_minutes": round(r.seconds / 60, 2), "cg_steps": r.steps,
-                                       "category_consistency": res["category_consistency"],
-                                       "product_leak": res["product_leak"],
-                                       "real_product_leak": res["real_product_leak"]}
-    if not args.skip_pg:
-        full = BackdropModel.from_pretrained(cg_dir)
-        _, r = train_for(full, data, "pg", args.pg_minutes, args.seed + 20)
-        pg_dir = os.path.join(args.workdir, "cg-pg")
-        full.save_pretrained(pg_dir)
-        res = evaluate(pg_dir, catalog_dir, os.path.join(args.workdir, "eval", "cg-pg"), args, True)
-        results["pg"] = {k: res[k] for k in res if k.startswith(("ref_similarity", "copy_paste"))}
-        results["pg"].update(pg_minutes=round(r.seconds / 60, 2), pg_steps=r.steps,
-                             product_bit_identical=res["product_bit_identical"])
-
-    suffix = "" if args.cg_timestep_sampling == "importance" else f"-cg-{args.cg_timestep_sampling}-t"
-    write_report(results, os.path.join(HERE, "results", f"quality-{args.resolution}px{suffix}"))
+    results = {"scratch": run_scratch, "adapt": run_adapt, "table1": run_table1}[args.mode](args)
+    results["resolution"] = args.resolution
+    results["batch_size"] = args.batch_size
+    results["cg_timestep_sampling"] = args.cg_timestep_sampling
+    write_report(results, args)
     return 0
-
-
-def write_report(results: dict, out: str) -> None:
-    import mlflow
-
-    from backdrop import registry
-
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    lines = [f"# Quality bar ({results['resolution']} px, 2 CPU cores)", "",
-             f"CG timesteps: {results['cg_timestep_sampling']} sampling of the high-noise-weighted loss", "",
-             "Training wall minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in results["wall_minutes"].items()), "",
-             "## Category consistency of CG against total training minutes (chance = 1/8)", "",
-             "| total training min | CG min | CG steps | consistency | product leak |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {c['total_training_minutes']:.1f} | {c['cg_minutes']:.1f} | {c['cg_steps']} | "
-              f"{c['category_consistency']:.3f} | {c['product_leak']:.3f} |" for c in results["curve"]]
-    if "plain_controlnet" in results:
-        b = results["plain_controlnet"]
-        lines += ["", "## Mask-guided CG vs plain ControlNet (same base, same CG budget)", "",
-                  "| model | consistency | product leak into background |", "| --- | --- | --- |",
-                  f"| CG (mask-guided, identifier prompt) | {results['cg']['category_consistency']:.3f} | "
-                  f"{results['cg']['product_leak']:.3f} |",
-                  f"| plain ControlNet (\"A photo of {{category}}\") | {b['category_consistency']:.3f} | "
-                  f"{b['product_leak']:.3f} |",
-                  f"| real held-out ad images | 1.000 | {b['real_product_leak']:.3f} |"]
-    if "pg" in results:
-        g = results["pg"]
-        lines += ["", "## Reference-based generation (PG)", "", "| metric | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in g.items()]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(out + ".md", "w") as f:
-        f.write(text)
-    with open(out + ".json", "w") as f:
-        json.dump(results, f, indent=2)
-    registry.configure()
-    with mlflow.start_run(experiment_id=registry.ensure_experiment(), run_name=f"quality-bar-{results['resolution']}px"):
-        for c in results["curve"]:
-            mlflow.log_metric("category_consistency", c["category_consistency"], step=int(round(c["total_training_minutes"] * 60)))
-        mlflow.log_text(text, "quality.md")
-        mlflow.log_dict(results, "quality.json")
 
 
 if __name__ == "__main__":

@@ -327,3 +327,131 @@ def test_png_round_trip_is_lossless():
     buf = io.BytesIO()
     Image.fromarray(s.mask).save(buf, format="PNG")
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(buf.getvalue()))), s.mask)
+
+
+# ------------------------------------------------------------ style seeds and the prior
+
+# sha256 over (relative path, PNG bytes) of every PNG make_catalog wrote for DIGEST_CONFIG,
+# computed before style seeds existed: the default catalog must not change by one byte.
+DIGEST_CONFIG = SyntheticConfig(num_categories=12, train_per_category=3, heldout_per_category=2,
+                                pairs_per_category=1, brands_per_category=2)
+DEFAULT_CATALOG_SHA256 = "d596302a7161e4b47c0f7e966a06c5b21e5c4edd709a32f9970e457a20397e78"
+
+
+def _png_digest(root) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    files = _files(root)
+    for name in sorted(k for k in files if k.endswith(".png")):
+        h.update(name.encode())
+        h.update(files[name])
+    return h.hexdigest()
+
+
+def test_default_catalog_is_byte_identical(tmp_path):
+    make_catalog(str(tmp_path / "cat"), DIGEST_CONFIG)
+    assert _png_digest(tmp_path / "cat") == DEFAULT_CATALOG_SHA256
+    assert SyntheticConfig().style_seed is None
+
+
+def _centroid_data(cfgs, train=30, test=12, label_offset=0):
+    """Background features of several catalogs, labelled (catalog, category)."""
+    xtr, ytr, xte, yte = [], [], [], []
+    for k, cfg in enumerate(cfgs):
+        for c in range(cfg.num_categories):
+            label = label_offset + 100 * k + c
+            for i in range(train):
+                xtr.append(_bg_features(S.split_sample(cfg, "train", c, i)[1].background))
+                ytr.append(label)
+            for i in range(test):
+                xte.append(_bg_features(S.split_sample(cfg, "heldout", c, i)[1].background))
+                yte.append(label)
+    return [np.asarray(x) for x in (xtr, ytr, xte, yte)]
+
+
+@pytest.mark.parametrize("style_seed", [11, 12, 13])
+def test_style_seed_categories_are_separable(style_seed):
+    cfg = SyntheticConfig(num_categories=8, style_seed=style_seed)
+    acc = _nearest_centroid_accuracy(*_centroid_data([cfg]))
+    assert acc >= 0.9, acc
+
+
+def test_style_seeds_differ_from_each_other_and_from_the_default_catalog():
+    """Over the union of the default catalog and two style seeds (24 classes), held-out
+    backgrounds of the styled catalogs still land on their own category: their families are
+    not the demo catalog's, nor each other's."""
+    cfgs = [SyntheticConfig(num_categories=8), SyntheticConfig(num_categories=8, style_seed=11),
+            SyntheticConfig(num_categories=8, style_seed=12)]
+    xtr, ytr, xte, yte = _centroid_data(cfgs, train=24, test=10)
+    classes = np.unique(ytr)
+    cent = np.stack([xtr[ytr == c].mean(0) for c in classes])
+    pred = classes[((xte[:, None, :] - cent[None]) ** 2).sum(-1).argmin(1)]
+    styled = yte >= 100
+    assert (pred[styled] == yte[styled]).mean() >= 0.9
+    assert (pred[styled] < 100).mean() <= 0.03  # almost never taken for a demo-catalog category
+
+
+def test_style_families_are_drawn_per_seed_and_stable():
+    fam = [S.style_family(11, c) for c in range(8)]
+    assert len({f.pattern for f in fam}) == 8  # the first eight categories differ in pattern family
+    assert fam == [S.style_family(11, c) for c in range(8)]
+    assert fam != [S.style_family(12, c) for c in range(8)]
+    for field_ in ("layout", "lighting", "product", "scheme"):
+        assert len({getattr(f, field_) for f in fam + [S.style_family(12, c) for c in range(8)]}) > 1, field_
+    # A category's family does not depend on how many categories the catalog has.
+    a = SyntheticConfig(num_categories=2, style_seed=5)
+    b = SyntheticConfig(num_categories=8, style_seed=5)
+    assert np.array_equal(S.split_sample(a, "train", 1, 3)[1].image, S.split_sample(b, "train", 1, 3)[1].image)
+    assert S.catalog_category_names(a) == S.catalog_category_names(b)[:2]
+
+
+def test_styled_catalog_rows_and_masks(tmp_path):
+    cfg = SyntheticConfig(num_categories=3, train_per_category=4, heldout_per_category=2, pairs_per_category=1,
+                          style_seed=7)
+    uris = make_catalog(str(tmp_path / "cat"), cfg)
+    names = json.loads((tmp_path / "cat" / "categories.json").read_text())
+    assert names == S.catalog_category_names(cfg)
+    assert not set(names) & set(S.CATEGORIES)  # new words: adapting appends categories
+    rows = pq.read_table(uris["train"]).to_pylist()
+    assert [r["category"] for r in rows] == [n for n in names for _ in range(4)]
+    for r in rows:
+        img, mask, bg = _load(r["image_uri"]), _load(r["mask_uri"]), _load(r["background_uri"])
+        assert set(np.unique(mask).tolist()) == {0, 255}
+        assert np.array_equal(img[mask == 0], bg[mask == 0])
+        assert (img[mask > 0] != bg[mask > 0]).any()
+        assert 0.05 <= (mask > 0).mean() <= 0.45
+
+
+def test_prior_catalog(tmp_path):
+    uris = S.make_prior_catalog(str(tmp_path / "prior"), 40, resolution=32, seed=3)
+    rows = pq.read_table(uris["train"]).to_pylist()
+    assert len(rows) == 40 and {r["category"] for r in rows} == {S.PRIOR_CATEGORY}
+    bgs = []
+    for r in rows:
+        img, mask, bg = _load(r["image_uri"]), _load(r["mask_uri"]), _load(r["background_uri"])
+        assert img.shape == (32, 32, 3) and set(np.unique(mask).tolist()) == {0, 255}
+        assert np.array_equal(img[mask == 0], bg[mask == 0])
+        bgs.append(bg)
+    # Broad: backgrounds differ a lot from image to image (mean colours spread over the cube).
+    means = np.stack([b.reshape(-1, 3).mean(0) for b in bgs])
+    assert means.std(0).min() > 25, means.std(0)
+    again = S.make_prior_catalog(str(tmp_path / "again"), 40, resolution=32, seed=3)
+    assert _png_digest(tmp_path / "prior") == _png_digest(tmp_path / "again")
+    assert again["train"].endswith("train.parquet")
+    with pytest.raises(ValueError):
+        S.make_prior_catalog(str(tmp_path / "none"), 0)
+
+
+def test_synth_command_style_seed_and_prior(tmp_path, capsys):
+    from backdrop import cli
+
+    out = tmp_path / "styled"
+    assert cli.main(["synth", "--output", str(out), "--categories", "2", "--train-per-category", "2",
+                     "--heldout-per-category", "1", "--style-seed", "11"]) == 0
+    assert json.loads((out / "categories.json").read_text()) == S.catalog_category_names(
+        SyntheticConfig(num_categories=2, style_seed=11))
+    assert cli.main(["synth", "--output", str(tmp_path / "prior"), "--prior", "--rows", "3", "--resolution", "32"]) == 0
+    rows = pq.read_table(tmp_path / "prior" / "train.parquet").to_pylist()
+    assert [r["product_id"] for r in rows] == ["prior-0000000", "prior-0000001", "prior-0000002"]
+    assert "train" in capsys.readouterr().out

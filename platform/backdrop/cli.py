@@ -1,6 +1,8 @@
 """``backdrop``: the command line over the library.
 
     backdrop synth    --output runs/catalog                 make the synthetic catalog
+                      [--style-seed S]                      ... with style families drawn from S
+    backdrop synth    --prior --rows N --output runs/prior  the broad prior the base is trained on
     backdrop train    --catalog runs/catalog/train.parquet --output runs/model
     backdrop generate --model runs/model --catalog runs/catalog/heldout.parquet --output runs/out   in-process
     backdrop demo                                            all of the above, small and fast
@@ -21,13 +23,16 @@ DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkp
 
 
 def cmd_synth(args) -> int:
-    from .demo.synthetic import SyntheticConfig, make_catalog
+    from .demo.synthetic import SyntheticConfig, make_catalog, make_prior_catalog
 
-    cfg = SyntheticConfig(num_categories=args.categories, train_per_category=args.train_per_category,
-                          heldout_per_category=args.heldout_per_category, resolution=args.resolution,
-                          seed=args.seed)
     t = time.perf_counter()
-    paths = make_catalog(args.output, cfg)
+    if args.prior:
+        paths = make_prior_catalog(args.output, args.rows, resolution=args.resolution, seed=args.seed)
+    else:
+        cfg = SyntheticConfig(num_categories=args.categories, train_per_category=args.train_per_category,
+                              heldout_per_category=args.heldout_per_category, resolution=args.resolution,
+                              seed=args.seed, style_seed=args.style_seed)
+        paths = make_catalog(args.output, cfg)
     print(f"synthetic catalog in {time.perf_counter() - t:.1f}s:")
     for split, uri in paths.items():
         print(f"  {split:8s} {uri}")
@@ -124,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heldout-per-category", type=int, default=24)
     s.add_argument("--resolution", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--style-seed", type=int, help="draw every category's style family from this seed "
+                   "(a catalog the shipped model never saw); default: the demo catalog")
+    s.add_argument("--prior", action="store_true", help="write the broad procedural prior the base is "
+                   "trained on instead (one category, 'prior'; --rows images)")
+    s.add_argument("--rows", type=int, default=20_000, help="--prior: number of images")
     s.set_defaults(func=cmd_synth)
 
     t = sub.add_parser("train", help="train generator stages on one process (tiny preset: vae,base,cg,pg)")

@@ -45,7 +45,11 @@ __all__ = [
     "brand_signature",
     "category_names",
     "make_catalog",
+    "make_prior_catalog",
     "render_sample",
+    "render_styled_sample",
+    "StyleFamily",
+    "style_family",
     "sample_rng",
     "split_sample",
 ]
@@ -60,6 +64,10 @@ class SyntheticConfig:
     brands_per_category: int = 2
     resolution: int = 64
     seed: int = 0
+    # None: the fixed table of scene families below (the demo catalog, byte-identical across
+    # versions). An int: every category's style family is drawn at random from this seed, so
+    # any number of catalogs the shipped model never saw can be made (``style_family``).
+    style_seed: int | None = None
 
 
 @dataclass
@@ -918,7 +926,159 @@ def render_sample(category_index: int, brand_index: int, rng: np.random.Generato
     bg = _apply_brand(bg, int(category_index), int(brand_index), rng)
     background = _to_u8(bg)
 
-    prod = cat.product(rng, res)
+    return _composite(background, cat.product(rng, res))
+
+
+# ------------------------------------------------------------------ random style families
+# A style family is what makes a category recognisable: a palette, a pattern family, a layout,
+# a lighting, and the products' shape and palette family. Drawn from a style seed, it gives a
+# catalog the shipped model never saw; drawn per image, it gives the broad prior the base is
+# trained on (``make_prior_catalog``).
+
+PATTERNS = ("stripes", "checkers", "grid", "dots", "gradient", "noise", "texture", "scene")
+LAYOUTS = ("none", "horizon", "wall-floor", "vignette")
+LIGHTING = ("flat", "top", "side", "spot")
+_GOLDEN = 0.6180339887
+
+
+@dataclass(frozen=True)
+class StyleFamily:
+    pattern: str
+    hue: float  # the palette's key hue; the other colours follow from ``scheme``
+    scheme: str  # "analogous", "complementary" or "mono"
+    saturation: float
+    value: float
+    contrast: float  # value gap between the pattern's two colours
+    scale: float  # pattern features across the image
+    angle: float  # radians
+    layout: str
+    horizon: float  # where a horizon / floor line sits (0 = top)
+    lighting: str
+    light: float  # lighting strength
+    product: int  # index of the product shape family (a row of the category table)
+    product_hue: float
+    product_saturation: float
+    product_value: float
+
+    def palette(self) -> tuple[Color, Color, Color]:
+        """(primary, secondary, accent) colours of the background."""
+        offset = {"analogous": 0.08, "complementary": 0.5, "mono": 0.0}[self.scheme]
+        v2 = self.value - self.contrast if self.value > 0.5 else self.value + self.contrast
+        a = _hsv(self.hue, self.saturation, self.value)
+        b = _hsv(self.hue + offset, self.saturation * (0.6 if self.scheme == "mono" else 1.0), v2)
+        c = _hsv(self.hue + 0.5 + offset / 2, min(1.0, self.saturation + 0.2), 0.5 + 0.4 * (1 - self.value))
+        return a, b, c
+
+
+def _draw_family(rng: np.random.Generator, hue: float | None = None, pattern: str | None = None,
+                 layout: str | None = None) -> StyleFamily:
+    """A random style family; ``hue``, ``pattern`` and ``layout`` may be imposed (a style seed
+    spreads them over its categories so that categories stay apart)."""
+    return StyleFamily(
+        pattern=pattern or _pick(rng, PATTERNS),
+        hue=float(rng.random() if hue is None else hue) % 1.0,
+        scheme=_pick(rng, ("analogous", "complementary", "mono")),
+        saturation=float(rng.uniform(0.25, 0.9)),
+        value=float(_pick(rng, (rng.uniform(0.2, 0.4), rng.uniform(0.6, 0.95)))),
+        contrast=float(rng.uniform(0.2, 0.4)),
+        scale=float(rng.uniform(2.5, 8.0)),
+        angle=float(rng.uniform(-math.pi / 2, math.pi / 2)),
+        layout=layout or _pick(rng, LAYOUTS),
+        horizon=float(rng.uniform(0.55, 0.8)),
+        lighting=_pick(rng, LIGHTING),
+        light=float(rng.uniform(0.15, 0.35)),
+        product=int(rng.integers(len(_TABLE))),
+        product_hue=float(rng.random()),
+        product_saturation=float(rng.uniform(0.3, 0.9)),
+        product_value=float(rng.uniform(0.35, 0.95)),
+    )
+
+
+@lru_cache(maxsize=256)
+def style_family(style_seed: int, category_index: int) -> StyleFamily:
+    """Category ``category_index``'s family under ``style_seed`` (independent of how many
+    categories the catalog has). Hues step by the golden ratio and pattern families and
+    layouts follow a per-seed permutation, so the first eight categories of a seed differ in
+    hue and pattern and their backgrounds stay separable."""
+    order = np.random.default_rng([int(style_seed), 0xC0]).permutation(len(PATTERNS))
+    layouts = np.random.default_rng([int(style_seed), 0x1A]).permutation(len(LAYOUTS))
+    base = float(np.random.default_rng([int(style_seed), 0x8E]).random())
+    c = int(category_index)
+    rng = np.random.default_rng([int(style_seed), 0x5E, c])
+    return _draw_family(rng, hue=base + c * _GOLDEN, pattern=PATTERNS[order[c % len(PATTERNS)]],
+                        layout=LAYOUTS[layouts[(c + c // len(PATTERNS)) % len(LAYOUTS)]])
+
+
+def styled_category_name(style_seed: int, category_index: int) -> str:
+    """``s{seed}c{index}-{pattern}``: new words for the model, so adapting to a styled
+    catalog appends categories instead of reusing the demo catalog's identifiers."""
+    return f"s{int(style_seed)}c{int(category_index)}-{style_family(style_seed, category_index).pattern}"
+
+
+def _styled_background(f: StyleFamily, rng: np.random.Generator, res: int) -> np.ndarray:
+    """One background of family ``f`` with per-image jitter (hue, scale, offset, angle, line)."""
+    u, v = _grid(res)
+    a, b, c = (_jit(rng, x, dh=0.02, ds=0.1, dv=0.06) for x in f.palette())
+    n = f.scale * rng.uniform(0.85, 1.15)
+    ru, rv = _rot(u, v, f.angle + rng.uniform(-0.12, 0.12))
+    x, y = ru * n + rng.random(), rv * n + rng.random()
+    if f.pattern == "stripes":
+        img = np.where(((x % 1.0) < 0.5)[..., None], a, b)
+    elif f.pattern == "checkers":
+        img = np.where(((np.floor(x) + np.floor(y)) % 2 == 0)[..., None], a, b)
+    elif f.pattern == "grid":
+        w = max(0.12, 1.5 * n / res)
+        img = np.where((((x % 1.0) < w) | ((y % 1.0) < w))[..., None], b, a)
+    elif f.pattern == "dots":
+        dx, dy = (x % 1.0) - 0.5, (y % 1.0) - 0.5
+        img = np.where((dx * dx + dy * dy < 0.09)[..., None], b, a)
+    elif f.pattern == "gradient":
+        img = _lerp(a, b, np.clip(rv, 0, 1))
+        img = _lerp(img, c, 0.35 * np.exp(-((u - rng.uniform(0.2, 0.8)) ** 2 + (v - 0.3) ** 2) / 0.08))
+    elif f.pattern == "noise":
+        img = _lerp(a, b, np.clip(_noise(rng, res, max(2, int(round(n * 1.5)))) * 1.4 - 0.2, 0, 1))
+    elif f.pattern == "texture":  # wood grain / marble: warped sine bands
+        warp = _noise(rng, res, 3)
+        img = _lerp(a, b, 0.5 + 0.5 * np.sin(2 * math.pi * (x + 1.2 * warp)))
+    else:  # "scene": a sky gradient, a sun or moon, rolling hills
+        img = _lerp(a, 0.5 * a + 0.5, np.clip(v / 0.6, 0, 1))
+        sx, sy, sr = rng.uniform(0.15, 0.85), rng.uniform(0.1, 0.3), rng.uniform(0.05, 0.09)
+        img[((u - sx) ** 2 + (v - sy) ** 2) < sr * sr] = c
+        hills = 0.55 + 0.08 * np.sin(2 * math.pi * (u * n / 3 + rng.random())) + 0.04 * _noise(rng, res, 4)
+        img[v > hills] = (b * (0.9 + 0.15 * _noise(rng, res, 12))[..., None])[v > hills]
+    hz = f.horizon + rng.uniform(-0.05, 0.05)
+    if f.layout == "horizon":  # a ground band in the accent colour
+        low = v > hz
+        img[low] = (c * (0.85 + 0.2 * _noise(rng, res, 10))[..., None])[low]
+    elif f.layout == "wall-floor":  # a plain floor in a darker primary, with a skirting line
+        low = v > hz
+        img[low] = a * 0.6 + 0.1
+        img[(v > hz) & (v < hz + max(0.03, 1.5 / res))] = c
+    elif f.layout == "vignette":
+        d = np.sqrt((u - 0.5) ** 2 + (v - 0.5) ** 2)
+        img = _lerp(img, c * 0.35, 0.8 * np.clip((d - 0.3) / 0.4, 0, 1))
+    if f.lighting == "top":
+        img = img * (1 + f.light * (0.5 - v))[..., None]
+    elif f.lighting == "side":
+        img = img * (1 + f.light * (u - 0.5) * (1 if f.angle > 0 else -1))[..., None]
+    elif f.lighting == "spot":
+        img = img + f.light * np.exp(-((u - 0.5) ** 2 + (v - 0.35) ** 2) / 0.06)[..., None]
+    return img
+
+
+def _styled_product(f: StyleFamily, rng: np.random.Generator, res: int) -> _Product:
+    """The family's product shape, recoloured with the family's product palette."""
+    prod = _TABLE[f.product].product(rng, res)
+    colours = {}
+    for part in prod.colours:
+        h = f.product_hue + (0.0 if part == 1 else rng.choice([0.0, 0.5, 0.08])) + rng.uniform(-0.03, 0.03)
+        colours[part] = _hsv(h, f.product_saturation * rng.uniform(0.8, 1.1),
+                             f.product_value * (1.0 if part == 1 else rng.uniform(0.6, 1.1)))
+    return _Product(prod.labels, colours, prod.cx, prod.half_width)
+
+
+def _composite(background: np.ndarray, prod: _Product) -> Sample:
+    res = background.shape[0]
     labels = prod.labels
     mask = labels > 0
     lut = np.zeros((256, 3), dtype=np.float32)
@@ -929,6 +1089,19 @@ def render_sample(category_index: int, brand_index: int, rng: np.random.Generato
     product = _to_u8(lut[labels] * shade[..., None])
     image = np.where(mask[..., None], product, background)
     return Sample(image=image, mask=mask.astype(np.uint8) * 255, background=background)
+
+
+def render_styled_sample(family: StyleFamily, brand_index: int | None, rng: np.random.Generator,
+                         resolution: int, category_index: int = 0) -> Sample:
+    """One product of ``family`` on a background of ``family``; with a brand, its signature
+    (``brand_signature(category_index, brand_index)``) is layered on as in ``render_sample``."""
+    if int(resolution) < 16:
+        raise ValueError(f"resolution must be at least 16, got {resolution}")
+    res = int(resolution)
+    bg = _styled_background(family, rng, res).astype(np.float32, copy=False)
+    if brand_index is not None:
+        bg = _apply_brand(bg, int(category_index) % len(_TABLE), int(brand_index), rng)
+    return _composite(_to_u8(bg), _styled_product(family, rng, res))
 
 
 def sample_rng(seed: int, split: str, category_index: int, index: int, part: int = 0) -> np.random.Generator:
@@ -942,7 +1115,18 @@ def split_sample(config: SyntheticConfig, split: str, category_index: int, index
     ``make_catalog`` writes it (``part=1`` is a pair's reference)."""
     brand = int(index) % max(1, int(config.brands_per_category))
     rng = sample_rng(config.seed, split, category_index, index, part)
+    if config.style_seed is not None:
+        family = style_family(config.style_seed, category_index)
+        return brand, render_styled_sample(family, brand, rng, config.resolution, category_index)
     return brand, render_sample(category_index, brand, rng, config.resolution)
+
+
+def catalog_category_names(config: SyntheticConfig) -> list[str]:
+    """The category names ``make_catalog`` writes for ``config``."""
+    names = category_names(config.num_categories)
+    if config.style_seed is None:
+        return names
+    return [styled_category_name(config.style_seed, i) for i in range(len(names))]
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -964,12 +1148,9 @@ def make_catalog(output: str, config: SyntheticConfig = SyntheticConfig()) -> di
     Layout: ``{images,masks,backgrounds}/{split}/{product_id}.png``, ``train.parquet``,
     ``heldout.parquet``, ``pairs.parquet`` and ``categories.json``. Returns split -> Parquet URI.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if config.brands_per_category < 1:
         raise ValueError("brands_per_category must be at least 1")
-    names = category_names(config.num_categories)
+    names = catalog_category_names(config)
     root = _root(output)
     remote = storage.is_remote(root)
     storage.write_bytes(storage.join(root, "categories.json"), (json.dumps(names, indent=1) + "\n").encode())
@@ -1022,13 +1203,55 @@ def make_catalog(output: str, config: SyntheticConfig = SyntheticConfig()) -> di
         if pool is not None:
             pool.shutdown(wait=True)
 
-    out: dict[str, str] = {}
-    for split in ("train", "heldout", "pairs"):
-        cols = tables[split]
-        schema = pa.schema([(k, pa.string()) for k in cols])
-        table = pa.table({k: pa.array(v, type=pa.string()) for k, v in cols.items()}, schema=schema)
-        uri = storage.join(root, f"{split}.parquet")
-        fs, path = storage.pyarrow_filesystem(uri)
-        pq.write_table(table, path, filesystem=fs)
-        out[split] = uri
-    return out
+    return {split: _write_table(root, split, tables[split]) for split in ("train", "heldout", "pairs")}
+
+
+def _write_table(root: str, split: str, cols: dict[str, list]) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(k, pa.string()) for k in cols])
+    table = pa.table({k: pa.array(v, type=pa.string()) for k, v in cols.items()}, schema=schema)
+    uri = storage.join(root, f"{split}.parquet")
+    fs, path = storage.pyarrow_filesystem(uri)
+    pq.write_table(table, path, filesystem=fs)
+    return uri
+
+
+PRIOR_CATEGORY = "prior"
+
+
+def prior_sample(seed: int, index: int, resolution: int, demo_share: float = 0.25) -> Sample:
+    """Row ``index`` of the broad prior: a style family drawn for this image alone (any
+    palette, pattern, layout, lighting, product shape and colour), or with probability
+    ``demo_share`` one of the demo table's scenes, so the base keeps those too."""
+    rng = np.random.default_rng([int(seed), 0x9A, int(index)])
+    if rng.random() < demo_share:
+        c = int(rng.integers(len(_TABLE)))
+        return render_sample(c, int(rng.integers(len(_BRAND_KINDS))), rng, resolution)
+    return render_styled_sample(_draw_family(rng), None, rng, resolution)
+
+
+def make_prior_catalog(output: str, rows: int, resolution: int = 64, seed: int = 0,
+                       demo_share: float = 0.25) -> dict[str, str]:
+    """Write the broad procedural prior as a training catalog (``train.parquet``, one
+    category ``prior``): what the shipped VAE and base UNet learn from, captioned "a photo"
+    only, so that CG can steer them towards a catalog's styles they were never shown."""
+    if int(rows) < 1:
+        raise ValueError(f"rows must be at least 1, got {rows}")
+    root = _root(output)
+    cols: dict[str, list] = {k: [] for k in CATALOG_COLUMNS}
+    with ThreadPoolExecutor(max_workers=16 if storage.is_remote(root) else 1) as pool:
+        pending = []
+        for i in range(int(rows)):
+            sample = prior_sample(seed, i, resolution, demo_share)
+            pid = f"prior-{i:07d}"
+            uris = tuple(storage.join(root, kind, "train", f"{pid}.png") for kind in ("images", "masks", "backgrounds"))
+            for uri, arr in zip(uris, (sample.image, sample.mask, sample.background)):
+                pending.append(pool.submit(storage.write_bytes, uri, _png(arr)))
+            for k, val in zip(CATALOG_COLUMNS, (pid, PRIOR_CATEGORY, *uris, None, None, None)):
+                cols[k].append(val)
+        for fut in pending:
+            fut.result()
+    storage.write_bytes(storage.join(root, "categories.json"), (json.dumps([PRIOR_CATEGORY]) + "\n").encode())
+    return {"train": _write_table(root, "train", cols)}

@@ -56,7 +56,10 @@ class StageConfig:
     # t >= 800 carry 78 % of the weight); "uniform": draw t uniformly and weight each sample.
     timestep_sampling: str = "importance"
     prompt_dropout: float = 0.1  # classifier-free guidance needs the empty prompt in training
-    base_caption: str = "a photo"  # the tiny base learns no category, like pretrained SD
+    # The tiny base learns no category ("a photo"). "{category}" in it is filled per row with
+    # the plain-ControlNet prompt's category word: a base that knows categories, as pretrained
+    # SD does (the Table-1 revisit of benchmarks/quality_bar.py --table1).
+    base_caption: str = "a photo"
     grad_accum: int = 1
     mixed_precision: str = "no"  # "bf16" / "fp16" autocast on GPU; trainable weights stay fp32
     perturbation: Perturbation = field(default_factory=Perturbation)
@@ -75,6 +78,13 @@ class StageConfig:
 
 
 STAGE_ATTRIBUTE = {"vae": "vae", "base": "unet", "cg": "cg", "pg": "pg"}
+CATEGORY_CAPTION = "A photo of {category}"  # = categories.plain_prompt, the baseline's prompt
+
+
+def base_caption(template: str, category: str) -> str:
+    from ..categories import normalize
+
+    return template.format(category=normalize(category)) if "{category}" in template else template
 
 
 def trainable_network(model: BackdropModel, stage: str) -> torch.nn.Module:
@@ -171,7 +181,8 @@ class StageTrainer:
         drop = torch.rand(n, generator=self.generator) < self.cfg.prompt_dropout
         if self.cfg.stage == "base":
             keep = random_keep_masks(n, images.shape[-1], self.generator).to(images)
-            captions = ["" if d else self.cfg.base_caption for d in drop.tolist()]
+            captions = ["" if d else base_caption(self.cfg.base_caption, c)
+                        for d, c in zip(drop.tolist(), batch["categories"])]
             latent = images.shape[-1] // self.model.vae_scale_factor
             return Conditioning(
                 product_mask=mask_at(keep, (latent, latent)),
@@ -344,6 +355,22 @@ def stage_config_dict(cfg: StageConfig) -> dict:
 DEFAULT_MINUTES = {"vae": 5.0, "base": 4.0, "cg": 12.0, "pg": 4.0}
 
 
+def stage_budgets(stages: Iterable[str], minutes: dict[str, float] | None = None,
+                  steps: dict[str, int] | None = None) -> dict[str, tuple[int, float | None]]:
+    """stage -> (max steps, max minutes). A stage given steps and no minutes runs its steps on
+    any machine; ``DEFAULT_MINUTES`` only stand in when no budget at all was given (``minutes``
+    None and no steps for that stage)."""
+    steps = steps or {}
+    out = {}
+    for stage in stages:
+        if minutes is None:
+            limit = None if stage in steps else DEFAULT_MINUTES.get(stage)
+        else:
+            limit = minutes.get(stage)
+        out[stage] = (int(steps.get(stage, 100_000)), limit)
+    return out
+
+
 def train_generator(
     catalog_uri: str,
     output_uri: str | None = None,
@@ -366,8 +393,7 @@ def train_generator(
     from ..catalog import load_training_arrays
     from ..models.presets import TinyPreset
 
-    minutes = dict(DEFAULT_MINUTES if minutes is None else minutes)
-    steps = steps or {}
+    budgets = stage_budgets(stages, minutes, steps)
     data = load_training_arrays(catalog_uri, resolution)
     categories = sorted(set(data.categories))
     if init:
@@ -377,8 +403,8 @@ def train_generator(
         model = BackdropModel.tiny(categories, TinyPreset(resolution=resolution), seed=seed)
     results = []
     for i, stage in enumerate(stages):
-        cfg = StageConfig(stage, max_minutes=minutes.get(stage), max_steps=steps.get(stage, 100_000),
-                          batch_size=batch_size, seed=seed + i)
+        max_steps, max_minutes = budgets[stage]
+        cfg = StageConfig(stage, max_minutes=max_minutes, max_steps=max_steps, batch_size=batch_size, seed=seed + i)
         log.info("stage %s: up to %s min / %s steps on %d rows", stage, cfg.max_minutes, cfg.max_steps, len(data.images))
         results.append(train_stage(model, random_batches(data.as_dict(), batch_size, seed + i), cfg, on_log))
     history = model.config.extra.setdefault("training", [])
