@@ -10,9 +10,9 @@ Each component is in [0, 1], higher is better:
   with its product pixels painted mid-grey.
 * ``seam``: ``exp(-max(0, g_ring / (g_rest + 0.01) - 1))``. ``g`` is the mean absolute colour
   difference (RGB in [0, 1], mean over channels) of 4-neighbour pixel pairs that are both
-  background; ``g_ring`` over pairs inside the ring of background within ``w`` pixels of the
-  product (``w = max(2, round(0.03 * short side))``, Chebyshev distance), ``g_rest`` over the
-  rest of the background. A halo or a hard seam around the product makes the ring busier
+  background; ``g_ring`` over pairs with a pixel in the ring of background within ``w``
+  pixels of the product (``w = max(2, round(0.03 * short side))``, Chebyshev distance; so the
+  ring's outer edge counts), ``g_rest`` over pairs wholly in the rest of the background. A halo or a hard seam around the product makes the ring busier
   than the background's own texture; 1.0 means it is not.
 * ``leak``: ``1 - metrics.PaletteModel.leak``: the share of background pixels whose colour is
   likelier under the category's product palette than under its background palette (palettes
@@ -76,8 +76,10 @@ def seam_score(image: Image.Image, mask: np.ndarray) -> float:
     sums = {"ring": [0.0, 0], "rest": [0.0, 0]}
     for diff, a, b in ((np.abs(arr[:, 1:] - arr[:, :-1]).mean(-1), np.s_[:, 1:], np.s_[:, :-1]),
                        (np.abs(arr[1:] - arr[:-1]).mean(-1), np.s_[1:], np.s_[:-1])):
-        for name, region in (("ring", ring), ("rest", rest)):
-            both = region[a] & region[b]
+        # a ring pair has a pixel in the ring (so the ring's outer edge, where a halo ends,
+        # counts); a rest pair has both pixels in the rest; both pixels are background
+        pairs = {"ring": bg[a] & bg[b] & (ring[a] | ring[b]), "rest": rest[a] & rest[b]}
+        for name, both in pairs.items():
             sums[name][0] += float(diff[both].sum())
             sums[name][1] += int(both.sum())
     if sums["ring"][1] == 0 or sums["rest"][1] == 0:
