@@ -130,3 +130,24 @@ def _square_product():
     mask = np.zeros((64, 64), np.float32)
     mask[20:44, 20:44] = 1
     return img, mask
+
+
+def test_the_scorer_works_on_clip_features_from_a_local_directory(catalog, tmp_path):
+    """A real (small, randomly initialised) CLIP vision model saved in transformers format:
+    the same loading and feature path as a downloaded CLIP directory."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    clip_dir = str(tmp_path / "clip")
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=16)
+    CLIPVisionModelWithProjection(config).save_pretrained(clip_dir)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(clip_dir)
+
+    fitted = qa.fit_scorer(catalog["train"], clip_model=clip_dir)
+    assert fitted.features == "clip" and fitted.classifier.mean.shape == (16,)
+    p = heldout(catalog)[0]
+    req = GenerationRequest(p.image, p.mask, p.category)
+    loaded = qa.QAScorer.from_state(fitted.state(), clip_model=clip_dir)
+    assert loaded(req, p.image) == pytest.approx(fitted(req, p.image), rel=1e-5)
+    with pytest.raises(qa.NoScorerError, match="CLIP"):
+        qa.QAScorer.from_state(fitted.state())(req, p.image)
