@@ -75,7 +75,7 @@ def test_pg_contribution_is_zero_inside_product_at_every_resolution(tiny_model):
 
     handle = tiny_model.unet.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(2, 4, *cond.product_mask.shape[-2:], generator=torch.Generator().manual_seed(0))
         t = torch.tensor([500, 500])
         predict_noise(tiny_model, x, t, cond)
         cond.pg_rows = None

@@ -20,6 +20,7 @@ from .limits import DEFAULT_LIMITS, Limits
 
 if TYPE_CHECKING:
     from .pipeline import GenerationRequest
+    from .placements import Layout, Placement
 
 
 @dataclass
@@ -40,6 +41,15 @@ class Product:
         return [GenerationRequest(image=self.image, mask=self.mask, category=self.category,
                                   reference=self.reference, reference_mask=self.reference_mask,
                                   prompt=self.prompt, seed=int(s)) for s in seeds]
+
+    def placed(self, placement: Placement, layout: Layout | None = None,
+               limits: Limits = DEFAULT_LIMITS) -> Product:
+        """This product laid on a canvas of ``placement`` (its pixels copied, never resampled),
+        so every front door builds placement requests the same way: ``.placed(p).requests(seeds)``."""
+        from .placements import Layout, place
+
+        canvas = place(self.image, self.mask, placement, layout or Layout(), limits)
+        return Product(canvas.image, canvas.mask, self.category, self.reference, self.reference_mask, self.prompt)
 
 
 def decode_product(category: str, image: bytes | None, mask: bytes | None = None, *,

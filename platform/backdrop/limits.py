@@ -31,6 +31,8 @@ class Limits:
     max_guidance: float = 30.0  # classifier-free guidance scale (0 .. this)
     max_images: int = 4  # images per HTTP request
     max_prompt_chars: int = 500  # free-text background prompt
+    max_placements: int = 8  # ad placements per product
+    max_aspect_ratio: float = 4.0  # a placement's long side over its short side
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_steps <= SCHEDULER_MAX_STEPS:

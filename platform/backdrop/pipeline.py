@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .categories import build_prompts, plain_prompt
 from .errors import InvalidParameterError
@@ -41,6 +41,7 @@ class GenerationRequest:
 
 
 MAX_STEPS = 500
+MAX_ASPECT = 4.0  # the most elongated generation (long side / short side); limits.max_aspect_ratio
 
 
 @dataclass(frozen=True)
@@ -184,15 +185,32 @@ class BackdropPipeline:
         images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
         return ((images.float() + 1) / 2).clamp(0, 1)
 
-    def _to_tensor(self, images: list[Image.Image]) -> torch.Tensor:
-        r = self.model.config.resolution
-        arr = np.stack([np.asarray(im.convert("RGB").resize((r, r), Image.BICUBIC)) for im in images])
+    @property
+    def size_multiple(self) -> int:
+        """Pixel sides must be multiples of this: the VAE's downsampling times the UNet's, read
+        from the networks' own configuration (8 x 8 = 64 for SD, 4 x 4 = 16 for the tiny preset)."""
+        unet_down = sum(1 for block in self.model.unet.down_blocks if getattr(block, "downsamplers", None))
+        return self.model.vae_scale_factor * 2 ** unet_down
+
+    def generation_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The (width, height) at model scale for an image of ``size``: the short side is the
+        model's resolution, the long side keeps the aspect (at most ``MAX_ASPECT``:1, beyond
+        which the background is stretched rather than the compute blown up), each side rounded
+        to ``size_multiple``."""
+        r, m = self.model.config.resolution, self.size_multiple
+        w, h = size
+        aspect = min(max(w / h, 1 / MAX_ASPECT), MAX_ASPECT)
+        gw, gh = (r * aspect, r) if aspect >= 1 else (r, r / aspect)
+        return max(m, round(gw / m) * m), max(m, round(gh / m) * m)
+
+    def _to_tensor(self, images: list[Image.Image], size: tuple[int, int], fit: bool = False) -> torch.Tensor:
+        """Images at ``size``; ``fit`` crops the centre to that aspect first (references)."""
+        arr = np.stack([np.asarray(_resize(im.convert("RGB"), size, Image.BICUBIC, fit)) for im in images])
         return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255).to(self.model.device, self.model.dtype)
 
-    def _masks_to_tensor(self, masks: list[np.ndarray]) -> torch.Tensor:
-        r = self.model.config.resolution
+    def _masks_to_tensor(self, masks: list[np.ndarray], size: tuple[int, int], fit: bool = False) -> torch.Tensor:
         arr = np.stack([
-            np.asarray(Image.fromarray((m > 0.5).astype(np.uint8) * 255).resize((r, r), Image.NEAREST)) > 127
+            np.asarray(_resize(Image.fromarray((m > 0.5).astype(np.uint8) * 255), size, Image.NEAREST, fit)) > 127
             for m in masks
         ]).astype(np.float32)
         return torch.from_numpy(arr)[:, None].to(self.model.device, self.model.dtype)
@@ -202,18 +220,22 @@ class BackdropPipeline:
         """PIL requests -> model-resolution tensors -> ``Conditioning``."""
         for r in requests:
             validate_mask(r.mask, r.image.size)
+        sizes = {self.generation_size(r.image.size) for r in requests}
+        if len(sizes) != 1:
+            raise ValueError(f"one denoising loop needs one generation size, got {sorted(sizes)}")
+        size = sizes.pop()
         rows = [i for i, r in enumerate(requests) if r.reference is not None]
         refs = ref_masks = None
         if rows:
-            refs = self._to_tensor([requests[i].reference for i in rows])
+            refs = self._to_tensor([requests[i].reference for i in rows], size, fit=True)
             ref_masks = self._masks_to_tensor([
                 requests[i].reference_mask if requests[i].reference_mask is not None
                 else np.zeros((requests[i].reference.height, requests[i].reference.width), np.float32)
                 for i in rows
-            ])
+            ], size, fit=True)
         return self.conditioning(
-            self._to_tensor([r.image for r in requests]),
-            self._masks_to_tensor([r.mask for r in requests]),
+            self._to_tensor([r.image for r in requests], size),
+            self._masks_to_tensor([r.mask for r in requests], size),
             [r.category for r in requests],
             [r.prompt for r in requests],
             references=refs,
@@ -286,6 +308,15 @@ class BackdropPipeline:
         config.validate()
         if not requests:
             return []
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(self.generation_size(r.image.size), []).append(i)
+        if len(groups) > 1:  # one loop per generation size; the runtime groups before calling
+            out: list[Image.Image | None] = [None] * len(requests)
+            for members in groups.values():
+                for i, image in zip(members, self([requests[i] for i in members], config, progress)):
+                    out[i] = image
+            return out  # type: ignore[return-value]
         cond = self.prepare(requests)
         scheduler = DDIMScheduler.from_config(self.model.scheduler.config)
         scheduler.set_timesteps(config.num_inference_steps, device=self.model.device)
@@ -311,8 +342,15 @@ class BackdropPipeline:
         return [paste_product(g, r.image, r.mask) for g, r in zip(generated, requests)]
 
 
+def _resize(im: Image.Image, size: tuple[int, int], resample, fit: bool) -> Image.Image:
+    if fit:
+        return ImageOps.fit(im, size, resample)
+    return im.resize(size, resample)
+
+
 def paste_product(generated: torch.Tensor, original: Image.Image, mask: np.ndarray) -> Image.Image:
-    """Resize the generated image to the input's size and put the original product pixels back."""
+    """Upscale the model-scale background to the input's size and put the original product
+    pixels back at their own resolution (never resampled)."""
     arr = (generated.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     out = np.asarray(Image.fromarray(arr).resize(original.size, Image.BICUBIC)).copy()
     keep = mask > 0.5

@@ -7,6 +7,11 @@ evaluation all go through the same three steps:
     requests = product.requests(seeds)                        # backdrop.inputs.Product -> pipeline
     results = generate(gen, requests, inference(50, 2.0))     # Image | Failure per request
 
+Placements are requests too (``product.placed(placement).requests(seeds)``); requests of
+different aspects run as one loop per generation size. :func:`generate_measured` returns
+:class:`Generated` (image + device-seconds) and :func:`generate_best` keeps the best of N
+candidates under a QA scorer (``backdrop.quality.qa``).
+
 :func:`generate` isolates failures: the whole batch runs as one denoising loop, and when that
 fails it is retried request by request so only the culprit fails; the results say which, as
 :class:`~backdrop.errors.Failure` data (stage, code, message), never as strings to parse.
@@ -69,6 +74,7 @@ class LoadedGenerator:
             "categories": m.categories.names,
             "resolution": m.config.resolution,
             "personalized": m.pg is not None,
+            "qa_scorer": m.qa_state is not None,
             "device": str(m.device),
             "dtype": str(m.dtype).replace("torch.", ""),
             "loaded_at": self.loaded_at,
@@ -139,31 +145,162 @@ def row_seed(base_seed: int, product_id: str) -> int:
 
 def generate(gen: LoadedGenerator, requests: list[GenerationRequest], config: InferenceConfig,
              progress: Progress | None = None) -> list[Image.Image | Failure]:
-    """One image or one :class:`Failure` per request, in order.
+    """One image or one :class:`Failure` per request, in order (:func:`generate_measured`
+    without the measurements, for callers that only want pixels)."""
+    return [r.image if isinstance(r, Generated) else r for r in generate_measured(gen, requests, config, progress)]
 
-    The batch runs as one denoising loop (the pipeline groups prompts and applies PG only to
-    rows with a reference). If it fails as a whole it is retried request by request, so only
-    the culprit fails. :class:`Cancelled` (raised by ``progress``) ends the call at once.
+
+@dataclass
+class Generated:
+    """One generated image with what it cost and, for best-of-N, how it was chosen.
+
+    ``device_seconds``: the device time of the denoising loop that made it, shared equally by
+    the images of that loop (for best-of-N: the sum over the output's candidates). On a CPU it
+    is ``time.process_time()`` of the generating process, so it counts every torch thread (and
+    any other thread of that process running meanwhile: a Serve replica's HTTP threads); on
+    CUDA it is wall time between two ``torch.cuda.synchronize()``.
     """
-    if not requests:
-        return []
+
+    image: Image.Image
+    seed: int
+    device_seconds: float
+    generation_size: tuple[int, int]  # (width, height) at model scale, before the upscale
+    scores: dict | None = None  # the kept candidate's QA scores
+    candidates: list[dict] | None = None  # every candidate: seed, scores, device_seconds, kept
+    qa_passed: bool | None = None  # None when no QA ran
+
+
+class _DeviceClock:
+    """Device-seconds of a block of work on ``device`` (see :class:`Generated`)."""
+
+    def __init__(self, device) -> None:
+        self.cuda = str(device).startswith("cuda")
+        self.device = device
+        self.seconds = 0.0
+
+    def _now(self) -> float:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            return time.perf_counter()
+        return time.process_time()
+
+    def __enter__(self) -> "_DeviceClock":
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = self._now() - self._start
+
+
+def generate_measured(gen: LoadedGenerator, requests: list[GenerationRequest], config: InferenceConfig,
+                      progress: Progress | None = None) -> list[Generated | Failure]:
+    """One :class:`Generated` or one :class:`Failure` per request, in order.
+
+    Requests are grouped by generation size (placements of other aspects need other latent
+    shapes) and each group runs as one denoising loop (the pipeline groups prompts and applies
+    PG only to rows with a reference). A group that fails as a whole is retried request by
+    request, so only the culprit fails. :class:`Cancelled` (raised by ``progress``) ends the
+    call at once.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(gen.pipe.generation_size(r.image.size), []).append(i)
+    results: list[Generated | Failure] = [None] * len(requests)  # type: ignore[list-item]
+    for size, members in groups.items():
+        for i, result in zip(members, _generate_group(gen, [requests[i] for i in members], config, progress, size)):
+            results[i] = result
+    return results
+
+
+def _generate_group(gen: LoadedGenerator, requests: list[GenerationRequest], config: InferenceConfig,
+                    progress: Progress | None, size: tuple[int, int]) -> list[Generated | Failure]:
+    def run(batch: list[GenerationRequest]) -> list[Generated]:
+        with _DeviceClock(gen.model.device) as clock:
+            images = gen.pipe(batch, config, progress=progress)
+        share = clock.seconds / len(batch)
+        return [Generated(im, int(r.seed), share, size) for im, r in zip(images, batch)]
+
     try:
-        return list(gen.pipe(requests, config, progress=progress))
+        return list(run(requests))
     except Cancelled:
         raise
     except Exception as batch_error:  # noqa: BLE001 - isolate the culprit below
         if len(requests) == 1:
             return [Failure.of(GENERATE, batch_error)]
         log.warning("batch of %d failed (%s); retrying one by one", len(requests), batch_error)
-    results: list[Image.Image | Failure] = []
+    results: list[Generated | Failure] = []
     for request in requests:
         try:
-            results.extend(gen.pipe([request], config, progress=progress))
+            results.extend(run([request]))
         except Cancelled:
             raise
         except Exception as e:  # noqa: BLE001 - this request's failure
             results.append(Failure.of(GENERATE, e))
     return results
+
+
+Scorer = Callable[["GenerationRequest", Image.Image], dict]
+"""QA scores of one output for its request; must include ``qa_score`` (higher is better).
+``backdrop.quality.qa.QAScorer`` is the one the platform ships."""
+
+DEFAULT_QA_THRESHOLD = 0.5
+
+
+def candidate_seed(seed: int, k: int) -> int:
+    """Candidate ``k`` of an output: candidate 0 is the output's own seed (best-of-1 is plain
+    generation), the others are derived from it, stable across reruns."""
+    if k == 0:
+        return int(seed)
+    return int.from_bytes(hashlib.sha256(f"{seed}:candidate:{k}".encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def generate_best(gen: LoadedGenerator, requests: list[GenerationRequest], config: InferenceConfig,
+                  n_candidates: int, scorer: Scorer, threshold: float | None = None,
+                  progress: Progress | None = None) -> list[Generated | Failure]:
+    """Best-of-N: ``n_candidates`` seeds per request, each scored, the best kept.
+
+    Every candidate of every request runs through :func:`generate_measured` together (grouped
+    by size). The kept :class:`Generated` carries every candidate's seed, scores and
+    device-seconds, its ``device_seconds`` is the sum over its candidates (what the output
+    cost), and ``qa_passed`` says whether its ``qa_score`` reaches ``threshold`` (default: the
+    scorer's own ``threshold``; an output below it is still an output, flagged for review). A request fails only when all its
+    candidates fail (with the first candidate's failure).
+    """
+    if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < 1:
+        from .errors import InvalidParameterError
+
+        raise InvalidParameterError(f"candidates must be a positive integer, got {n_candidates!r}")
+    from dataclasses import replace
+
+    if threshold is None:
+        threshold = float(getattr(scorer, "threshold", DEFAULT_QA_THRESHOLD))
+    expanded = [replace(r, seed=candidate_seed(r.seed, k)) for r in requests for k in range(n_candidates)]
+    made = generate_measured(gen, expanded, config, progress)
+    out: list[Generated | Failure] = []
+    for j, request in enumerate(requests):
+        mine = made[j * n_candidates:(j + 1) * n_candidates]
+        candidates, best = [], None
+        for cand in mine:
+            if isinstance(cand, Failure):
+                candidates.append({"seed": None, "error": cand.line, "device_seconds": 0.0, "kept": False})
+                continue
+            cand.scores = scorer(request, cand.image)
+            candidates.append({"seed": cand.seed, "scores": cand.scores, "device_seconds": cand.device_seconds,
+                               "kept": False})
+            if best is None or cand.scores["qa_score"] > best[1].scores["qa_score"]:
+                best = (len(candidates) - 1, cand)
+        if best is None:
+            out.append(mine[0])
+            continue
+        index, kept = best
+        candidates[index]["kept"] = True
+        kept.candidates = candidates
+        kept.device_seconds = float(sum(c["device_seconds"] for c in candidates))
+        kept.qa_passed = bool(kept.scores["qa_score"] >= threshold)
+        out.append(kept)
+    return out
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from .controlnets import make_category_generator, make_personality_generator
 from .presets import TinyPreset, build_tiny_base
 
 CONFIG_NAME = "backdrop.json"
+QA_SCORER_NAME = "qa/scorer.json"  # the QA scorer fitted for this model (backdrop.quality.qa), if any
 
 
 @dataclass
@@ -55,6 +56,9 @@ class BackdropModel:
         self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
         self.unet, self.scheduler, self.cg, self.pg = unet, scheduler, cg, pg
         self.categories, self.config = categories, config
+        # the QA scorer's state travels with the weights (through save/load and the registry);
+        # the model only keeps it, backdrop.quality.qa interprets it
+        self.qa_state: dict | None = None
         for frozen in (vae, text_encoder, unet):
             frozen.requires_grad_(False)
         self.eval()
@@ -95,8 +99,10 @@ class BackdropModel:
         config.cg_variant = cg_variant or config.cg_variant
         components = {"vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer,
                       "unet": self.unet, "scheduler": self.scheduler}
-        return BackdropModel.from_components(components, deepcopy(self.categories), config,
-                                             with_pg=self.pg is not None)
+        fresh = BackdropModel.from_components(components, deepcopy(self.categories), config,
+                                              with_pg=self.pg is not None)
+        fresh.qa_state = self.qa_state
+        return fresh
 
     # --- properties ---------------------------------------------------------------------
     @property
@@ -153,6 +159,10 @@ class BackdropModel:
         meta = {"config": asdict(self.config), "categories": json.loads(self.categories.to_json())}
         with open(os.path.join(path, CONFIG_NAME), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
+        if self.qa_state is not None:
+            os.makedirs(os.path.dirname(os.path.join(path, QA_SCORER_NAME)), exist_ok=True)
+            with open(os.path.join(path, QA_SCORER_NAME), "w") as f:
+                json.dump(self.qa_state, f)
 
     @classmethod
     def from_pretrained(
@@ -202,4 +212,7 @@ class BackdropModel:
             model = cls(**components, cg=cg, pg=pg, categories=categories, config=config)
         else:
             model = cls.from_components(components, categories, config)
+        if os.path.exists(sub(QA_SCORER_NAME)):
+            with open(sub(QA_SCORER_NAME)) as f:
+                model.qa_state = json.load(f)
         return model.to(device=device, dtype=torch_dtype)

@@ -1,0 +1,243 @@
+"""Automatic QA of generated ads: the scores best-of-N picks by, fixed here before any use.
+
+At catalog scale nobody looks at every image, so every output gets scores and a verdict.
+Each component is in [0, 1], higher is better:
+
+* ``category_fit``: P(requested category | background) under a softmax (multinomial logistic)
+  regression on background features, fitted on the **train** split's real ad backgrounds.
+  Features: ``metrics.background_features`` (fixed, parameter-free; the tiny preset's own),
+  or, when a local CLIP vision directory is configured, CLIP image embeddings of the image
+  with its product pixels painted mid-grey.
+* ``seam``: ``exp(-max(0, g_ring / (g_rest + 0.01) - 1))``. ``g`` is the mean absolute colour
+  difference (RGB in [0, 1], mean over channels) of 4-neighbour pixel pairs that are both
+  background; ``g_ring`` over pairs with a pixel in the ring of background within ``w``
+  pixels of the product (``w = max(2, round(0.03 * short side))``, Chebyshev distance; so the
+  ring's outer edge counts), ``g_rest`` over pairs wholly in the rest of the background. A halo or a hard seam around the product makes the ring busier
+  than the background's own texture; 1.0 means it is not.
+* ``leak``: ``1 - metrics.PaletteModel.leak``: the share of background pixels whose colour is
+  likelier under the category's product palette than under its background palette (palettes
+  from the train split).
+* ``reference`` (only with a reference ad): ``(1 + cos) / 2`` of the centred background
+  features of output and reference (centre: the mean train background), as in
+  ``metrics.reference_similarity``.
+
+``qa_score`` is the weighted mean of the components present (weights ``category_fit`` 2, the
+others 1); an output passes when ``qa_score >= threshold`` (default 0.5).
+
+Independent of the judge: ``quality.evaluation``'s category consistency is nearest-centroid
+accuracy against centroids of the **held-out** split's real images. The scorer is a different
+function (a logistic regression, not a centroid distance) fitted on different data (the train
+split only), so best-of-N cannot simply optimise the number it is judged by.
+
+The scorer's state is plain JSON saved as ``qa/scorer.json`` inside the generator directory
+(``BackdropModel.qa_state``), so it is versioned with the weights and travels through the
+registry; :func:`fit_scorer` makes it, :func:`scorer_for` loads it from a loaded generator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from .. import storage
+from ..catalog import read_catalog
+from ..errors import InvalidParameterError
+from ..inputs import fetch_pair
+from . import metrics
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+DEFAULT_THRESHOLD = 0.5
+COMPONENT_WEIGHTS = {"category_fit": 2.0, "seam": 1.0, "leak": 1.0, "reference": 1.0}
+
+
+class NoScorerError(InvalidParameterError):
+    """Best-of-N was asked of a model that has no QA scorer saved with it."""
+
+    code = "no_qa_scorer"
+
+
+# --- the fixed components ----------------------------------------------------------------
+
+def seam_score(image: Image.Image, mask: np.ndarray) -> float:
+    """The ``seam`` component (see the module docstring for its definition)."""
+    arr = np.asarray(image.convert("RGB"), np.float32) / 255
+    product = np.asarray(mask) > 0.5
+    bg = ~product
+    w = max(2, round(0.03 * min(product.shape)))
+    grown = np.asarray(Image.fromarray(product.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * w + 1))) > 0
+    ring = grown & bg
+    rest = bg & ~grown
+    sums = {"ring": [0.0, 0], "rest": [0.0, 0]}
+    for diff, a, b in ((np.abs(arr[:, 1:] - arr[:, :-1]).mean(-1), np.s_[:, 1:], np.s_[:, :-1]),
+                       (np.abs(arr[1:] - arr[:-1]).mean(-1), np.s_[1:], np.s_[:-1])):
+        # a ring pair has a pixel in the ring (so the ring's outer edge, where a halo ends,
+        # counts); a rest pair has both pixels in the rest; both pixels are background
+        pairs = {"ring": bg[a] & bg[b] & (ring[a] | ring[b]), "rest": rest[a] & rest[b]}
+        for name, both in pairs.items():
+            sums[name][0] += float(diff[both].sum())
+            sums[name][1] += int(both.sum())
+    if sums["ring"][1] == 0 or sums["rest"][1] == 0:
+        return 1.0
+    g_ring = sums["ring"][0] / sums["ring"][1]
+    g_rest = sums["rest"][0] / sums["rest"][1]
+    return float(np.exp(-max(0.0, g_ring / (g_rest + 0.01) - 1.0)))
+
+
+def _grey_product(image: Image.Image, mask: np.ndarray) -> Image.Image:
+    arr = np.asarray(image.convert("RGB")).copy()
+    arr[np.asarray(mask) > 0.5] = 128
+    return Image.fromarray(arr)
+
+
+@dataclass
+class _Softmax:
+    """Multinomial logistic regression on standardised features (numpy, full-batch descent)."""
+
+    names: list[str]
+    mean: np.ndarray
+    std: np.ndarray
+    weights: np.ndarray  # (D, K)
+    bias: np.ndarray  # (K,)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, labels: list[str], l2: float = 1e-2, steps: int = 400, lr: float = 0.5) -> "_Softmax":
+        names = sorted(set(labels))
+        y = np.array([names.index(c) for c in labels])
+        mean, std = x.mean(0), x.std(0) + 1e-6
+        z = (x - mean) / std
+        onehot = np.eye(len(names))[y]
+        w = np.zeros((x.shape[1], len(names)))
+        b = np.zeros(len(names))
+        for _ in range(steps):
+            p = _softmax(z @ w + b)
+            g = (p - onehot) / len(z)
+            w -= lr * (z.T @ g + l2 * w)
+            b -= lr * g.sum(0)
+        return cls(names, mean, std, w, b)
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        return _softmax(((x - self.mean) / self.std) @ self.weights + self.bias)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+# --- the scorer ----------------------------------------------------------------------------
+
+@dataclass
+class QAScorer:
+    """Scores one output for its request (the ``runtime.Scorer`` the platform ships)."""
+
+    classifier: _Softmax
+    palette: metrics.PaletteModel
+    center: np.ndarray  # mean train background feature (for the reference component)
+    features: str = "tiny"  # "tiny" (background_features) or "clip"
+    threshold: float = DEFAULT_THRESHOLD
+    fitted_on: dict = field(default_factory=dict)
+    encoder: metrics.ImageEncoder | None = None  # set for "clip"
+
+    def _category_features(self, images: list[Image.Image], masks: list[np.ndarray]) -> np.ndarray:
+        if self.features == "clip":
+            if self.encoder is None:
+                raise NoScorerError("this QA scorer was fitted on CLIP features: configure the CLIP directory")
+            return self.encoder([_grey_product(im, m) for im, m in zip(images, masks)])
+        return np.stack([metrics.background_features(im, m) for im, m in zip(images, masks)])
+
+    def __call__(self, request, image: Image.Image) -> dict:
+        """``category_fit``, ``seam``, ``leak``, (``reference``) and their weighted ``qa_score``."""
+        mask = request.mask
+        scores: dict[str, float] = {}
+        if request.category in self.classifier.names:
+            proba = self.classifier.proba(self._category_features([image], [mask]))[0]
+            scores["category_fit"] = float(proba[self.classifier.names.index(request.category)])
+        scores["seam"] = seam_score(image, mask)
+        if request.category in self.palette.product:
+            scores["leak"] = 1.0 - self.palette.leak(image, mask, request.category)
+        if request.reference is not None:
+            out_f = metrics.background_features(image, mask)
+            ref_f = metrics.background_features(request.reference, request.reference_mask)
+            scores["reference"] = float((1 + metrics.cosine(out_f - self.center, ref_f - self.center)) / 2)
+        total = sum(COMPONENT_WEIGHTS[k] * v for k, v in scores.items())
+        scores["qa_score"] = float(total / sum(COMPONENT_WEIGHTS[k] for k in scores))
+        return scores
+
+    def passed(self, scores: dict) -> bool:
+        return scores["qa_score"] >= self.threshold
+
+    # --- state (JSON, saved with the model) -----------------------------------------------
+    def state(self) -> dict:
+        c, p = self.classifier, self.palette
+        return {
+            "version": STATE_VERSION, "features": self.features, "threshold": self.threshold,
+            "fitted_on": self.fitted_on,
+            "classifier": {"names": c.names, "mean": c.mean.tolist(), "std": c.std.tolist(),
+                           "weights": c.weights.tolist(), "bias": c.bias.tolist()},
+            "palette": {"bins": p.bins, "product": {k: v.tolist() for k, v in p.product.items()},
+                        "background": {k: v.tolist() for k, v in p.background.items()}},
+            "center": self.center.tolist(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, clip_model: str | None = None) -> "QAScorer":
+        if state.get("version") != STATE_VERSION:
+            raise NoScorerError(f"QA scorer state version {state.get('version')!r}, expected {STATE_VERSION}")
+        c, p = state["classifier"], state["palette"]
+        classifier = _Softmax(list(c["names"]), np.asarray(c["mean"]), np.asarray(c["std"]),
+                              np.asarray(c["weights"]), np.asarray(c["bias"]))
+        palette = metrics.PaletteModel(int(p["bins"]), {k: np.asarray(v) for k, v in p["product"].items()},
+                                       {k: np.asarray(v) for k, v in p["background"].items()})
+        encoder = metrics.ImageEncoder(clip_model) if state["features"] == "clip" and clip_model else None
+        return cls(classifier, palette, np.asarray(state["center"], np.float32), state["features"],
+                   float(state["threshold"]), dict(state.get("fitted_on", {})), encoder)
+
+    def attach(self, model) -> None:
+        """Keep this scorer in ``model`` so ``save_pretrained`` writes it with the weights."""
+        model.qa_state = self.state()
+
+
+def fit_scorer(catalog_uri: str, model_dir: str | None = None, *, clip_model: str | None = None,
+               max_rows: int | None = None, threshold: float = DEFAULT_THRESHOLD) -> QAScorer:
+    """Fit the scorer on a catalog's **train** split (a Parquet URI) and, with ``model_dir``,
+    write it into that saved generator (``qa/scorer.json``), so it is versioned with it."""
+    rows = read_catalog(catalog_uri).to_pylist()
+    if max_rows and len(rows) > max_rows:
+        rows = rows[:: -(-len(rows) // max_rows)]
+    if not rows:
+        raise InvalidParameterError(f"catalog {catalog_uri} has no rows to fit a QA scorer on")
+    pairs = [fetch_pair(r["image_uri"], r.get("mask_uri")) for r in rows]
+    images, masks = [im for im, _ in pairs], [m for _, m in pairs]
+    cats = [r["category"] for r in rows]
+    tiny = np.stack([metrics.background_features(im, m) for im, m in zip(images, masks)])
+    encoder = metrics.ImageEncoder(clip_model) if clip_model else None
+    feats = encoder([_grey_product(im, m) for im, m in zip(images, masks)]) if encoder else tiny
+    classifier = _Softmax.fit(feats, cats)
+    accuracy = float((np.asarray(classifier.names)[classifier.proba(feats).argmax(1)] == np.asarray(cats)).mean())
+    scorer = QAScorer(classifier, metrics.PaletteModel.fit(images, masks, cats), tiny.mean(0),
+                      "clip" if encoder else "tiny", threshold,
+                      {"catalog": catalog_uri, "rows": len(rows), "train_accuracy": round(accuracy, 4)}, encoder)
+    log.info("QA scorer fitted on %d rows of %s (train accuracy %.3f)", len(rows), catalog_uri, accuracy)
+    if model_dir is not None:
+        from ..models.generator import QA_SCORER_NAME  # the path BackdropModel saves and loads
+
+        storage.write_bytes(storage.join(model_dir, QA_SCORER_NAME), json.dumps(scorer.state()).encode())
+    return scorer
+
+
+def scorer_for(gen, clip_model: str | None = None, threshold: float | None = None) -> QAScorer:
+    """The QA scorer saved with a loaded generator (``runtime.load`` reads it with the weights)."""
+    state = gen.model.qa_state
+    if state is None:
+        raise NoScorerError(f"model {gen.name} v{gen.version} has no QA scorer; fit one with "
+                            "backdrop.quality.qa.fit_scorer(train_catalog, model_dir)")
+    scorer = QAScorer.from_state(state, clip_model)
+    if threshold is not None:
+        scorer.threshold = float(threshold)
+    return scorer
