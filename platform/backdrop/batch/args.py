@@ -66,3 +66,20 @@ def prepare_job(args, start_ray: bool = True) -> None:
         from ..cluster import init_ray
 
         init_ray(args.ray_address, args.num_cpus)
+
+
+BUSY_EXIT = 75  # EX_TEMPFAIL: try again later
+
+
+def run_job(run, *args, **kwargs) -> int:
+    """Call a job's ``run_*`` and return its exit code; an output held by another live run is a
+    one-line refusal naming the holder (exit 75), not a traceback."""
+    import sys
+
+    from ..errors import OutputBusyError
+
+    try:
+        return run(*args, **kwargs)
+    except OutputBusyError as e:
+        print(f"error: {e.message}", file=sys.stderr, flush=True)
+        return BUSY_EXIT
