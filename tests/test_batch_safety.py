@@ -380,3 +380,111 @@ def test_a_second_run_refuses_with_the_holder_named(home, model_dir, good_rows, 
     assert code == 75
     err = capsys.readouterr().err
     assert err.startswith("error: ") and f"nightly run {holder.token}" in err and "--wait-for-lease" in err
+
+
+# --------------------------------------------------------------------------- 7: chaos, on Ray
+
+
+def _parts(output: str) -> int:
+    from backdrop import storage
+    from backdrop.batch.manifest import PARTS_DIR
+
+    return len([n for n in storage.list_dir(storage.join(output, PARTS_DIR)) if n.endswith(".parquet")])
+
+
+def _job(script: str, args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "jobs" / script), *args, "--ray-address", "local",
+                             "--num-cpus", "2"], start_new_session=True, text=True, **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_chaos_kill_rerun_then_nightly_after_edits(where, home, model_dir, good_rows, tmp_path, request):
+    """One hostile catalog: SIGKILL the Ray job's driver mid-run, run it again, edit three inputs,
+    run the nightly job; exactly the expected rows are made, every count is exact."""
+    from PIL import Image
+
+    from backdrop import storage
+    from backdrop.batch import manifest
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    rows = []
+    for r in good_rows:
+        img, mask = inputs / f"{r['product_id']}.png", inputs / f"{r['product_id']}-mask.png"
+        img.write_bytes(Path(r["image_uri"]).read_bytes())
+        mask.write_bytes(Path(r["mask_uri"]).read_bytes())
+        rows.append({**r, "image_uri": str(img), "mask_uri": str(mask)})
+    mug = rows[1]  # not among the edited rows below: rows sharing an edited input are remade too
+    hostile = [{**mug, "product_id": pid, "category": c} for pid, c in
+               [("../../../etc/cron.d/x", "mug"), ("SKU.tmp-2024", "mug"), ("Sku-A", "laptop"), ("SKU-A", "laptop")]]
+    catalog_rows = rows + hostile + [{**mug, "product_id": "SKU-A"}, {**mug, "product_id": None},
+                                     {**mug, "product_id": "dev-zero", "image_uri": "/dev/zero"}]
+    n_in, n_ids = len(catalog_rows), len(rows) + len(hostile) + 1  # 1: dev-zero
+    catalog = tmp_path / "catalog.parquet"
+    _catalog(catalog_rows, catalog)
+    if where == "local":
+        output = str(tmp_path / "zone" / "out")
+    else:
+        output = f"{request.getfixturevalue('s3_bucket')}/out"
+    args = ["--catalog", str(catalog), "--model", model_dir, "--output", output, "--steps", "2",
+            "--batch-size", "1", "--max-failure-rate", "1"]
+
+    # 1. kill the driver once two batches are written
+    proc = _job("catalog_backfill.py", args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while _parts(output) < 2:
+            assert proc.poll() is None, "the job ended before it could be killed"
+            assert time.monotonic() < deadline, "no manifest parts after 300 s (hang guard)"
+            time.sleep(0.1)
+    finally:
+        end_process_tree(proc, signal.SIGKILL)
+    done_before = {r["product_id"] for r in manifest.read_records(output).to_pylist() if r["status"] == "ok"}
+    assert 1 <= len(done_before) < n_ids
+    assert storage.exists(storage.join(output, "_lease.json"))  # the killed run's lease is still there
+    made_before = {r["product_id"]: r["created_at"] for r in manifest.read_records(output).to_pylist()
+                   if r["status"] == "ok"}
+
+    # 2. rerun at once: the dead driver's lease (same host, pid gone) is taken over
+    rerun = _job("catalog_backfill.py", args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0, out[-4000:]
+    assert f"{n_in} rows in scope = {n_in - 3} ok + 3 failed" in out  # a duplicate, a null id, /dev/zero
+    records = manifest.latest(manifest.read_records(output)).to_pylist()
+    by_id = {r["product_id"]: r for r in records}
+    assert len(records) == n_ids and set(by_id) == {r["product_id"] for r in catalog_rows if r["product_id"]}
+    assert {pid for pid, r in by_id.items() if r["status"] != "ok"} == {"dev-zero"}
+    assert {pid: by_id[pid]["created_at"] for pid in made_before} == made_before  # not made twice
+
+    # 3. edit three inputs (pixels, mask, prompt), then the nightly job regenerates exactly those
+    with Image.open(rows[0]["image_uri"]) as im:
+        im.transpose(Image.FLIP_LEFT_RIGHT).save(rows[0]["image_uri"])
+    with Image.open(rows[4]["mask_uri"]) as im:
+        im.transpose(Image.FLIP_TOP_BOTTOM).save(rows[4]["mask_uri"])
+    edited = {rows[0]["product_id"], rows[4]["product_id"], rows[2]["product_id"]}
+    catalog_rows[2] = {**catalog_rows[2], "prompt": "on a marble table"}
+    _catalog(catalog_rows, catalog)
+    nightly = _job("nightly_regen.py", args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = nightly.communicate(timeout=600)[0]
+    assert nightly.returncode == 0, out[-4000:]
+    assert "input_changed" in out
+    after = {r["product_id"]: r for r in manifest.latest(manifest.read_records(output)).to_pylist()}
+    remade = {pid for pid in after if after[pid]["created_at"] != by_id[pid]["created_at"]}
+    assert remade == edited | {"dev-zero"}  # the three edits, and the failed row retried
+    assert {pid for pid, r in after.items() if r["status"] != "ok"} == {"dev-zero"}
+    assert f"{n_in} rows in scope = {n_in - 3} ok + 3 failed" in out
+
+    # nothing outside the output root; one image per ok record, where its record says
+    if where == "local":
+        zone = tmp_path / "zone"
+        assert [p for p in _files(zone) if not _under(output, str(p))] == []
+        images = sorted(str(p) for p in _files(Path(output) / "images"))
+    else:
+        fs, path = storage.filesystem(request.getfixturevalue("s3_bucket"))
+        every = fs.find(path)
+        assert all(k.startswith(f"{path}/out/") for k in every), every
+        images = sorted("s3://" + k for k in fs.find(f"{path}/out/images"))
+    assert images == sorted(r["output_uri"] for r in after.values() if r["status"] == "ok")
+    assert not storage.list_dir(storage.join(output, "_incomplete"))
+    assert not storage.exists(storage.join(output, "_lease.json"))

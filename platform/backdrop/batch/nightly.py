@@ -3,7 +3,9 @@
 Compares three things: the catalog, the output's manifest and the model each category should
 use now, which is the champion alias unless the category is pinned (``mug=models:/backdrop/3``).
 A row is generated again when it is new, failed last time, was made by another model version
-(the alias moved, a pin changed) or with other parameters; everything else is left alone.
+(the alias moved, a pin changed), with other parameters, or from inputs that changed since
+(``input_changed``: its input fingerprint, :mod:`.fingerprint`); everything else is left alone.
+The printed plan also says how many outputs are stale (latest attempt failed, older image kept).
 
 Each distinct model then runs one ordinary backfill (:mod:`.run`) over its categories, with the
 model resolved and the rows planned once, here.
