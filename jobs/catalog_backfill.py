@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     batch_args.prepare_job(args)
-    return run_backfill(batch_args.config_from_args(args)).exit_code()
+    return batch_args.run_job(lambda: run_backfill(batch_args.config_from_args(args)).exit_code())
 
 
 if __name__ == "__main__":

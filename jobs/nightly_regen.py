@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     batch_args.prepare_job(args, start_ray=not args.dry_run)
     config = batch_args.config_from_args(args)
-    _, results = nightly.run_nightly(config, nightly.parse_pins(args.pin), dry_run=args.dry_run)
-    return nightly.exit_code(results)
+    return batch_args.run_job(lambda: nightly.exit_code(
+        nightly.run_nightly(config, nightly.parse_pins(args.pin), dry_run=args.dry_run)[1]))
 
 
 if __name__ == "__main__":

@@ -363,9 +363,9 @@ def test_killed_backfill_resumes_exactly_once(ray_local, catalogs, model_dir, tm
     for path in (output / "images").rglob("*.png"):  # readers never see a partial image
         with Image.open(path) as im:
             im.load()
-    orphan = output / "images" / "mug" / "heldout-mug-00000.png.tmp-killedwriter"
+    orphan = output / "_incomplete" / "killedrun" / "0123abcd"
     orphan.parent.mkdir(parents=True, exist_ok=True)
-    orphan.write_bytes(b"half an image")  # what a writer killed mid-write leaves behind
+    orphan.write_bytes(b"half an image")  # what a writer killed mid-write leaves behind (its run's staging)
 
     result = run_backfill(_config(catalogs["good"], model_dir, str(output), limit=8, steps=6, batch_size=1))
     assert result.plan.skipped == len(done_before)
@@ -374,7 +374,7 @@ def test_killed_backfill_resumes_exactly_once(ray_local, catalogs, model_dir, tm
     assert sorted(r["product_id"] for r in records) == sorted(r["product_id"] for r in rows)  # exactly once
     assert {r["status"] for r in records} == {"ok"}
     files = [p for p in output.rglob("*") if p.is_file()]
-    assert not [p for p in files if ".tmp-" in p.name]
+    assert not [p for p in files if ".tmp-" in p.name or "_incomplete" in p.parts]
     assert len([p for p in files if p.suffix == ".png"]) == len(rows)
 
 

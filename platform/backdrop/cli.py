@@ -60,11 +60,11 @@ def cmd_train(args) -> int:
 
 def cmd_generate(args) -> int:
     """The backfill's in-process executor: same plan, stages, manifest and resume, no Ray."""
-    from .batch.args import config_from_args, prepare_job
+    from .batch.args import config_from_args, prepare_job, run_job
     from .batch.run import run_backfill
 
     prepare_job(args, start_ray=False)
-    return run_backfill(config_from_args(args, executor="local", kind="generate")).exit_code()
+    return run_job(lambda: run_backfill(config_from_args(args, executor="local", kind="generate")).exit_code())
 
 
 def cmd_demo(args) -> int:
@@ -76,11 +76,11 @@ def cmd_demo(args) -> int:
 
 
 def cmd_backfill(args) -> int:
-    from .batch.args import config_from_args, prepare_job
+    from .batch.args import config_from_args, prepare_job, run_job
     from .batch.run import run_backfill
 
     prepare_job(args)
-    return run_backfill(config_from_args(args)).exit_code()
+    return run_job(lambda: run_backfill(config_from_args(args)).exit_code())
 
 
 def cmd_call(args) -> int:

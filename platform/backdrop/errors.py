@@ -92,10 +92,24 @@ class FetchError(InvalidInputError):
     code = "fetch_error"
 
 
-# The stages a row goes through; a failure names the one that failed it.
-LOAD, GENERATE, WRITE = "load", "generate", "write"
-STAGES = (LOAD, GENERATE, WRITE)
-UNEXPECTED = {LOAD: "load_error", GENERATE: "generation_error", WRITE: "write_error"}
+class OutputBusyError(BackdropError):
+    """Another live run holds the output's lease (one writer per output)."""
+
+    code = "output_busy"
+
+
+class LeaseLostError(BackdropError):
+    """This run's lease on its output expired or was taken over: it must not write the manifest."""
+
+    code = "lease_lost"
+
+
+# The stages a row goes through; a failure names the one that failed it. ``select``: the
+# planner refused the row itself (a duplicate or missing product_id) before any fetch.
+SELECT, LOAD, GENERATE, WRITE = "select", "load", "generate", "write"
+STAGES = (SELECT, LOAD, GENERATE, WRITE)
+UNEXPECTED = {SELECT: "select_error", LOAD: "load_error", GENERATE: "generation_error", WRITE: "write_error"}
+DUPLICATE_ID, MISSING_ID = "duplicate_product_id", "missing_product_id"
 
 
 @dataclass(frozen=True)

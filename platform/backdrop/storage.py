@@ -22,7 +22,7 @@ import fsspec
 from .errors import FetchError, ImageTooLargeError
 from .settings import ENDPOINT_ENV_VARS
 
-TMP_MARKER = ".tmp-"  # local writes go to "<name>.tmp-<uuid>" first, then are renamed
+TMP_MARKER = ".tmp-"  # local writes without a staging dir go to "<name>.tmp-<uuid>" first, then are renamed
 
 
 def s3_endpoint_url() -> str | None:
@@ -97,18 +97,26 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
     return data
 
 
-def write_bytes(uri: str, data: bytes) -> None:
+def write_bytes(uri: str, data: bytes, staging: str | None = None) -> None:
     """Write ``data`` so that no reader ever sees a partial object.
 
-    Local files are written to a temporary name beside the target and renamed (atomic on
-    POSIX); an S3 PUT is atomic by itself.
+    Local files are written to a temporary name and renamed (atomic on POSIX); an S3 PUT is
+    atomic by itself. The temporary name is ``<target>.tmp-<uuid>`` beside the target, or, with
+    ``staging`` (a directory on the same disk that the writer owns, e.g. a batch run's
+    ``_incomplete/<run>/``), a file in it, so a writer killed mid-way leaves its debris only
+    where its owner can find and remove it without touching anyone else's files.
     """
     fs, path = filesystem(uri)
     if is_remote(str(uri)):
         fs.pipe_file(path, data)
         return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}{TMP_MARKER}{uuid.uuid4().hex}"
+    if staging is None:
+        tmp = f"{path}{TMP_MARKER}{uuid.uuid4().hex}"
+    else:
+        staging_dir = filesystem(staging)[1]
+        os.makedirs(staging_dir, exist_ok=True)
+        tmp = os.path.join(staging_dir, uuid.uuid4().hex)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -122,25 +130,22 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise
 
 
-def remove_partial_writes(uri: str) -> int:
-    """Delete the temporary files of local writes that were killed mid-way; returns how many.
+def remove_tree(uri: str) -> None:
+    """Delete a directory or prefix and everything under it (nothing there is fine)."""
+    fs, path = filesystem(uri)
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
 
-    ``write_bytes`` cleans up after itself unless the process is killed (SIGKILL, OOM, node
-    loss). Call this before a job writes under ``uri`` again, while no other writer is active
-    there. S3 needs nothing: a PUT is atomic and leaves no partial object behind.
-    """
-    if is_remote(str(uri)):
-        return 0
-    removed = 0
-    for root, _, files in os.walk(filesystem(uri)[1]):
-        for name in files:
-            if TMP_MARKER in name:
-                try:
-                    os.unlink(os.path.join(root, name))
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-    return removed
+
+def list_dir(uri: str) -> list[str]:
+    """The base names directly under a directory or prefix (empty when there is none)."""
+    fs, path = filesystem(uri)
+    try:
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return []
 
 
 def exists(uri: str) -> bool:

@@ -29,6 +29,10 @@ def add_generation_arguments(p) -> None:
     p.add_argument("--format", default="png", choices=["png", "jpeg", "webp"], help="output image format")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality 1..100")
     p.add_argument("--limit", type=int, help="only the first N rows (after --category) in catalog order")
+    p.add_argument("--wait-for-lease", type=float, default=0.0, metavar="SECONDS",
+                   help="when another run holds the output, wait up to this long for it (default: refuse)")
+    p.add_argument("--lease-ttl", type=float, default=60.0, metavar="SECONDS",
+                   help="the output lease's expiry without a heartbeat (a killed run's lease is free after it)")
     p.add_argument("--max-failure-rate", type=float, default=0.1,
                    help="exit non-zero when more than this fraction of rows failed (default 0.1)")
     p.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, "
@@ -48,6 +52,7 @@ def config_from_args(args, **overrides):
         concurrency=args.concurrency, num_gpus=args.num_gpus, cpus_per_actor=args.cpus_per_actor,
         threads_per_actor=args.threads_per_actor, image_format=args.format, quality=args.quality,
         limit=args.limit, max_failure_rate=args.max_failure_rate,
+        lease_wait_s=args.wait_for_lease, lease_ttl_s=args.lease_ttl,
     )
     return replace(config, **overrides)
 
@@ -61,3 +66,20 @@ def prepare_job(args, start_ray: bool = True) -> None:
         from ..cluster import init_ray
 
         init_ray(args.ray_address, args.num_cpus)
+
+
+BUSY_EXIT = 75  # EX_TEMPFAIL: try again later
+
+
+def run_job(run, *args, **kwargs) -> int:
+    """Call a job's ``run_*`` and return its exit code; an output held by another live run is a
+    one-line refusal naming the holder (exit 75), not a traceback."""
+    import sys
+
+    from ..errors import OutputBusyError
+
+    try:
+        return run(*args, **kwargs)
+    except OutputBusyError as e:
+        print(f"error: {e.message}", file=sys.stderr, flush=True)
+        return BUSY_EXIT

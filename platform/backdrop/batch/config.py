@@ -42,6 +42,8 @@ class BackfillConfig:
     kind: str = "backfill"  # MLflow tag: backfill | nightly | generate
     executor: str = "ray"  # ray: Ray Data stages and an actor pool; local: the same stages in this process
     limits: Limits = field(default=DEFAULT_LIMITS)
+    lease_wait_s: float = 0.0  # wait this long for another run's lease on the output (0: refuse at once)
+    lease_ttl_s: float = 60.0  # a holder that stops renewing loses its lease after this long
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:

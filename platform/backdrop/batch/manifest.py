@@ -2,21 +2,34 @@
 
 Layout under a job's output (a local directory or an ``s3://`` prefix)::
 
-    images/<category>/<product_id>.<ext>   generated images
+    images/<category>/<product_id>.<ext>   generated images (keys by :mod:`.keys`, never outside)
     manifest/parts/part-<uuid>.parquet     the records of one finished batch (append-only)
     manifest.parquet                       the latest record per product_id (consolidated)
+    rejected.parquet                       rows the last plan refused (duplicate / missing id)
     summary.json                           the last run's summary
+    _lease.json                            the live run's lease (:mod:`.lease`)
+    _incomplete/<run>/                     a run's temporary files (its own, swept when it is dead)
 
 The write order keeps the manifest true at every instant: a batch's images are written (each
 atomically) before its part file (atomically too), so a record never points at a missing or
 partial image. A run killed at any moment leaves at worst images without records (made again
-on resume, with the same pixels: seeds are per product) and, on local disk, ``.tmp-`` files of
-interrupted writes (``storage.remove_partial_writes``). Consolidation writes
+on resume, with the same pixels: seeds are per product) and, on local disk, the temporary
+files of interrupted writes in its own ``_incomplete/<run>/``, which the next lease holder
+removes. Consolidation writes
 ``manifest.parquet`` before it deletes the parts it merged, so a crash in between leaves only
 duplicates, which :func:`latest` folds away.
 
 No Ray and no torch here: the driver, the nightly planner and tests all read manifests the
 same way.
+
+**A failed attempt never hides the last good output.** The manifest keeps one record per
+product: the latest attempt, so ``rows = ok + failed`` always holds. A failed attempt keeps
+``output_uri`` null (this attempt made nothing) but ``last_good_uri`` points at the product's
+last ok image, which a failure never deletes or overwrites; :func:`latest` carries it forward.
+Such a row is *stale*: it shows an older image than it should; :func:`stale_count` counts
+them for the nightly report. Rows refused before any work (duplicate or missing product_id)
+have no manifest key; they are counted failed in the run's summary and listed in
+``rejected.parquet``.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -37,12 +51,16 @@ from .records import MANIFEST_COLUMNS, OK
 PARTS_DIR = "manifest/parts"
 MANIFEST_FILE = "manifest.parquet"
 SUMMARY_FILE = "summary.json"
+REJECTED_FILE = "rejected.parquet"
 
 SCHEMA = pa.schema([(name, pa.int64() if name == "seed" else pa.string()) for name in MANIFEST_COLUMNS])
 
 # Why a catalog row needs (or does not need) generating, relative to a target.
 NEW, FAILED, MODEL_CHANGED, PARAMS_CHANGED, DONE = "new", "failed", "model_changed", "params_changed", "done"
-REASONS = (NEW, FAILED, MODEL_CHANGED, PARAMS_CHANGED, DONE)
+INPUT_CHANGED = "input_changed"  # ok with this model and params, but an input (bytes, prompt, category) changed
+DUPLICATE, MISSING_ID = "duplicate", "missing_id"  # refused by the planner: failed without any work
+REASONS = (NEW, FAILED, MODEL_CHANGED, PARAMS_CHANGED, INPUT_CHANGED, DONE, DUPLICATE, MISSING_ID)
+REJECTED = (DUPLICATE, MISSING_ID)
 
 
 def manifest_uri(output_root: str) -> str:
@@ -55,10 +73,10 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def write_part(output_root: str, records: list[dict]) -> str:
+def write_part(output_root: str, records: list[dict], staging: str | None = None) -> str:
     """Append one batch's records as a new part file (atomic); returns its URI."""
     uri = storage.join(output_root, PARTS_DIR, f"part-{uuid.uuid4().hex}.parquet")
-    storage.write_bytes(uri, parquet_bytes(pa.Table.from_pylist(records, schema=SCHEMA)))
+    storage.write_bytes(uri, parquet_bytes(pa.Table.from_pylist(records, schema=SCHEMA)), staging=staging)
     return uri
 
 
@@ -87,33 +105,52 @@ def read_records(output_root: str, columns: list[str] | None = None) -> pa.Table
 
 
 def latest(records: pa.Table) -> pa.Table:
-    """The most recent record of each product_id (``created_at`` is ISO 8601 UTC: it sorts)."""
+    """The most recent record of each product_id (``created_at`` is ISO 8601 UTC: it sorts),
+    with ``last_good_uri`` carried forward from the product's last ok record."""
     if records.num_rows == 0:
         return records
     df = records.to_pandas()
-    df = df.sort_values("created_at", kind="stable").drop_duplicates("product_id", keep="last")
+    df = df.sort_values("created_at", kind="stable")
+    if "last_good_uri" in df.columns:
+        good = df["output_uri"].where(df["status"] == OK, df["last_good_uri"])
+        df["last_good_uri"] = good.groupby(df["product_id"], sort=False).ffill()
+    df = df.drop_duplicates("product_id", keep="last")
     df = df.sort_values(["category", "product_id"], kind="stable")
     return pa.Table.from_pandas(df, schema=records.schema, preserve_index=False)
 
 
-def consolidate(output_root: str) -> pa.Table:
-    """Fold all parts into ``manifest.parquet`` (latest record per product) and drop the parts."""
+def consolidate(output_root: str, staging: str | None = None) -> pa.Table:
+    """Fold all parts into ``manifest.parquet`` (latest record per product) and drop the parts.
+
+    Only the output's lease holder may call this (:mod:`.lease`): it rewrites the manifest.
+    """
     fs, consolidated, parts = _sources(output_root)
     if not parts and consolidated:
         return read_records(output_root)
     table = latest(read_records(output_root))
-    storage.write_bytes(manifest_uri(output_root), parquet_bytes(table))
+    storage.write_bytes(manifest_uri(output_root), parquet_bytes(table), staging=staging)
     if parts:
         fsspec_fs, _ = storage.filesystem(output_root)
         fsspec_fs.rm(parts)
     return table
 
 
+INDEX_COLUMNS = ["status", "model_name", "model_version", "params_hash", "input_fingerprint", "last_good_uri"]
+
+
 def latest_index(output_root: str) -> pd.DataFrame:
-    """The latest status, model and params of every product in the manifest, by product_id."""
-    cols = ["product_id", "category", "status", "model_name", "model_version", "params_hash", "created_at"]
+    """The latest status, model, params and input fingerprint of every product, by product_id."""
+    cols = ["product_id", "category", "output_uri", "created_at", *INDEX_COLUMNS]
     table = latest(read_records(output_root, columns=cols))
-    return table.to_pandas().set_index("product_id")[["status", "model_name", "model_version", "params_hash"]]
+    return table.to_pandas().set_index("product_id")[INDEX_COLUMNS]
+
+
+def stale_count(records: pa.Table) -> int:
+    """Products whose latest attempt failed while an older image of theirs is still served."""
+    if records.num_rows == 0:
+        return 0
+    failed = pc.not_equal(records["status"], OK)
+    return int(pc.sum(pc.and_(failed, pc.is_valid(records["last_good_uri"]))).as_py() or 0)
 
 
 @dataclass(frozen=True)
@@ -126,7 +163,12 @@ class Target:
 
 
 def classify(rows: pd.DataFrame, index: pd.DataFrame, target_of: Callable[[str], Target]) -> np.ndarray:
-    """One reason from ``REASONS`` per row (``product_id``, ``category``): why it needs work, or ``done``."""
+    """One reason from ``REASONS`` per row (``product_id``, ``category``): why it needs work, or ``done``.
+
+    With an ``input_fingerprint`` column in ``rows``, a row whose record was made from other
+    inputs is ``input_changed``; a record without a fingerprint (written before fingerprints
+    existed) is not compared, nor is a row whose fingerprint is null (not computed).
+    """
     if rows.empty:
         return np.array([], dtype=object)
     rec = index.reindex(rows["product_id"].to_numpy())
@@ -135,8 +177,10 @@ def classify(rows: pd.DataFrame, index: pd.DataFrame, target_of: Callable[[str],
             for f in ("model_name", "model_version", "params_hash")]
     status = rec["status"].to_numpy()
     moved = (rec["model_name"].to_numpy() != want[0]) | (rec["model_version"].to_numpy() != want[1])
-    return np.select(
-        [pd.isna(status), status != OK, moved, rec["params_hash"].to_numpy() != want[2]],
-        [NEW, FAILED, MODEL_CHANGED, PARAMS_CHANGED],
-        default=DONE,
-    ).astype(object)
+    conditions = [pd.isna(status), status != OK, moved, rec["params_hash"].to_numpy() != want[2]]
+    if "input_fingerprint" in rows.columns and "input_fingerprint" in rec.columns:
+        have = rec["input_fingerprint"].reset_index(drop=True)
+        now = rows["input_fingerprint"].reset_index(drop=True)
+        conditions.append((have.notna() & now.notna() & (have != now)).to_numpy())
+    return np.select(conditions, [NEW, FAILED, MODEL_CHANGED, PARAMS_CHANGED, INPUT_CHANGED][:len(conditions)],
+                     default=DONE).astype(object)

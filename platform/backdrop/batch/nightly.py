@@ -3,7 +3,9 @@
 Compares three things: the catalog, the output's manifest and the model each category should
 use now, which is the champion alias unless the category is pinned (``mug=models:/backdrop/3``).
 A row is generated again when it is new, failed last time, was made by another model version
-(the alias moved, a pin changed) or with other parameters; everything else is left alone.
+(the alias moved, a pin changed), with other parameters, or from inputs that changed since
+(``input_changed``: its input fingerprint, :mod:`.fingerprint`); everything else is left alone.
+The printed plan also says how many outputs are stale (latest attempt failed, older image kept).
 
 Each distinct model then runs one ordinary backfill (:mod:`.run`) over its categories, with the
 model resolved and the rows planned once, here.
@@ -21,7 +23,8 @@ from ..categories import normalize
 from .config import BackfillConfig
 from .manifest import Target
 from .plan import Plan, plan_rows
-from .run import BackfillResult, Resolved, resolve_target, run_backfill
+from .plan import write_rejected
+from .run import BackfillResult, Resolved, output_lease, resolve_target, run_backfill
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +95,27 @@ def plan_nightly(config: BackfillConfig, pins: Mapping[str, str] | None = None) 
 
 def run_nightly(config: BackfillConfig, pins: Mapping[str, str] | None = None,
                 dry_run: bool = False) -> tuple[NightlyPlan, list[BackfillResult]]:
-    """Plan, print the plan, and (unless ``dry_run``) run one backfill per model with work to do."""
-    nightly = plan_nightly(config, pins)
-    print(nightly.format(), flush=True)
-    results = []
+    """Plan, print the plan, and (unless ``dry_run``) run one backfill per model with work to do.
+
+    A real run holds the output's lease from before it plans until its last backfill is done;
+    a dry run takes none (it writes nothing, and may plan while a run is live).
+    """
     if dry_run:
-        return nightly, results
-    for group in nightly.groups:
-        if not nightly.plan.todo_in(group.categories):
-            log.info("%s: nothing to regenerate", group.reference)
-            continue
-        group_config = replace(config, model=group.resolved.pinned, categories=group.categories, kind="nightly")
-        results.append(run_backfill(group_config, resolved=group.resolved, plan=nightly.plan.restrict(group.categories)))
+        nightly = plan_nightly(config, pins)
+        print(nightly.format(), flush=True)
+        return nightly, []
+    results = []
+    with output_lease(replace(config, kind="nightly")) as lease:
+        nightly = plan_nightly(config, pins)
+        print(nightly.format(), flush=True)
+        write_rejected(config.output, nightly.plan, None, lease.staging)
+        for group in nightly.groups:
+            group_plan = nightly.plan.restrict(group.categories)
+            if not group_plan.todo and not group_plan.refused:
+                log.info("%s: nothing to regenerate", group.reference)
+                continue
+            group_config = replace(config, model=group.resolved.pinned, categories=group.categories, kind="nightly")
+            results.append(run_backfill(group_config, resolved=group.resolved, plan=group_plan, lease=lease))
     return nightly, results
 
 

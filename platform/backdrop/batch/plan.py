@@ -2,24 +2,31 @@
 
 Every catalog row in scope is classified against the output's manifest
 (:data:`~backdrop.batch.manifest.REASONS`): new, failed last time, made by another model or
-other parameters, or done. The driver keeps counters and the ids of rows already done (those
-the pipeline skips), never the catalog. No Ray and no torch here.
+other parameters, made from inputs that changed since, or done; or refused outright (no
+product_id, or a later occurrence of a duplicated one). The driver keeps counters and the ids
+of rows already done (those the pipeline skips), never the catalog. No Ray and no torch here.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..catalog import iter_catalog, normalize_rows
+from .. import storage
+from ..catalog import GENERATION_COLUMNS, iter_catalog, normalize_rows
 from ..categories import normalize
-from . import manifest
+from ..errors import DUPLICATE_ID as DUPLICATE_ID_CODE
+from ..errors import MISSING_ID as MISSING_ID_CODE
+from ..errors import SELECT
+from . import fingerprint, manifest
 from .config import RowSelection
-from .manifest import DONE, Target
+from .manifest import DONE, DUPLICATE, MISSING_ID, REJECTED, Target
+from .records import OK
 
 
 @dataclass
@@ -27,6 +34,10 @@ class Plan:
     counts: Counter = field(default_factory=Counter)  # (category, reason) -> rows
     done_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
     scope_ids: pa.Array | None = None  # with a limit: exactly the rows in scope
+    exclude_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))  # duplicated ids
+    first_rows: pa.Table | None = None  # the first occurrence of each duplicated id (fed in separately)
+    rejected: list[dict] = field(default_factory=list)  # rows refused here: failed, never generated
+    stale: int = 0  # rows in scope whose latest attempt failed while an older image is still served
 
     @property
     def total(self) -> int:
@@ -37,8 +48,13 @@ class Plan:
         return sum(n for (_, reason), n in self.counts.items() if reason == DONE)
 
     @property
+    def refused(self) -> int:
+        """Rows failed by the planner itself (duplicate or missing product_id)."""
+        return sum(n for (_, reason), n in self.counts.items() if reason in REJECTED)
+
+    @property
     def todo(self) -> int:
-        return self.total - self.skipped
+        return self.total - self.skipped - self.refused
 
     @property
     def categories(self) -> list[str]:
@@ -47,7 +63,8 @@ class Plan:
     def restrict(self, categories) -> "Plan":
         """The part of this plan that covers ``categories`` (a nightly run's model group)."""
         wanted = {normalize(c) for c in categories}
-        return replace(self, counts=Counter({k: n for k, n in self.counts.items() if normalize(k[0]) in wanted}))
+        return replace(self, counts=Counter({k: n for k, n in self.counts.items() if normalize(k[0]) in wanted}),
+                       rejected=[r for r in self.rejected if normalize(r["category"] or "") in wanted])
 
     def todo_in(self, categories) -> int:
         return self.restrict(categories).todo
@@ -55,33 +72,114 @@ class Plan:
     def format(self) -> str:
         """Rows per category and reason (what --dry-run prints)."""
         reasons = manifest.REASONS
-        lines = [f"{'category':16s}" + "".join(f"{r:>16s}" for r in reasons) + f"{'to generate':>14s}"]
+        lines = [f"{'category':16s}" + "".join(f"{r:>15s}" for r in reasons) + f"{'to generate':>14s}"]
         for c in self.categories + ["(all)"]:
             n = {r: sum(v for (cc, rr), v in self.counts.items() if rr == r and c in (cc, "(all)")) for r in reasons}
-            lines.append(f"{c:16s}" + "".join(f"{n[r]:16d}" for r in reasons) + f"{sum(n.values()) - n[DONE]:14d}")
+            todo = sum(n.values()) - n[DONE] - sum(n[r] for r in REJECTED)
+            lines.append(f"{c:16s}" + "".join(f"{n[r]:15d}" for r in reasons) + f"{todo:14d}")
+        lines.append(f"stale outputs: {self.stale} (latest attempt failed; an older image is still served)")
         return "\n".join(lines)
+
+
+def _in_scope(catalog: str, selection: RowSelection, columns: tuple[str, ...]) -> Iterator[pa.Table]:
+    """The catalog's rows in scope (categories, then the first ``limit``), in catalog order."""
+    left = selection.limit
+    for table in iter_catalog(catalog, list(columns)):
+        rows = selection.by_category(normalize_rows(table, columns))
+        if left is not None:
+            rows = rows.slice(0, left)
+            left -= rows.num_rows
+        yield rows
+        if left == 0:
+            break
+
+
+def _duplicated_ids(catalog: str, selection: RowSelection) -> pa.Array:
+    """Ids that occur more than once in scope: one pass over the id column, counted by Arrow."""
+    chunks = [t["product_id"] for t in _in_scope(catalog, selection, ("product_id", "category"))]
+    if not chunks:
+        return pa.array([], pa.string())
+    counts = pc.value_counts(pa.chunked_array([c for t in chunks for c in t.chunks], pa.string()))
+    values, n = counts.field("values"), counts.field("counts")
+    dup = pc.filter(values, pc.and_(pc.greater(n, 1), pc.is_valid(values)))
+    return dup.cast(pa.string())
 
 
 def plan_rows(catalog: str, output: str, selection: RowSelection, target_of: Callable[[str], Target]) -> Plan:
     """Classify every catalog row in scope against the manifest (``manifest.REASONS``).
 
-    Streams the catalog's ``product_id`` and ``category`` columns; keeps counters and the ids of
-    rows already done (those the pipeline skips).
+    Two streaming passes over the catalog. The first counts ``product_id`` (Arrow) to find
+    duplicated ids. The second classifies each row: no id -> ``missing_id``; the second and
+    later occurrences of an id -> ``duplicate`` (both failed here, listed in ``rejected``);
+    every other row against its latest record, and a row that would be ``done`` against its
+    current input fingerprint (:mod:`.fingerprint`: one stat per input, only for those rows).
+    The driver keeps counters, the done ids, the duplicated ids and their first rows, never
+    the catalog.
     """
     index = manifest.latest_index(output)
-    plan, done, scope, left = Plan(), [], [], selection.limit
-    for table in iter_catalog(catalog, ["product_id", "category"]):
-        rows = selection.by_category(normalize_rows(table, ("product_id", "category")))
-        if left is not None:
-            rows = rows.slice(0, left)
-            left -= rows.num_rows
+    duplicated = _duplicated_ids(catalog, selection)
+    dup_set = set(duplicated.to_pylist())
+    plan, done, scope, first, seen, position = Plan(exclude_ids=duplicated), [], [], [], set(), 0
+    for rows in _in_scope(catalog, selection, GENERATION_COLUMNS):
+        if selection.limit is not None:
             scope.extend(rows["product_id"].chunks)
-        reasons = manifest.classify(rows.to_pandas(), index, target_of)
-        plan.counts.update(zip(rows["category"].to_pylist(), reasons))
-        done.extend(pc.filter(rows["product_id"], pa.array(reasons == DONE)).chunks)
-        if left == 0:
-            break
+        records = rows.to_pylist()
+        keep = []
+        for i, row in enumerate(records):
+            pid, category = row["product_id"], row["category"] or ""
+            if pid is None or not pid.strip():
+                plan.rejected.append(_rejected(row, position + i, MISSING_ID_CODE, "the row has no product_id"))
+                plan.counts[(category, MISSING_ID)] += 1
+            elif pid in dup_set and pid in seen:
+                plan.rejected.append(_rejected(row, position + i, DUPLICATE_ID_CODE,
+                                               f"product_id {pid!r} occurs earlier in the catalog; the first "
+                                               "occurrence is generated"))
+                plan.counts[(category, DUPLICATE)] += 1
+            else:
+                if pid in dup_set:
+                    seen.add(pid)
+                    first.append(row)
+                keep.append(i)
+        position += len(records)
+        rows = rows.take(pa.array(keep, pa.int64()))
+        _classify_into(plan, rows, index, target_of, done)
     plan.done_ids = pa.chunked_array(done, pa.string()).combine_chunks()
     if selection.limit is not None:
         plan.scope_ids = pa.chunked_array(scope, pa.string()).combine_chunks()
+    if first:
+        plan.first_rows = pa.Table.from_pylist(first, schema=pa.schema([(c, pa.string()) for c in GENERATION_COLUMNS]))
     return plan
+
+
+def _classify_into(plan: Plan, rows: pa.Table, index, target_of, done: list) -> None:
+    df = rows.select(["product_id", "category"]).to_pandas()
+    reasons = manifest.classify(df, index, target_of)
+    candidates = np.flatnonzero(reasons == DONE)
+    if len(candidates):
+        # Only rows that would be skipped need their inputs stat'ed: every other row is generated
+        # anyway (and its record gets a fresh fingerprint from the load stage).
+        fingerprints = np.full(len(df), None, dtype=object)
+        fingerprints[candidates] = fingerprint.of_rows(rows.take(pa.array(candidates)).to_pylist())
+        reasons = manifest.classify(df.assign(input_fingerprint=fingerprints), index, target_of)
+    if len(df):
+        rec = index.reindex(df["product_id"].to_numpy())
+        plan.stale += int(((rec["status"] != OK) & rec["status"].notna() & rec["last_good_uri"].notna()).sum())
+    plan.counts.update(zip([c or "" for c in df["category"]], reasons))
+    done.extend(pc.filter(rows["product_id"], pa.array(reasons == DONE)).chunks)
+
+
+def _rejected(row: dict, position: int, code: str, message: str) -> dict:
+    return {"product_id": row["product_id"], "category": row["category"], "catalog_row": position,
+            "error_stage": SELECT, "error_code": code, "error_message": message}
+
+
+REJECTED_SCHEMA = pa.schema([("product_id", pa.string()), ("category", pa.string()), ("catalog_row", pa.int64()),
+                             ("error_stage", pa.string()), ("error_code", pa.string()),
+                             ("error_message", pa.string()), ("run_id", pa.string())])
+
+
+def write_rejected(output: str, plan: Plan, run_id: str | None, staging: str | None = None) -> None:
+    """``rejected.parquet``: the rows this plan refused, with their reasons (replaced every run)."""
+    rows = [{**r, "run_id": run_id} for r in plan.rejected]
+    storage.write_bytes(storage.join(output, manifest.REJECTED_FILE),
+                        manifest.parquet_bytes(pa.Table.from_pylist(rows, schema=REJECTED_SCHEMA)), staging=staging)

@@ -28,6 +28,7 @@ from ..categories import CategoryMap
 from ..errors import GENERATE, LOAD, WRITE, Failure
 from ..inputs import Product, fetch_product
 from ..limits import DEFAULT_LIMITS, Limits
+from . import fingerprint, keys
 
 if TYPE_CHECKING:
     from ..pipeline import InferenceConfig
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 MANIFEST_COLUMNS = (
     "product_id", "category", "status", "output_uri", "error", "error_stage", "error_code", "error_message",
     "model_name", "model_version", "params_hash", "seed", "created_at", "run_id",
+    "input_fingerprint", "last_good_uri",
 )
 OK, FAILED = "ok", "failed"
 
@@ -57,7 +59,8 @@ def params_hash(inference: InferenceConfig, output: OutputConfig, seed: int, res
 
 
 def output_uri(output_root: str, row: dict, output: OutputConfig) -> str:
-    return storage.join(output_root, "images", str(row["category"]), f"{row['product_id']}.{output.extension}")
+    """Where the row's image goes: :mod:`.keys` maps hostile ids to keys under the root."""
+    return keys.output_uri(output_root, str(row["category"]), str(row["product_id"]), output.extension)
 
 
 @dataclass(frozen=True)
@@ -74,9 +77,15 @@ class RunContext:
     seed: int = 0
     output: OutputConfig = OutputConfig()
     run_id: str | None = None
+    staging: str | None = None  # the run's scratch directory (lease.Lease.staging) for temp files
 
     def record(self, row: dict, uri: str | None = None, failure: Failure | None = None) -> dict:
-        """``ok`` with the image at ``uri``, or ``failed`` with its ``failure``."""
+        """``ok`` with the image at ``uri``, or ``failed`` with its ``failure``.
+
+        ``last_good_uri`` is the image a reader should show: this record's own when ok; for a
+        failed attempt, :func:`~backdrop.batch.manifest.latest` carries the product's last ok
+        image forward, so a failed retry never hides an image that is still there.
+        """
         return {
             "product_id": str(row["product_id"]),
             "category": str(row.get("category")),
@@ -92,6 +101,8 @@ class RunContext:
             "seed": runtime.row_seed(self.seed, str(row["product_id"])),
             "created_at": datetime.now(timezone.utc).isoformat(),
             "run_id": self.run_id,
+            "input_fingerprint": row.get("input_fingerprint"),
+            "last_good_uri": None if failure else uri,
         }
 
 
@@ -122,7 +133,7 @@ def load_item(row: dict, categories: CategoryMap | None = None, limits: Limits =
 
     With ``categories`` (the model's map) an unknown category fails before anything is fetched.
     """
-    item = WorkItem(row)
+    item = WorkItem({**row, "input_fingerprint": fingerprint.of_row(row)})
     try:
         if categories is not None:
             categories.id_of(row["category"])
@@ -160,7 +171,8 @@ def write_item(item: WorkItem, ctx: RunContext) -> dict:
         return ctx.record(item.row, failure=Failure(GENERATE, "generation_error", "the row was never generated"))
     uri = output_uri(ctx.output_root, item.row, ctx.output)
     try:
-        storage.write_bytes(uri, imaging.encode_image(item.output, ctx.output.image_format, ctx.output.quality))
+        storage.write_bytes(uri, imaging.encode_image(item.output, ctx.output.image_format, ctx.output.quality),
+                            staging=ctx.staging)
     except Exception as e:  # noqa: BLE001 - a write failure is this row's failure
         return ctx.record(item.row, failure=Failure.of(WRITE, e))
     return ctx.record(item.row, uri)

@@ -32,11 +32,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import registry, runtime, storage
-from ..errors import LOAD
+from ..errors import LOAD, SELECT
 from . import manifest
 from .config import BackfillConfig
+from .lease import Lease
 from .manifest import Target
-from .plan import Plan, plan_rows
+from .plan import Plan, plan_rows, write_rejected
 from .records import OK, RunContext, params_hash
 from .stages import GeneratorActor, actor_stage, build_dataset, cpu_threads, run_local
 
@@ -93,9 +94,16 @@ class BackfillResult:
     def ok(self) -> int:
         return self.plan.skipped + sum(self.tally.ok.values())
 
+    stale: int = 0  # products in the output whose latest attempt failed but an older image remains
+
+    @property
+    def refused(self) -> dict[tuple[str, str], int]:
+        """(stage, code) -> rows the planner failed itself (duplicate or missing product_id)."""
+        return dict(Counter((SELECT, r["error_code"]) for r in self.plan.rejected))
+
     @property
     def failed(self) -> int:
-        return sum(self.tally.failed.values()) + self.missing
+        return sum(self.tally.failed.values()) + self.missing + self.plan.refused
 
     @property
     def failure_rate(self) -> float:
@@ -117,6 +125,7 @@ class BackfillResult:
     def metrics(self) -> dict[str, float]:
         return {"rows_in": self.plan.total, "rows_ok": self.ok, "rows_failed": self.failed,
                 "rows_skipped": self.plan.skipped, "rows_generated": self.generated,
+                "rows_refused": self.plan.refused, "rows_stale": self.stale,
                 "images_written": sum(self.tally.ok.values()), "failure_rate": self.failure_rate,
                 "images_per_s": self.images_per_second, "startup_s": self.startup_seconds, "pipeline_s": self.pipeline_seconds, "wall_s": self.seconds}
 
@@ -124,7 +133,7 @@ class BackfillResult:
         return {"config": asdict(self.config), "model_name": self.model_name, "model_version": self.model_version,
                 "params_hash": self.params_hash, "run_id": self.run_id, "metrics": self.metrics(),
                 "plan": {f"{c}/{r}": n for (c, r), n in sorted(self.plan.counts.items())},
-                "errors": {f"{s}/{code}": n for (s, code), n in sorted(self.tally.errors.items())},
+                "errors": {f"{s}/{code}": n for (s, code), n in sorted({**self.refused, **self.tally.errors}.items())},
                 "operators": dict(self.operators)}
 
     def summary(self) -> str:
@@ -140,13 +149,15 @@ class BackfillResult:
             f"{self.config.kind} {self.config.model} -> {self.model_name} v{self.model_version} "
             f"(params {self.params_hash}, MLflow run {self.run_id})",
             f"  {'stage':10s}{'rows in':>9s}{'ok':>7s}{'failed':>8s}   notes",
-            f"  {'select':10s}{self.plan.total:9d}{self.plan.todo:7d}{0:8d}   "
-            f"{self.plan.skipped} already done with this model and params (skipped)",
+            f"  {'select':10s}{self.plan.total:9d}{self.plan.todo:7d}{self.plan.refused:8d}   "
+            f"{self.plan.skipped} already done with this model, params and inputs (skipped)"
+            + "".join(f", {code} {n}" for (_, code), n in sorted(self.refused.items())),
             f"  {'load':10s}{t.rows:9d}{loaded:7d}{t.failed_in('load'):8d}   {reasons('load')}",
             f"  {'generate':10s}{loaded:9d}{generated:7d}{t.failed_in('generate'):8d}   {reasons('generate')}",
             f"  {'write':10s}{generated:9d}{sum(t.ok.values()):7d}{t.failed_in('write'):8d}   {reasons('write')}",
             f"  manifest: {self.plan.total} rows in scope = {self.ok} ok + {self.failed} failed "
-            f"(failure rate {self.failure_rate:.1%}, max {self.config.max_failure_rate:.1%})",
+            f"(failure rate {self.failure_rate:.1%}, max {self.config.max_failure_rate:.1%}); "
+            f"{self.stale} stale (latest attempt failed, an older image is still served)",
             f"  time: pipeline {self.pipeline_seconds:.1f}s ({self.images_per_second:.2f} images/s, first records "
             f"after {self.startup_seconds:.1f}s), whole run {self.seconds:.1f}s",
         ]
@@ -177,36 +188,50 @@ def resolve_target(config: BackfillConfig) -> Resolved:
     return Resolved(model, pinned, info, target)
 
 
+def output_lease(config: BackfillConfig) -> Lease:
+    """Take ``config.output``'s lease (:mod:`.lease`): one writer per output, or ``OutputBusyError``."""
+    return Lease(config.output, config.kind, config.lease_ttl_s).acquire(config.lease_wait_s)
+
+
 def run_backfill(config: BackfillConfig, generator_cls: type | None = None,
                  on_records: Callable[[pa.Table], None] | None = None,
-                 resolved: Resolved | None = None, plan: Plan | None = None) -> BackfillResult:
+                 resolved: Resolved | None = None, plan: Plan | None = None,
+                 lease: Lease | None = None) -> BackfillResult:
     """Backfill ``config.catalog`` into ``config.output``; see the module docstring.
 
     ``generator_cls`` replaces ``GeneratorActor`` (same constructor): the benchmark isolates the
     platform's overhead with a no-op generator. ``on_records`` sees each batch's records as they
     stream back to the driver (progress hooks, timing). A caller that has resolved the model and
-    planned already (the nightly run) passes both in, so nothing is done twice.
+    planned already (the nightly run) passes both in, so nothing is done twice, and the output's
+    ``lease`` it took before planning; otherwise the run takes it here, before it plans, since
+    a plan is only true while no one else writes the manifest.
     """
+    if lease is None:
+        with output_lease(config) as own:
+            return run_backfill(config, generator_cls, on_records, resolved, plan, own)
     started = time.perf_counter()
     resolved = resolved or resolve_target(config)
     model, target = resolved.model, resolved.target
+    planned_here = plan is None
     if plan is None:
         plan = plan_rows(config.catalog, config.output, config.selection(), lambda _: target)
-    log.info("plan: %d rows in scope, %d already done, %d to generate", plan.total, plan.skipped, plan.todo)
-    swept = storage.remove_partial_writes(config.output)
-    if swept:
-        log.info("removed %d partial files left by an interrupted run", swept)
+    log.info("plan: %d rows in scope, %d already done, %d refused, %d to generate",
+             plan.total, plan.skipped, plan.refused, plan.todo)
 
     with _tracking_run(config, model, target) as run_id:
         ctx = RunContext(config.output, model.name, str(model.version), target.params_hash, config.seed,
-                         config.output_config(), run_id)
+                         config.output_config(), run_id, lease.staging)
         result = BackfillResult(config, model.name, str(model.version), target.params_hash, run_id, plan, Tally())
+        if planned_here:
+            write_rejected(config.output, plan, run_id, lease.staging)
         if plan.todo:
             _execute(config, resolved, plan, ctx, result, generator_cls, on_records)
-        final = manifest.consolidate(config.output)
+        lease.check()  # a run that lost its lease must not rewrite the manifest
+        final = manifest.consolidate(config.output, lease.staging)
+        result.stale = manifest.stale_count(final)
         result.seconds = time.perf_counter() - started
         storage.write_bytes(storage.join(config.output, manifest.SUMMARY_FILE),
-                            json.dumps(result.as_dict(), indent=2, default=str).encode())
+                            json.dumps(result.as_dict(), indent=2, default=str).encode(), staging=lease.staging)
         _log_outcome(result, final)
     print(result.summary(), flush=True)
     return result

@@ -20,6 +20,7 @@ uses as many torch threads as the node has cores (divided among the actors).
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -46,7 +47,8 @@ SMALL_CLUSTER_CPUS = 4
 PIXEL_FIELDS = ("image", "mask", "reference", "reference_mask", "output")
 IMAGE_FIELDS = ("image", "reference", "output")  # PIL images; the masks are float arrays
 FAILURE_FIELDS = ("error_stage", "error_code", "error_message")
-ITEM_SCHEMA = pa.schema([(c, pa.string()) for c in GENERATION_COLUMNS + FAILURE_FIELDS]
+ROW_FIELDS = GENERATION_COLUMNS + ("input_fingerprint",)  # the row as loaded (fingerprint added)
+ITEM_SCHEMA = pa.schema([(c, pa.string()) for c in ROW_FIELDS + FAILURE_FIELDS]
                         + [(f, pa.binary()) for f in PIXEL_FIELDS])
 
 
@@ -70,7 +72,7 @@ def _unpack(data: bytes | None, as_image: bool):
 
 def items_to_table(items: list[WorkItem], pixels: tuple[str, ...] = PIXEL_FIELDS) -> pa.Table:
     """WorkItems as an Arrow table (pixels as .npy bytes) to hand to the next stage."""
-    cols = {c: [it.row.get(c) for it in items] for c in GENERATION_COLUMNS}
+    cols = {c: [it.row.get(c) for it in items] for c in ROW_FIELDS}
     for f in FAILURE_FIELDS:
         cols[f] = [getattr(it.failure, f.removeprefix("error_")) if it.failure else None for it in items]
     for f in PIXEL_FIELDS:
@@ -82,7 +84,7 @@ def items_to_table(items: list[WorkItem], pixels: tuple[str, ...] = PIXEL_FIELDS
 def items_from_table(table: pa.Table) -> list[WorkItem]:
     items = []
     for rec in table.to_pylist():
-        row = {c: rec[c] for c in GENERATION_COLUMNS}
+        row = {c: rec[c] for c in ROW_FIELDS}
         px = {f: _unpack(rec[f], f in IMAGE_FIELDS) for f in PIXEL_FIELDS}
         product = None if px["image"] is None else Product(px["image"], px["mask"], row["category"], px["reference"],
                                                            px["reference_mask"], row.get("prompt") or None)
@@ -95,9 +97,17 @@ def items_from_table(table: pa.Table) -> list[WorkItem]:
 
 
 def select_rows(batch: pa.Table, *, selection: RowSelection, done_ids: pa.Array,
-                scope_ids: pa.Array | None) -> pa.Table:
-    """Rows of this run not done yet, grouped by category (so a batch shares its prompts)."""
+                scope_ids: pa.Array | None, exclude_ids: pa.Array | None = None) -> pa.Table:
+    """Rows of this run not done yet, grouped by category (so a batch shares its prompts).
+
+    Rows without a product_id and every occurrence of an ``exclude_ids`` id (the duplicated
+    ones) are dropped: the planner saw the whole catalog, failed the extra occurrences and
+    feeds each duplicated id's first occurrence in separately (``Plan.first_rows``).
+    """
     rows = selection.by_category(normalize_rows(batch))
+    rows = rows.filter(pc.fill_null(pc.not_equal(pc.utf8_trim_whitespace(rows["product_id"]), ""), False))
+    if exclude_ids is not None and len(exclude_ids):
+        rows = rows.filter(pc.invert(pc.is_in(rows["product_id"], value_set=exclude_ids)))
     if scope_ids is not None:
         rows = rows.filter(pc.is_in(rows["product_id"], value_set=scope_ids))
     if len(done_ids):
@@ -138,7 +148,7 @@ def write_batch(batch: pa.Table, *, ctx: RunContext) -> pa.Table:
     """Write the batch's images (each atomically), then its records as one manifest part."""
     records = [write_item(item, ctx) for item in items_from_table(batch)]
     if records:
-        manifest.write_part(ctx.output_root, records)
+        manifest.write_part(ctx.output_root, records, staging=ctx.staging)
     return pa.Table.from_pylist(records, schema=manifest.SCHEMA)
 
 
@@ -177,11 +187,15 @@ def build_dataset(config: BackfillConfig, plan: Plan, ctx: RunContext, categorie
 
     fs, files = catalog_files(config.catalog)
     present = pads.dataset(files[:1], filesystem=fs, format="parquet").schema.names
+    select = dict(selection=config.selection(), done_ids=plan.done_ids, scope_ids=plan.scope_ids)
+    ds = (ray.data.read_parquet(files, filesystem=fs)
+          .select_columns([c for c in GENERATION_COLUMNS if c in present])
+          .map_batches(select_rows, batch_format="pyarrow", fn_kwargs=dict(select, exclude_ids=plan.exclude_ids)))
+    if plan.first_rows is not None and plan.first_rows.num_rows:
+        ds = ds.union(ray.data.from_arrow(plan.first_rows)
+                      .map_batches(select_rows, batch_format="pyarrow", fn_kwargs=select))
     return (
-        ray.data.read_parquet(files, filesystem=fs)
-        .select_columns([c for c in GENERATION_COLUMNS if c in present])
-        .map_batches(select_rows, batch_format="pyarrow",
-                     fn_kwargs=dict(selection=config.selection(), done_ids=plan.done_ids, scope_ids=plan.scope_ids))
+        ds
         # One block per generator batch from here on: every stage streams batch by batch, and
         # each finished batch becomes one manifest part (the unit of resume).
         .repartition(target_num_rows_per_block=config.batch_size, strict=True)
@@ -201,8 +215,11 @@ def build_dataset(config: BackfillConfig, plan: Plan, ctx: RunContext, categorie
 def run_local(config: BackfillConfig, plan: Plan, ctx: RunContext, categories: CategoryMap,
               generator: GeneratorActor) -> Iterator[pa.Table]:
     """The same stages chained in this process; yields each batch's records as they are written."""
-    selected = (select_rows(table, selection=config.selection(), done_ids=plan.done_ids, scope_ids=plan.scope_ids)
+    select = dict(selection=config.selection(), done_ids=plan.done_ids, scope_ids=plan.scope_ids)
+    selected = (select_rows(table, **select, exclude_ids=plan.exclude_ids)
                 for table in iter_catalog(config.catalog, list(GENERATION_COLUMNS)))
+    if plan.first_rows is not None and plan.first_rows.num_rows:
+        selected = itertools.chain(selected, [select_rows(plan.first_rows, **select)])
     for rows in _rebatch(selected, config.batch_size):
         loaded = load_batch(rows, categories=categories, limits=config.limits)
         yield write_batch(generator(loaded), ctx=ctx)

@@ -1,0 +1,287 @@
+"""One writer per output: a lease object under the output root, and the run's own scratch space.
+
+Two runs writing one output (a backfill and the nightly CronJob on the same prefix, two
+``ray job submit``) would race: one's consolidation could overwrite the manifest the other
+wrote from parts the first never read. So every run first takes the output's lease,
+``<output>/_lease.json``::
+
+    {"token": "<run token>", "kind": "backfill", "host": "...", "pid": 123,
+     "started_at": <epoch s>, "heartbeat_at": <epoch s>, "expires_at": <epoch s>}
+
+* **Atomic.** On S3 the lease is created with a conditional PUT (``If-None-Match: *``), renewed
+  and taken over with ``If-Match: <ETag>`` of the version that was read, and deleted with
+  ``If-Match`` too: of two runs racing, exactly one PUT succeeds. On local disk the same
+  read-decide-write happens under an OS file lock (``filelock``, ``_lease.json.lock``), which
+  the kernel drops when its process dies, so a SIGKILL never leaves that lock held.
+* **Alive.** A heartbeat thread renews the lease every ``ttl / 4``. A run whose renewal finds
+  the lease gone or someone else's has lost it: :meth:`Lease.check` raises before it writes
+  the manifest.
+* **Taken over.** A lease whose ``expires_at`` has passed belongs to a run that stopped
+  renewing (killed, hung, its node lost), and the next run takes it over. A holder on *this*
+  host whose pid no longer exists is dead for sure: its lease is taken over at once, so a
+  driver killed by SIGKILL and started again on the same machine does not wait for expiry.
+  Expiry is judged by the reader's clock, so hosts sharing an output need clocks closer than
+  the TTL.
+* **Refused, or waited for.** A run that finds a live holder raises
+  :class:`~backdrop.errors.OutputBusyError` naming it (host, pid, run, since), or waits up to
+  ``wait_s`` seconds for it to go (``--wait-for-lease``).
+
+The run's temporary files live in ``<output>/_incomplete/<token>/`` (see
+``storage.write_bytes``'s ``staging``): no output key can take that name (keys are
+``images/...``). Holding the lease means no other run is live, so after taking it a run
+deletes every other ``_incomplete/*`` (debris of killed runs) and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+from .. import storage
+from ..errors import LeaseLostError, OutputBusyError
+
+log = logging.getLogger(__name__)
+
+LEASE_FILE = "_lease.json"
+STAGING_DIR = "_incomplete"
+DEFAULT_TTL_S = 60.0
+
+
+@dataclass(frozen=True)
+class Holder:
+    token: str
+    kind: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    expires_at: float
+
+    def describe(self) -> str:
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at))
+        return (f"{self.kind} run {self.token} on {self.host} (pid {self.pid}), started {started}, "
+                f"lease expires in {max(0.0, self.expires_at - time.time()):.0f} s")
+
+    def is_dead(self, now: float) -> bool:
+        """Expired, or a process of this host that no longer exists."""
+        if now >= self.expires_at:
+            return True
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+def _decode(data: bytes | None) -> Holder | None:
+    return None if data is None else Holder(**json.loads(data))
+
+
+# --------------------------------------------------------------------------- conditional stores
+
+Decide = Callable[[Holder | None], bool]
+
+
+class _LocalStore:
+    """Read-decide-write under an OS file lock (released by the kernel if the process dies)."""
+
+    def __init__(self, uri: str):
+        from filelock import FileLock
+
+        self.path = storage.filesystem(uri)[1]
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.lock = FileLock(self.path + ".lock")
+
+    def _read(self) -> Holder | None:
+        try:
+            with open(self.path, "rb") as f:
+                return _decode(f.read())
+        except FileNotFoundError:
+            return None
+
+    def read(self) -> Holder | None:
+        with self.lock:
+            return self._read()
+
+    def swap(self, new: Holder, allowed: Decide) -> tuple[bool, Holder | None]:
+        with self.lock:
+            current = self._read()
+            if not allowed(current):
+                return False, current
+            storage.write_bytes(self.path, json.dumps(asdict(new)).encode())
+            return True, new
+
+    def remove(self, allowed: Decide) -> None:
+        with self.lock:
+            if allowed(self._read()):
+                os.unlink(self.path)
+
+
+class _S3Store:
+    """The same three operations as conditional requests (``If-None-Match`` / ``If-Match``)."""
+
+    def __init__(self, uri: str):
+        import boto3
+
+        bucket_key = uri[len("s3://"):]
+        self.bucket, _, self.key = bucket_key.partition("/")
+        self.client = boto3.client("s3", endpoint_url=storage.s3_endpoint_url())
+
+    def _get(self) -> tuple[Holder | None, str | None]:
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self.key)
+        except self.client.exceptions.NoSuchKey:
+            return None, None
+        return _decode(obj["Body"].read()), obj["ETag"]
+
+    def read(self) -> Holder | None:
+        return self._get()[0]
+
+    def _precondition_failed(self, e) -> bool:
+        code = e.response.get("Error", {}).get("Code")
+        return code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404", "412", "409")
+
+    def swap(self, new: Holder, allowed: Decide) -> tuple[bool, Holder | None]:
+        from botocore.exceptions import ClientError
+
+        current, etag = self._get()
+        if not allowed(current):
+            return False, current
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=json.dumps(asdict(new)).encode(),
+                                   ContentType="application/json", **condition)
+        except ClientError as e:
+            if not self._precondition_failed(e):
+                raise
+            return False, self._get()[0]  # someone else wrote first
+        return True, new
+
+    def remove(self, allowed: Decide) -> None:
+        from botocore.exceptions import ClientError
+
+        current, etag = self._get()
+        if etag is None or not allowed(current):
+            return
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag)
+        except ClientError as e:
+            if not self._precondition_failed(e):
+                raise
+
+
+def _store(output: str):
+    uri = storage.join(output, LEASE_FILE)
+    return _S3Store(uri) if str(output).startswith("s3://") else _LocalStore(uri)
+
+
+# --------------------------------------------------------------------------- the lease
+
+
+class Lease:
+    """The output's lease for one run: ``with Lease(output, "backfill").acquire(wait_s): ...``."""
+
+    def __init__(self, output: str, kind: str = "backfill", ttl_s: float = DEFAULT_TTL_S):
+        if ttl_s <= 0:
+            raise ValueError("the lease TTL must be positive")
+        self.output, self.kind, self.ttl_s = output, kind, float(ttl_s)
+        self.token = uuid.uuid4().hex
+        self.store = _store(output)
+        self.holder: Holder | None = None
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def staging(self) -> str:
+        """This run's scratch directory for temporary files (see the module docstring)."""
+        return storage.join(self.output, STAGING_DIR, self.token)
+
+    def _mine(self, current: Holder | None) -> bool:
+        return current is not None and current.token == self.token
+
+    def acquire(self, wait_s: float = 0.0, poll_s: float = 1.0) -> "Lease":
+        """Take the lease (a free, expired or dead holder's), or raise ``OutputBusyError``."""
+        deadline = time.monotonic() + max(0.0, wait_s)
+        while True:
+            now = time.time()
+            me = Holder(self.token, self.kind, socket.gethostname(), os.getpid(), now, now, now + self.ttl_s)
+            taken, current = self.store.swap(me, lambda cur: cur is None or cur.is_dead(time.time()))
+            if taken:
+                break
+            if time.monotonic() >= deadline:
+                holder = current.describe() if current else "another run (it changed while we looked)"
+                raise OutputBusyError(f"{self.output} is being written by {holder}; wait for it, or pass "
+                                      f"--wait-for-lease SECONDS to wait for the lease")
+            time.sleep(poll_s)
+        self.holder = me
+        log.info("lease on %s taken: run %s", self.output, self.token)
+        self._sweep_staging()
+        self._thread = threading.Thread(target=self._heartbeat, name="backdrop-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _sweep_staging(self) -> None:
+        """Remove the temporary files of runs that are not live (we hold the lease: all others)."""
+        root = storage.join(self.output, STAGING_DIR)
+        for name in storage.list_dir(root):
+            if name != self.token:
+                storage.remove_tree(storage.join(root, name))
+                log.info("removed the temporary files of a run that ended early: %s", name)
+
+    def renew(self) -> bool:
+        if self.holder is None or self.lost:
+            return False
+        now = time.time()
+        new = replace(self.holder, heartbeat_at=now, expires_at=now + self.ttl_s)
+        ok, current = self.store.swap(new, self._mine)
+        if ok:
+            self.holder = new
+        else:
+            self.lost = f"now held by {current.describe()}" if current else "the lease object disappeared"
+            log.error("lease on %s lost: %s", self.output, self.lost)
+        return ok
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.ttl_s / 4):
+            try:
+                if not self.renew():
+                    return
+            except Exception as e:  # noqa: BLE001 - a failed renewal is retried; expiry decides
+                log.warning("lease renewal on %s failed: %s", self.output, e)
+
+    def check(self) -> None:
+        """Raise ``LeaseLostError`` unless this run still holds the lease (call before writing
+        what only the holder may write: the consolidated manifest)."""
+        if self.lost is None and not self._mine(self.store.read()):
+            self.lost = "the lease is no longer this run's"
+        if self.lost:
+            raise LeaseLostError(f"run {self.token} lost its lease on {self.output}: {self.lost}")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.holder is not None and not self.lost:
+            storage.remove_tree(self.staging)
+            self.store.remove(self._mine)
+        self.holder = None
+
+    def __enter__(self) -> "Lease":
+        if self.holder is None:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

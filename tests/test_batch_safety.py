@@ -1,0 +1,490 @@
+"""Issue #13: a backfill never loses, misplaces or misses a row.
+
+Hostile ids, ids that differ only in case, duplicates and nulls, inputs that are devices, FIFOs,
+directories or huge, inputs edited between runs, a failed retry, and two runs into one output.
+Most tests use the in-process executor (``executor="local"``, the same stages as on Ray) with
+an untrained tiny model, 1 DDIM step at 64 px; the chaos test runs the real Ray job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ray_head import REPO, end_process_tree
+
+CATEGORIES = ["mug", "laptop"]
+HOSTILE_IDS = ["../../../etc/cron.d/x", "/tmp/evil-backdrop-test", "SKU.tmp-2024", "Sku-A", "SKU-A",
+               "p" * 300, "a/b\\c", "..", "日本語の商品"]
+
+
+# --------------------------------------------------------------------------- keys (no I/O)
+
+
+def _under(root: str, uri: str) -> bool:
+    return os.path.commonpath([os.path.realpath(root), os.path.normpath(uri)]) == os.path.realpath(root)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=300), min_size=1, max_size=20, unique=True), st.text(max_size=40))
+def test_output_keys_stay_under_the_root_are_unique_and_stable(ids, category):
+    from backdrop.batch import keys
+
+    root = "/srv/out"
+    uris = [keys.output_uri(root, category, pid, "png") for pid in ids]
+    for pid, uri in zip(ids, uris):
+        assert _under(root, uri) and uri.startswith(f"{root}/images/")
+        name = uri.rsplit("/", 1)[-1]
+        assert ".tmp-" not in name and not name.startswith(".") and len(name.encode()) <= 160
+        assert keys.output_uri(root, category, pid, "png") == uri  # stable
+    # unique, also where case does not count (macOS, Windows, some object-store mounts)
+    assert len({u.lower() for u in uris}) == len(ids)
+    # ids that differ only in case
+    for pid in ids:
+        if pid.swapcase() != pid:
+            assert keys.segment(pid.swapcase()).lower() != keys.segment(pid).lower()
+
+
+def test_output_key_rule_is_fixed():
+    """The rule is part of the output's format: a change would orphan every existing image."""
+    from backdrop.batch import keys
+
+    assert keys.output_key("mug", "heldout-mug-00001", "png") == "images/mug/heldout-mug-00001.png"
+    assert keys.segment("SKU-A") == "sku-a~0f57faf93bc9b1556e22"
+    assert keys.segment("../../../etc/cron.d/x") == "etc_cron_d_x~592bf96cc0dfe9bb3ca1"
+    assert keys.segment("..") == "_~5ec1f7e700f37c3d0b29"
+    assert keys.segment("/tmp/evil") == "tmp_evil~d776b38ec09a056291aa"
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    import torch
+
+    from backdrop.models.generator import BackdropModel
+
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("model") / "tiny")
+    BackdropModel.tiny(CATEGORIES).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def good_rows(tmp_path_factory) -> list[dict]:
+    from backdrop.catalog import read_catalog
+    from backdrop.demo.synthetic import SyntheticConfig, make_catalog
+
+    root = tmp_path_factory.mktemp("catalog")
+    paths = make_catalog(str(root), SyntheticConfig(num_categories=2, train_per_category=0,
+                                                    heldout_per_category=3, pairs_per_category=0))
+    rows = read_catalog(paths["heldout"]).to_pylist()
+    assert {r["category"] for r in rows} == set(CATEGORIES)
+    return rows
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKDROP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "home"
+
+
+def _catalog(rows: list[dict], path) -> str:
+    from backdrop.catalog import GENERATION_COLUMNS
+
+    pq.write_table(pa.table({c: pa.array([r.get(c) for r in rows], pa.string()) for c in GENERATION_COLUMNS}),
+                   str(path))
+    return str(path)
+
+
+def _config(catalog: str, model: str, output: str, **kw):
+    from backdrop.batch.config import BackfillConfig
+
+    return BackfillConfig(catalog=catalog, model=model, output=output,
+                          **{"steps": 1, "batch_size": 4, "executor": "local", "max_failure_rate": 1.0, **kw})
+
+
+def _manifest(output: str) -> dict[str, dict]:
+    from backdrop.batch import manifest
+
+    records = manifest.read_records(output).to_pylist()
+    by_id = {r["product_id"]: r for r in manifest.latest(manifest.read_records(output)).to_pylist()}
+    assert len(by_id) == len({r["product_id"] for r in records})
+    return by_id
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def _assert_accounted(result, rows_in: int) -> None:
+    """rows in = ok + failed, in the result, its summary and its metrics."""
+    assert result.plan.total == rows_in == result.ok + result.failed
+    assert result.metrics()["rows_ok"] + result.metrics()["rows_failed"] == rows_in
+    assert f"{rows_in} rows in scope = {result.ok} ok + {result.failed} failed" in result.summary()
+    assert result.missing == 0
+
+
+# --------------------------------------------------------------------------- 1, 2, 6: ids
+
+
+def test_hostile_duplicate_and_missing_ids(home, model_dir, good_rows, tmp_path):
+    from backdrop.batch import manifest
+    from backdrop.batch.run import run_backfill
+
+    mug, laptop = good_rows[0], good_rows[3]
+    hostile = [{**(mug if i % 2 else laptop), "product_id": pid} for i, pid in enumerate(HOSTILE_IDS)]
+    first_dup = {**mug, "product_id": "dup-1"}
+    later_dup = {**laptop, "product_id": "dup-1"}  # other inputs: must not replace the first
+    rows = (good_rows + hostile + [first_dup, {**mug, "product_id": None}, later_dup,
+                                   {**laptop, "product_id": "  "}, {**mug, "product_id": "dup-1"}])
+    catalog = _catalog(rows, tmp_path / "catalog.parquet")
+    root = tmp_path / "zone"
+    output = root / "out"
+    config = _config(catalog, model_dir, str(output))
+
+    result = run_backfill(config)
+    _assert_accounted(result, len(rows))
+    assert (result.ok, result.failed, result.plan.refused) == (len(good_rows) + len(HOSTILE_IDS) + 1, 4, 4)
+    assert "duplicate_product_id 2" in result.summary() and "missing_product_id 2" in result.summary()
+    records = _manifest(str(output))
+    assert set(records) == {r["product_id"] for r in good_rows} | set(HOSTILE_IDS) | {"dup-1"}
+    assert {r["status"] for r in records.values()} == {"ok"}
+    from backdrop.batch import fingerprint
+
+    assert records["dup-1"]["category"] == "mug"  # the first occurrence made it
+    assert records["dup-1"]["input_fingerprint"] == fingerprint.of_row(first_dup)
+    refused = pq.read_table(output / manifest.REJECTED_FILE).to_pylist()
+    assert sorted((r["catalog_row"], r["error_code"]) for r in refused) == [
+        (len(good_rows) + len(HOSTILE_IDS) + 1, "missing_product_id"),
+        (len(good_rows) + len(HOSTILE_IDS) + 2, "duplicate_product_id"),
+        (len(good_rows) + len(HOSTILE_IDS) + 3, "missing_product_id"),
+        (len(good_rows) + len(HOSTILE_IDS) + 4, "duplicate_product_id")]
+
+    # every file under the output root, one image per ok record, each where its record says
+    assert [p for p in _files(root) if not _under(str(output), str(p))] == []
+    assert not os.path.exists("/tmp/evil-backdrop-test.png")
+    images = [p for p in _files(output) if p.suffix == ".png"]
+    assert sorted(map(str, images)) == sorted(r["output_uri"] for r in records.values())
+    assert len({str(p).lower() for p in images}) == len(images)  # Sku-A / SKU-A apart on any disk
+    assert not (output / "_incomplete").exists() or not any((output / "_incomplete").iterdir())
+    assert not (output / "_lease.json").exists()
+
+    # reruns: SKU.tmp-2024's image survives, nothing is made again, the refusals stay counted
+    tmp_named = Path(records["SKU.tmp-2024"]["output_uri"])
+    mtime = tmp_named.stat().st_mtime_ns
+    for _ in range(2):
+        again = run_backfill(config)
+        _assert_accounted(again, len(rows))
+        assert again.generated == 0 and again.plan.skipped == len(records) and again.plan.refused == 4
+    assert tmp_named.stat().st_mtime_ns == mtime
+    assert _manifest(str(output))["SKU.tmp-2024"]["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- 5: size before bytes
+
+
+def test_devices_fifos_directories_and_huge_files_fail_their_row(home, model_dir, good_rows, tmp_path):
+    from backdrop.batch.run import run_backfill
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    sparse = tmp_path / "sparse.png"
+    subprocess.run(["truncate", "-s", "2G", str(sparse)], check=True)  # 2 GB, no blocks used
+    (tmp_path / "a-directory.png").mkdir()
+    mug = good_rows[0]
+    bad = {"dev-zero": ("/dev/zero", "fetch_error"), "fifo": (str(fifo), "fetch_error"),
+           "directory": (str(tmp_path / "a-directory.png"), "fetch_error"),
+           "sparse-2g": (str(sparse), "image_too_large")}
+    rows = good_rows[:2] + [{**mug, "product_id": pid, "image_uri": uri} for pid, (uri, _) in bad.items()] \
+        + [{**mug, "product_id": "mask-is-dev-zero", "mask_uri": "/dev/zero"}]
+    config = _config(_catalog(rows, tmp_path / "catalog.parquet"), model_dir, str(tmp_path / "out"))
+    result = run_backfill(config)  # finishes: each bad input is one failed row
+    _assert_accounted(result, len(rows))
+    records = _manifest(config.output)
+    assert {pid: records[pid]["error_code"] for pid in bad} == {pid: code for pid, (_, code) in bad.items()}
+    assert records["mask-is-dev-zero"]["error_code"] == "fetch_error"
+    assert "not a regular file" in records["fifo"]["error_message"]
+    assert str(2 * 2**30) in records["sparse-2g"]["error_message"]
+    assert {records[r["product_id"]]["status"] for r in good_rows[:2]} == {"ok"}
+
+
+def test_an_oversized_object_on_s3_fails_its_row_unread(home, model_dir, good_rows, s3_bucket, tmp_path):
+    from backdrop import storage
+    from backdrop.batch.run import run_backfill
+    from backdrop.limits import Limits
+
+    limits = Limits(max_image_bytes=256 * 1024)
+    storage.write_bytes(f"{s3_bucket}/big.png", b"\0" * (limits.max_image_bytes + 1))
+    rows = good_rows[:1] + [{**good_rows[0], "product_id": "too-big", "image_uri": f"{s3_bucket}/big.png"}]
+    config = _config(_catalog(rows, tmp_path / "catalog.parquet"), model_dir, f"{s3_bucket}/out", limits=limits)
+    result = run_backfill(config)
+    _assert_accounted(result, 2)
+    records = _manifest(config.output)
+    assert records["too-big"]["error_code"] == "image_too_large" and records[rows[0]["product_id"]]["status"] == "ok"
+    assert "262,144" in records["too-big"]["error_message"]
+
+
+# --------------------------------------------------------------------------- 3: fingerprints, stale outputs
+
+
+def test_changed_inputs_regenerate_and_a_failed_retry_keeps_the_last_good_image(home, model_dir, good_rows, tmp_path):
+    from backdrop.batch import nightly
+    from backdrop.batch.manifest import DONE, INPUT_CHANGED
+    from backdrop.batch.run import run_backfill
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    rows = []
+    for r in good_rows:  # private copies of the inputs, so the test can edit them
+        img = inputs / f"{r['product_id']}.png"
+        img.write_bytes(Path(r["image_uri"]).read_bytes())
+        rows.append({**r, "image_uri": str(img)})
+    catalog = tmp_path / "catalog.parquet"
+    config = _config(_catalog(rows, catalog), model_dir, str(tmp_path / "out"))
+    first = run_backfill(config)
+    assert first.ok == len(rows) and first.stale == 0
+    before = _manifest(config.output)
+
+    # three edits: new pixels for one, a new prompt for another, a corrupt photo for a third
+    from PIL import Image
+
+    edited, prompted, broken = rows[0], rows[1], rows[3]
+    with Image.open(edited["image_uri"]) as im:
+        im.transpose(Image.FLIP_LEFT_RIGHT).save(edited["image_uri"])
+    rows[1] = {**prompted, "prompt": "on a marble table"}
+    Path(broken["image_uri"]).write_bytes(b"\x89PNG\r\n\x1a\n not an image any more")
+    _catalog(rows, catalog)
+
+    plan, results = nightly.run_nightly(config)
+    assert plan.plan.counts[("mug", INPUT_CHANGED)] + plan.plan.counts[("laptop", INPUT_CHANGED)] == 3
+    assert sum(n for (_, r), n in plan.plan.counts.items() if r == DONE) == len(rows) - 3
+    assert "input_changed" in plan.format()
+    [result] = results
+    _assert_accounted(result, len(rows))
+    assert result.generated == 2 and result.failed == 1 and result.stale == 1
+    after = _manifest(config.output)
+    changed = {edited["product_id"], prompted["product_id"], broken["product_id"]}
+    for pid, rec in after.items():
+        assert (rec["created_at"] != before[pid]["created_at"]) == (pid in changed)
+    lost = after[broken["product_id"]]
+    assert lost["status"] == "failed" and lost["output_uri"] is None
+    assert lost["last_good_uri"] == before[broken["product_id"]]["output_uri"] and os.path.exists(lost["last_good_uri"])
+    assert "1 stale" in result.summary()
+    again = nightly.plan_nightly(config).plan
+    assert again.todo == 1 and again.stale == 1 and "stale outputs: 1" in again.format()
+
+
+# --------------------------------------------------------------------------- 4: one writer per output
+
+
+def _expired_lease(output: str, pid: int, host: str | None = None, age: float = 0.0) -> dict:
+    now = time.time()
+    return {"token": "ghost", "kind": "backfill", "host": host or socket.gethostname(), "pid": pid,
+            "started_at": now - 1000, "heartbeat_at": now - age, "expires_at": now - age + 30}
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_lease_refuses_a_second_writer_and_takes_over_a_dead_one(where, tmp_path, request):
+    from backdrop import storage
+    from backdrop.batch.lease import LEASE_FILE, STAGING_DIR, Lease
+    from backdrop.errors import LeaseLostError, OutputBusyError
+
+    output = str(tmp_path / "out") if where == "local" else f"{request.getfixturevalue('s3_bucket')}/out"
+    first = Lease(output, "backfill", ttl_s=30).acquire()
+    try:
+        with pytest.raises(OutputBusyError) as busy:
+            Lease(output, "nightly", ttl_s=30).acquire(wait_s=0)
+        assert first.token in busy.value.message and f"pid {os.getpid()}" in busy.value.message
+        assert socket.gethostname() in busy.value.message
+        assert first.renew()
+    finally:
+        first.release()
+    assert not storage.exists(storage.join(output, LEASE_FILE))
+
+    # a lease whose holder stopped renewing long ago (another host): expired, taken over
+    lease_uri = storage.join(output, LEASE_FILE)
+    storage.write_bytes(lease_uri, json.dumps(_expired_lease(output, 1, host="elsewhere", age=60)).encode())
+    storage.write_bytes(storage.join(output, STAGING_DIR, "ghost", "half-an-image"), b"...")
+    taken = Lease(output, "backfill", ttl_s=30).acquire()
+    assert storage.list_dir(storage.join(output, STAGING_DIR)) in ([], [taken.token])  # the ghost's debris is gone
+    # a run that lost its lease (the lease was taken over after it stalled) may not consolidate
+    storage.write_bytes(lease_uri, json.dumps(_expired_lease(output, 1, host="elsewhere", age=0)).encode())
+    with pytest.raises(LeaseLostError):
+        taken.check()
+    taken.release()
+    assert storage.exists(lease_uri)  # not ours any more: left alone
+
+    # a live lease of another host is respected; a dead pid on this host is not
+    storage.write_bytes(lease_uri, json.dumps(_expired_lease(output, 1, host="elsewhere", age=0)).encode())
+    with pytest.raises(OutputBusyError, match="elsewhere"):
+        Lease(output).acquire()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    storage.write_bytes(lease_uri, json.dumps(_expired_lease(output, dead.pid, age=0)).encode())
+    Lease(output).acquire().release()
+
+
+def test_two_processes_into_one_output_lose_nothing(home, model_dir, good_rows, tmp_path):
+    """Two `backdrop generate` processes start together into one output: one waits for the other's
+    lease; every row is generated exactly once and the manifest holds every row."""
+    catalog = _catalog(good_rows, tmp_path / "catalog.parquet")
+    output = tmp_path / "out"
+    argv = [sys.executable, "-m", "backdrop.cli", "generate", "--catalog", catalog, "--model", model_dir,
+            "--output", str(output), "--steps", "1", "--batch-size", "2", "--wait-for-lease", "300"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "platform"), str(REPO)])}
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for _ in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=600)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                end_process_tree(p, signal.SIGKILL)
+    assert [p.returncode for p in procs] == [0, 0], outs
+    n = len(good_rows)
+    assert sorted(f"{n} rows in scope = {n} ok + 0 failed" in o for o in outs) == [True, True]
+    generated = sorted(int(o.split("  generate")[1].split()[0]) for o in outs)
+    assert generated == [0, n]  # the second found every row done: nothing made twice
+    records = _manifest(str(output))
+    assert sorted(records) == sorted(r["product_id"] for r in good_rows)
+    assert {r["status"] for r in records.values()} == {"ok"}
+    assert not list((output / "manifest" / "parts").glob("*.parquet"))
+
+
+def test_a_second_run_refuses_with_the_holder_named(home, model_dir, good_rows, tmp_path, capsys):
+    from backdrop.batch.lease import Lease
+    from backdrop.cli import main
+
+    catalog = _catalog(good_rows[:1], tmp_path / "catalog.parquet")
+    with Lease(str(tmp_path / "out"), "nightly").acquire() as holder:
+        code = main(["generate", "--catalog", catalog, "--model", model_dir, "--output", str(tmp_path / "out"),
+                     "--steps", "1"])
+    assert code == 75
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"nightly run {holder.token}" in err and "--wait-for-lease" in err
+
+
+# --------------------------------------------------------------------------- 7: chaos, on Ray
+
+
+def _parts(output: str) -> int:
+    from backdrop import storage
+    from backdrop.batch.manifest import PARTS_DIR
+
+    return len([n for n in storage.list_dir(storage.join(output, PARTS_DIR)) if n.endswith(".parquet")])
+
+
+def _job(script: str, args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "jobs" / script), *args, "--ray-address", "local",
+                             "--num-cpus", "2"], start_new_session=True, text=True, **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_chaos_kill_rerun_then_nightly_after_edits(where, home, model_dir, good_rows, tmp_path, request):
+    """One hostile catalog: SIGKILL the Ray job's driver mid-run, run it again, edit three inputs,
+    run the nightly job; exactly the expected rows are made, every count is exact."""
+    from PIL import Image
+
+    from backdrop import storage
+    from backdrop.batch import manifest
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    rows = []
+    for r in good_rows:
+        img, mask = inputs / f"{r['product_id']}.png", inputs / f"{r['product_id']}-mask.png"
+        img.write_bytes(Path(r["image_uri"]).read_bytes())
+        mask.write_bytes(Path(r["mask_uri"]).read_bytes())
+        rows.append({**r, "image_uri": str(img), "mask_uri": str(mask)})
+    mug = rows[1]  # not among the edited rows below: rows sharing an edited input are remade too
+    hostile = [{**mug, "product_id": pid, "category": c} for pid, c in
+               [("../../../etc/cron.d/x", "mug"), ("SKU.tmp-2024", "mug"), ("Sku-A", "laptop"), ("SKU-A", "laptop")]]
+    catalog_rows = rows + hostile + [{**mug, "product_id": "SKU-A"}, {**mug, "product_id": None},
+                                     {**mug, "product_id": "dev-zero", "image_uri": "/dev/zero"}]
+    n_in, n_ids = len(catalog_rows), len(rows) + len(hostile) + 1  # 1: dev-zero
+    catalog = tmp_path / "catalog.parquet"
+    _catalog(catalog_rows, catalog)
+    if where == "local":
+        output = str(tmp_path / "zone" / "out")
+    else:
+        output = f"{request.getfixturevalue('s3_bucket')}/out"
+    args = ["--catalog", str(catalog), "--model", model_dir, "--output", output, "--steps", "2",
+            "--batch-size", "1", "--max-failure-rate", "1"]
+
+    # 1. kill the driver once two batches are written
+    proc = _job("catalog_backfill.py", args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while _parts(output) < 2:
+            assert proc.poll() is None, "the job ended before it could be killed"
+            assert time.monotonic() < deadline, "no manifest parts after 300 s (hang guard)"
+            time.sleep(0.1)
+    finally:
+        end_process_tree(proc, signal.SIGKILL)
+    done_before = {r["product_id"] for r in manifest.read_records(output).to_pylist() if r["status"] == "ok"}
+    assert 1 <= len(done_before) < n_ids
+    assert storage.exists(storage.join(output, "_lease.json"))  # the killed run's lease is still there
+    made_before = {r["product_id"]: r["created_at"] for r in manifest.read_records(output).to_pylist()
+                   if r["status"] == "ok"}
+
+    # 2. rerun at once: the dead driver's lease (same host, pid gone) is taken over
+    rerun = _job("catalog_backfill.py", args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0, out[-4000:]
+    assert f"{n_in} rows in scope = {n_in - 3} ok + 3 failed" in out  # a duplicate, a null id, /dev/zero
+    records = manifest.latest(manifest.read_records(output)).to_pylist()
+    by_id = {r["product_id"]: r for r in records}
+    assert len(records) == n_ids and set(by_id) == {r["product_id"] for r in catalog_rows if r["product_id"]}
+    assert {pid for pid, r in by_id.items() if r["status"] != "ok"} == {"dev-zero"}
+    assert {pid: by_id[pid]["created_at"] for pid in made_before} == made_before  # not made twice
+
+    # 3. edit three inputs (pixels, mask, prompt), then the nightly job regenerates exactly those
+    with Image.open(rows[0]["image_uri"]) as im:
+        im.transpose(Image.FLIP_LEFT_RIGHT).save(rows[0]["image_uri"])
+    with Image.open(rows[4]["mask_uri"]) as im:
+        im.transpose(Image.FLIP_TOP_BOTTOM).save(rows[4]["mask_uri"])
+    edited = {rows[0]["product_id"], rows[4]["product_id"], rows[2]["product_id"]}
+    catalog_rows[2] = {**catalog_rows[2], "prompt": "on a marble table"}
+    _catalog(catalog_rows, catalog)
+    nightly = _job("nightly_regen.py", args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = nightly.communicate(timeout=600)[0]
+    assert nightly.returncode == 0, out[-4000:]
+    assert "input_changed" in out
+    after = {r["product_id"]: r for r in manifest.latest(manifest.read_records(output)).to_pylist()}
+    remade = {pid for pid in after if after[pid]["created_at"] != by_id[pid]["created_at"]}
+    assert remade == edited | {"dev-zero"}  # the three edits, and the failed row retried
+    assert {pid for pid, r in after.items() if r["status"] != "ok"} == {"dev-zero"}
+    assert f"{n_in} rows in scope = {n_in - 3} ok + 3 failed" in out
+
+    # nothing outside the output root; one image per ok record, where its record says
+    if where == "local":
+        zone = tmp_path / "zone"
+        assert [p for p in _files(zone) if not _under(output, str(p))] == []
+        images = sorted(str(p) for p in _files(Path(output) / "images"))
+    else:
+        fs, path = storage.filesystem(request.getfixturevalue("s3_bucket"))
+        every = fs.find(path)
+        assert all(k.startswith(f"{path}/out/") for k in every), every
+        images = sorted("s3://" + k for k in fs.find(f"{path}/out/images"))
+    assert images == sorted(r["output_uri"] for r in after.values() if r["status"] == "ok")
+    assert not storage.list_dir(storage.join(output, "_incomplete"))
+    assert not storage.exists(storage.join(output, "_lease.json"))
