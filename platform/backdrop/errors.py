@@ -20,7 +20,11 @@ class BackdropError(Exception):
     @property
     def message(self) -> str:
         """The readable message alone (``str()`` of an input error also names its code)."""
-        return Exception.__str__(self)
+        return self.__dict__.get("_message") or Exception.__str__(self)
+
+    @message.setter
+    def message(self, value: str) -> None:  # subclasses that build their own message
+        self._message = value
 
 
 class InvalidInputError(BackdropError, ValueError):
