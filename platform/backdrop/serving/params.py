@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**31 - 1
 RESPONSE_FORMATS = ("png", "json")
+DEFAULT_STEPS = 50
 MAX_TEXT_CHARS = 1000  # any text field but the files; the prompt has its own (smaller) limit
 # '{', '[' and ',' anywhere in a JSON body, counted before it is parsed: a real request has
 # about a dozen, and a body of nothing but "[{},{},...]" would otherwise cost ~25x its size.
@@ -74,6 +75,10 @@ Int = Annotated[int, BeforeValidator(_int_text)]
 Float = Annotated[float, BeforeValidator(_float_text)]
 
 
+def _limits(info: ValidationInfo) -> Limits:
+    return (info.context or {}).get("limits", DEFAULT_LIMITS)
+
+
 # --- parameters -----------------------------------------------------------------------------
 class GenerateParams(BaseModel):
     """The generation parameters of one request (everything but the images).
@@ -92,7 +97,7 @@ class GenerateParams(BaseModel):
                                 description="optional free text describing the background")
     seed: Int = Field(default_factory=lambda: secrets.randbelow(MAX_SEED + 1), ge=0, le=MAX_SEED,
                       description="random seed; drawn at random (and returned) when omitted")
-    steps: Int = Field(50, ge=1, le=SCHEDULER_MAX_STEPS, description="denoising steps")
+    steps: Int = Field(DEFAULT_STEPS, ge=1, le=SCHEDULER_MAX_STEPS, description="denoising steps")
     guidance: Float = Field(2.0, ge=0.0, le=1000.0, allow_inf_nan=False, description="classifier-free guidance")
     num_images: Int = Field(1, ge=1, le=16, description="how many images (seeds seed, seed+1, ...)")
     format: Literal["png", "json"] = Field(
@@ -103,7 +108,7 @@ class GenerateParams(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _defaults(cls, data: Any) -> Any:
+    def _defaults(cls, data: Any, info: ValidationInfo) -> Any:
         """Blank fields are missing (a form sends empty inputs): a missing seed is drawn at random
         (and reported back, so the answer can be reproduced); a missing format is png for one
         image and json for several."""
@@ -112,11 +117,13 @@ class GenerateParams(BaseModel):
         data = {k: v for k, v in data.items() if not (v is None or (isinstance(v, str) and not v.strip()))}
         if isinstance(data.get("format"), str):
             data["format"] = data["format"].strip().lower()
+        if "steps" not in data:  # a deployment whose max_steps is under the default still answers
+            data["steps"] = min(DEFAULT_STEPS, _limits(info).max_steps)
         return data
 
     @model_validator(mode="after")
     def _within_limits(self, info: ValidationInfo) -> "GenerateParams":
-        limits = (info.context or {}).get("limits", DEFAULT_LIMITS)
+        limits = _limits(info)
         limits.check_steps(self.steps)
         limits.check_guidance(self.guidance)
         limits.check_prompt(self.prompt)
@@ -173,6 +180,7 @@ def body_schema(limits: Limits = DEFAULT_LIMITS, *, binary: bool) -> dict:
     schema = GenerateParams.model_json_schema()
     props = schema["properties"]
     props["steps"]["maximum"] = limits.max_steps
+    props["steps"]["default"] = min(DEFAULT_STEPS, limits.max_steps)
     props["guidance"]["maximum"] = limits.max_guidance
     props["num_images"]["maximum"] = limits.max_images
     for option in props["prompt"].get("anyOf", [props["prompt"]]):
