@@ -22,6 +22,7 @@ import base64
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 import weakref
@@ -32,7 +33,8 @@ from typing import Literal
 import ray
 from fastapi import Depends, FastAPI, Header, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -47,6 +49,7 @@ from ray.serve.exceptions import (
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException
+from swagger_ui_bundle import swagger_ui_path
 
 from backdrop import runtime
 from backdrop.errors import (
@@ -62,13 +65,14 @@ from backdrop.registry import RegistryError, describe_registered
 from backdrop.runtime import LoadedGenerator
 from backdrop.serving.auth import ApiKeys
 from backdrop.serving.jobs import Generated, Job, check_job, load_job, run_jobs
-from backdrop.serving.models import ModelSelector
-from backdrop.serving.params import GenerateParams, read_input
+from backdrop.serving.models import ModelNotAllowed, ModelSelector
+from backdrop.serving.params import FILE_FIELDS, GenerateParams, body_schema, parse_json_body, read_input
+from backdrop.serving.quota import KeyQuota, QuotaExceeded
+from backdrop.serving.scope import UriScope
 
 logger = logging.getLogger("ray.serve")
 
 STATIC_DIR = Path(__file__).parent / "static"
-FILE_FIELDS = ("image", "mask", "reference", "reference_mask")
 MAX_MODELS_PER_REPLICA = int(os.environ.get("BACKDROP_MAX_MODELS_PER_REPLICA", "2"))
 LATENCY_BUCKETS_MS = [25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64]
@@ -114,6 +118,7 @@ class GenerationFailed(Exception):
 # First match wins: subclasses before their bases.
 STATUS: list[tuple[type[BaseException], int, str]] = [
     (Unauthorized, 401, "unauthorized"),
+    (ModelNotAllowed, 403, ModelNotAllowed.code),
     (PayloadTooLarge, 413, "payload_too_large"),
     (ImageTooLargeError, 413, ImageTooLargeError.code),
     (UnsupportedMediaType, 415, "unsupported_media_type"),
@@ -122,6 +127,7 @@ STATUS: list[tuple[type[BaseException], int, str]] = [
     (RegistryError, 404, "unknown_model"),
     (InvalidInputError, 422, InvalidInputError.code),  # masks, category, parameters, URIs
     (RequestValidationError, 422, "invalid_request"),
+    (QuotaExceeded, 429, "too_many_requests"),
     (ModelUnavailable, 503, "model_unavailable"),
     (Overloaded, 503, "overloaded"),
     (RequestTimeout, 504, "timeout"),
@@ -146,10 +152,12 @@ async def error_response(request: Request, exc: BaseException) -> JSONResponse:
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="backdrop"'
-    if status == 503:
+    if status in (429, 503):
         retry = getattr(exc, "retry_after_s", None) or _ingress().settings.retry_after_s
-        headers["Retry-After"] = str(max(1, round(retry)))
+        headers["Retry-After"] = str(max(1, math.ceil(retry)))
     request.state.error = code
+    # A message may quote the caller's input: escape what UTF-8 cannot carry (a lone surrogate).
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     body = {"error": {"code": code, "message": message, "request_id": _request_id(request)}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -174,6 +182,11 @@ class AppArgs(BaseModel):
     model_path: str | None = Field(None, description="serve this saved generator (dir or s3://) instead "
                                                      "of the registry: local development")
     alias_ttl_s: float = Field(2.0, ge=0, description="how long an alias lookup is reused")
+    allowed_aliases: list[str] = Field(default_factory=list, description="aliases callers may ask for, "
+                                                                         "besides default_alias")
+    allowed_versions: list[str] = Field(default_factory=list, description="versions callers may ask "
+                                                                          "for by number; \"*\": any")
+    model_cache_size: int = Field(64, ge=1, description="alias/version lookups kept (LRU)")
     api_key_sha256: list[str] = Field(default_factory=list, description="hex SHA-256 of each accepted key")
     api_keys_env: str = Field("BACKDROP_API_KEYS", description="env var with more keys, comma-separated")
     max_body_bytes: int = Field(48 * 2**20, gt=0, description="413 over this request body size")
@@ -184,7 +197,15 @@ class AppArgs(BaseModel):
     max_images: int = Field(DEFAULT_LIMITS.max_images, ge=1, le=16)
     request_timeout_s: float = Field(60.0, gt=0, description="504 when an answer takes longer")
     retry_after_s: float = Field(2.0, gt=0, description="Retry-After on 503 when Serve gives none")
-    allowed_uri_prefixes: list[str] = Field(["s3://"], description="URIs a JSON body may point at")
+    allowed_uri_prefixes: list[str] = Field(default_factory=list, description="s3://bucket/prefix/ a JSON "
+                                            "body may point at (none: remote inputs are off)")
+    uri_prefixes_by_key: dict[str, list[str]] = Field(default_factory=dict, description="a key's SHA-256 "
+                                                      "-> its own prefixes, instead of allowed_uri_prefixes")
+    rate_per_key_per_s: float | None = Field(None, gt=0, description="429 past this average rate per key")
+    burst_per_key: int | None = Field(None, ge=1, description="requests a key may send at once before its "
+                                                              "rate applies")
+    max_concurrent_per_key: int | None = Field(None, ge=1, description="429 past this many requests of one "
+                                                                       "key in progress")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_gpus: float | Literal["auto"] = Field("auto", description="per generator replica; auto: 1 if the "
                                                                   "cluster has a GPU, else 0")
@@ -196,31 +217,6 @@ class AppArgs(BaseModel):
     def limits(self) -> Limits:
         return Limits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels,
                       max_steps=self.max_steps, max_images=self.max_images)
-
-
-FIELD_DOCS = {
-    "category": ("string", "product category (GET /v1/models lists them)"),
-    "prompt": ("string", "optional free text describing the background"),
-    "seed": ("integer", "random seed; drawn at random (and returned) when omitted"),
-    "steps": ("integer", "denoising steps (default 50)"),
-    "guidance": ("number", "classifier-free guidance (default 2.0)"),
-    "num_images": ("integer", "how many images (seeds seed, seed+1, ...)"),
-    "format": ("string", "png (one image, the default) or json (base64 PNGs in an envelope)"),
-}
-FILE_DOCS = {
-    "image": "the product photo; its alpha channel is the product mask unless `mask` is given",
-    "mask": "product mask, same size as the image (white = product)",
-    "reference": "optional reference ad: the new background takes its style",
-    "reference_mask": "the reference's product mask (else its alpha; else all of it is background)",
-}
-
-
-def _body_schema(binary: bool) -> dict:
-    """OpenAPI schema of the generate body, for the multipart and the JSON variant."""
-    props = {name: {"type": "string", "format": "binary", "description": doc} if binary else
-             {"type": "string", "description": f"{doc}: base64 or an s3:// URI"} for name, doc in FILE_DOCS.items()}
-    props.update({name: {"type": t, "description": d} for name, (t, d) in FIELD_DOCS.items()})
-    return {"type": "object", "required": ["image", "category"], "properties": props}
 
 
 def _ingress():
@@ -357,6 +353,8 @@ class Generator:
 
 # --- the ingress --------------------------------------------------------------------------
 api = FastAPI(
+    docs_url=None,  # /docs below: Swagger UI from this service, never from a CDN
+    redoc_url=None,
     title="backdrop",
     version="1",
     summary="Product backgrounds in a category's style, or in the style of your reference ad.",
@@ -367,6 +365,7 @@ api = FastAPI(
     ),
 )
 api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")  # before the class routes
+api.mount("/docs/static", StaticFiles(directory=swagger_ui_path), name="docs-static")
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="your API key")
 bearer_scheme = HTTPBearer(auto_error=False, description="your API key as a bearer token")
 
@@ -381,6 +380,32 @@ async def require_api_key(
         raise Unauthorized("a valid API key is required: send X-API-Key: KEY or Authorization: Bearer KEY"
                            if (api_key or bearer) is None else "this API key is not valid")
     request.state.key_id = key_id
+    request.state.key_digest = ApiKeys.digest(api_key or bearer.credentials)
+
+
+async def admit_key(request: Request, _=Depends(require_api_key)):
+    """The caller's key within its rate and concurrency (429 otherwise), for the request's life."""
+    quota, key = _ingress().quota, request.state.key_id
+    quota.acquire(key)
+    try:
+        yield
+    finally:
+        quota.release(key)
+
+
+def _openapi() -> dict:
+    """FastAPI's schema, with the generate body from :class:`GenerateParams` and this deployment's limits."""
+    if api.openapi_schema is None:
+        schema = FastAPI.openapi(api)
+        limits = _ingress().limits
+        content = schema["paths"]["/v1/generate"]["post"]["requestBody"]["content"]
+        content["multipart/form-data"]["schema"] = body_schema(limits, binary=True)
+        content["application/json"]["schema"] = body_schema(limits, binary=False)
+        api.openapi_schema = schema
+    return api.openapi_schema
+
+
+api.openapi = _openapi
 
 
 for _exc in (Exception, HTTPException, RequestValidationError, *{cls for cls, _, _ in STATUS}):
@@ -440,7 +465,12 @@ class Backdrop:
         self.api_keys = ApiKeys.from_config(self.settings.api_key_sha256,
                                             os.environ.get(self.settings.api_keys_env, ""))
         self.models = ModelSelector(self.settings.model_name, self.settings.default_alias,
-                                    self.settings.model_path, self.settings.alias_ttl_s)
+                                    self.settings.model_path, self.settings.alias_ttl_s,
+                                    aliases=self.settings.allowed_aliases, versions=self.settings.allowed_versions,
+                                    max_cached=self.settings.model_cache_size)
+        self.scope = UriScope(self.settings.allowed_uri_prefixes, self.settings.uri_prefixes_by_key)
+        self.quota = KeyQuota(self.settings.rate_per_key_per_s, self.settings.burst_per_key,
+                              self.settings.max_concurrent_per_key)
         self.requests = Counter("backdrop_requests", description="HTTP requests by route and status.",
                                 tag_keys=("route", "status"))
         self.latency = Histogram("backdrop_request_latency_ms", boundaries=LATENCY_BUCKETS_MS,
@@ -454,27 +484,44 @@ class Backdrop:
     async def page(self) -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> HTMLResponse:
+        """Swagger UI from assets this service serves: it works offline, and no third-party script
+        runs on the origin whose sessionStorage holds the try-it page's API key."""
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title="backdrop API",
+                                   swagger_js_url=f"{root}/docs/static/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}/docs/static/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}/docs/static/favicon-32x32.png")
+
     @api.get("/healthz", summary="Liveness: the service answers (no key needed)")
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
     @api.get("/readyz", summary="Readiness: the default model resolves and is loaded (no key needed)")
     async def readyz(self) -> JSONResponse:
+        """``ready``; ``degraded`` (still 200: the replica serves the default alias's last known
+        version, so a load balancer should keep it); or 503 with a code. Never a path or an
+        exception's text: no key is needed here (the reason goes to the log)."""
         try:
             choice = await self._choose(None, None)
             info = await asyncio.wait_for(
                 self.generator.options(multiplexed_model_id=choice.model_id).describe.remote(), 10)
         except asyncio.TimeoutError:
-            return JSONResponse({"status": "loading", "model": self.models.default_reference}, status_code=503,
+            return JSONResponse({"status": "loading", "code": "model_loading"}, status_code=503,
                                 headers={"Retry-After": "5"})
-        except Exception as e:  # noqa: BLE001 - not ready, say why
-            return JSONResponse({"status": "not_ready", "reason": str(_cause(e))}, status_code=503,
-                                headers={"Retry-After": "5"})
+        except Exception as e:  # noqa: BLE001 - not ready: a code for the caller, the reason for the log
+            code = "no_model" if isinstance(_cause(e), ModelUnavailable) else "model_error"
+            logger.warning("not ready (%s): %s: %s", code, type(_cause(e)).__name__, _cause(e))
+            return JSONResponse({"status": "not_ready", "code": code}, status_code=503, headers={"Retry-After": "5"})
+        if choice.stale:
+            return JSONResponse({"status": "degraded", "code": "alias_unresolved", "model": info["name"],
+                                 "version": info["version"]})
         return JSONResponse({"status": "ready", "model": info["name"], "version": info["version"]})
 
     # --- the API ---------------------------------------------------------------------------
     @api.get("/v1/models", summary="What is served: the default model, its categories, aliases, "
-                                   "versions and the versions loaded", dependencies=[Depends(require_api_key)])
+                                   "versions and the versions loaded", dependencies=[Depends(admit_key)])
     async def list_models(self) -> dict:
         choice = await self._choose(None, None)
         default = await self._call(self.generator.options(multiplexed_model_id=choice.model_id).describe.remote())
@@ -483,10 +530,13 @@ class Backdrop:
             registry = {"name": default["name"], "aliases": {}, "versions": [default["version"]]}
         else:
             registry = await asyncio.to_thread(describe_registered, self.settings.model_name)
+            offered = self.models  # only what callers may ask for
+            registry["aliases"] = {a: v for a, v in registry["aliases"].items() if a in offered.aliases}
+            registry["versions"] = [v for v in registry["versions"] if offered.any_version or v in offered.versions]
         return {
             "model": choice.name,
             "source": "path" if self.settings.model_path else "registry",
-            "default": {"reference": self.models.default_reference, **default},
+            "default": {"reference": self.models.public_reference, **default},
             "aliases": registry["aliases"],
             "versions": registry["versions"],
             "loaded": loaded,
@@ -496,19 +546,19 @@ class Backdrop:
     @api.post(
         "/v1/generate",
         summary="Generate backgrounds for a product, optionally in a reference's style",
-        dependencies=[Depends(require_api_key)],
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "multipart/form-data": {"schema": _body_schema(binary=True)},
-            "application/json": {"schema": _body_schema(binary=False)},
-        }}},
+        dependencies=[Depends(admit_key)],
+        openapi_extra={"requestBody": {"required": True, "content": {  # schemas: _openapi
+            "multipart/form-data": {"schema": {}}, "application/json": {"schema": {}}}}},
         responses={
             200: {"description": "One PNG (`format=png`) or a JSON envelope of base64 PNGs (`format=json`)",
                   "content": {"image/png": {}, "application/json": {}}},
             401: {"description": "missing or invalid API key"},
+            403: {"description": "the model version or alias asked for is not offered by this service"},
             404: {"description": "the model version or alias asked for does not exist"},
             413: {"description": "upload over the size or pixel limit"},
             415: {"description": "not an image we can decode, or not multipart/JSON"},
             422: {"description": "wrong mask size, empty or full mask, unknown category, parameter out of range"},
+            429: {"description": "this API key is over its rate or concurrency: retry after `Retry-After` s"},
             503: {"description": "overloaded or no model ready: retry after `Retry-After` seconds"},
             504: {"description": "the answer took longer than the request timeout"},
         },
@@ -576,17 +626,11 @@ class Backdrop:
                     raise InvalidParameterError(f"{key} must be a text field, not a file")
             return fields, files
         if content_type == "application/json":
-            try:
-                body = json.loads(await request.body())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise InvalidParameterError(f"the body is not valid JSON: {e}") from None
-            if not isinstance(body, dict):
-                raise InvalidParameterError("the JSON body must be an object")
-            prefixes = tuple(self.settings.allowed_uri_prefixes)
+            body = parse_json_body(await request.body())
             for key in FILE_FIELDS:
                 value = body.pop(key, None)
-                files[key] = await asyncio.to_thread(read_input, value, key, limits=self.limits,
-                                                     allowed_prefixes=prefixes)
+                files[key] = await asyncio.to_thread(read_input, value, key, limits=self.limits, scope=self.scope,
+                                                     key_digest=request.state.key_digest)
             return body, files
         raise UnsupportedMediaType(
             f"send multipart/form-data (file uploads) or application/json (base64 or s3:// URIs), "

@@ -52,6 +52,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 MAX_BODY = 2 * 2**20
 KEY = {"X-API-Key": API_KEY}
 TIMEOUT_S = 5  # the ``timeout`` app's: a held request always outlasts it; reaching the hold takes far less
+INPUTS = "s3://backdrop-serve-inputs"  # the one bucket (under in/) the main app may read
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,9 @@ def stack(tmp_path_factory, s3_server):  # S3 first: the replicas inherit its en
     from backdrop.serving.auth import ApiKeys
 
     try:
+        import boto3
+
+        boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=INPUTS[5:])
         versions = register_versions(2)
         model_dir = home / "saved-generator"
         tiny_model(seed=5).save_pretrained(str(model_dir))
@@ -78,6 +82,9 @@ def stack(tmp_path_factory, s3_server):  # S3 first: the replicas inherit its en
                 "max_steps": 400,
                 "request_timeout_s": 300,
                 "hold_dir": str(home / "hold-main"),
+                "allowed_aliases": ["challenger"],  # other aliases and versions are off unless listed
+                "allowed_versions": ["*"],
+                "allowed_uri_prefixes": [f"{INPUTS}/in/"],  # remote inputs are off unless listed
             }, generator={"max_ongoing_requests": 16, "max_queued_requests": 64,
                           "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.25}}, url=url)
             tight_args = {
@@ -213,7 +220,7 @@ def test_same_seed_and_version_give_identical_bytes(stack):
 def test_json_body_with_base64_and_s3_uris(stack, s3_bucket):
     from backdrop import storage
 
-    uri = f"{s3_bucket}/in/product.png"
+    uri = f"{INPUTS}/in/product.png"
     storage.write_bytes(uri, png(product_rgba()))
     body = {"image": uri, "reference": base64.b64encode(png(reference_rgb())).decode(), "category": "lamp",
             "steps": 2, "seed": 3, "format": "json"}
@@ -344,7 +351,7 @@ def test_a_header_picks_another_version_through_multiplexing(stack):
     assert by_alias.headers["X-Backdrop-Model-Version"] == v2 and by_alias.headers["X-Backdrop-Model-Alias"] == "challenger"
     assert by_version.content == by_alias.content != default.content  # another model, other pixels
     assert_error(generate(stack["url"], headers={"X-Backdrop-Model-Version": "99"}), 404, "unknown_model")
-    assert_error(generate(stack["url"], headers={"X-Backdrop-Model-Alias": "nope"}), 404, "unknown_model")
+    assert_error(generate(stack["url"], headers={"X-Backdrop-Model-Alias": "nope"}), 403, "model_not_allowed")
     assert_error(generate(stack["url"], headers={"X-Backdrop-Model-Version": "two"}), 422, "invalid_parameter")
     info = requests.get(f"{stack['url']}/v1/models", headers=KEY).json()
     assert set(info["loaded"]) == {v1, v2}

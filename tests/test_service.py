@@ -52,16 +52,19 @@ def test_params_parse_form_strings_and_json_values_alike():
 
 @pytest.mark.parametrize("fields, fragment", [
     ({}, "category is required"),
-    ({"category": "mug", "steps": "0"}, "steps must be in 1..100"),
-    ({"category": "mug", "steps": "2.5"}, "steps must be an integer"),
-    ({"category": "mug", "steps": True}, "steps must be an integer"),
-    ({"category": "mug", "guidance": "inf"}, "guidance must be in"),
-    ({"category": "mug", "seed": -1}, "seed must be in"),
+    ({"category": "mug", "steps": "0"}, "steps: input should be greater than or equal to 1"),
+    ({"category": "mug", "steps": "101"}, "steps must be an integer in 1..100"),
+    ({"category": "mug", "steps": "2.5"}, "steps: must be an integer"),
+    ({"category": "mug", "steps": True}, "steps: input should be a valid integer"),
+    ({"category": "mug", "guidance": "inf"}, "guidance: must be a finite decimal number"),
+    ({"category": "mug", "seed": -1}, "seed: input should be greater than or equal to 0"),
+    ({"category": "mug", "seed": "9" * 5000}, "seed: must be an integer"),  # never int() on it
     ({"category": "mug", "num_images": 5}, "num_images must be in 1..4"),
     ({"category": "mug", "num_images": 2, "format": "png"}, "use format=json"),
-    ({"category": "mug", "format": "tiff"}, "format must be one of"),
-    ({"category": "mug", "colour": "red"}, "unknown field(s) 'colour'"),
-    ({"category": ["mug"]}, "category must be a string"),
+    ({"category": "mug", "format": "tiff"}, "format: input should be 'png' or 'json'"),
+    ({"category": "mug", "colour": "red"}, "unknown field 'colour'"),
+    ({"category": ["mug"]}, "category: input should be a valid string"),
+    ({"category": "mug", "prompt": "a \ud800 b"}, "prompt: must be text without control characters"),
 ])
 def test_params_out_of_range_are_readable_errors(fields, fragment):
     with pytest.raises(InvalidParameterError) as e:
@@ -89,8 +92,10 @@ def test_read_input_base64_data_url_and_refusals():
     assert read_input(None, "mask") is None and read_input("", "mask") is None
     with pytest.raises(InvalidParameterError, match="neither base64 nor"):
         read_input("/etc/passwd", "image")
-    with pytest.raises(InvalidParameterError, match="not accepted"):
+    with pytest.raises(InvalidParameterError, match="only s3:// URIs"):
         read_input("file:///etc/passwd", "image")
+    with pytest.raises(InvalidParameterError, match="remote URIs are not enabled"):
+        read_input("s3://bucket/p.png", "image")  # no scope configured: remote inputs are off
     with pytest.raises(ImageTooLargeError):
         read_input(base64.b64encode(b"x" * 2000).decode(), "image", limits=Limits(max_image_bytes=1000))
 
@@ -99,13 +104,28 @@ def test_read_input_from_s3(s3_bucket):
     from backdrop import storage
     from backdrop.errors import FetchError
 
+    from backdrop.serving.scope import UriScope
+
     data = png(product())
-    storage.write_bytes(f"{s3_bucket}/p.png", data)
-    assert read_input(f"{s3_bucket}/p.png", "image") == data
+    storage.write_bytes(f"{s3_bucket}/in/p.png", data)
+    storage.write_bytes(f"{s3_bucket}/private/p.png", data)
+    scope = UriScope([f"{s3_bucket}/in"])
+    assert read_input(f"{s3_bucket}/in/p.png", "image", scope=scope) == data
     with pytest.raises(ImageTooLargeError):
-        read_input(f"{s3_bucket}/p.png", "image", limits=Limits(max_image_bytes=10))
+        read_input(f"{s3_bucket}/in/p.png", "image", limits=Limits(max_image_bytes=10), scope=scope)
+    # outside the scope, missing, or a spelling that would escape it: one and the same answer
+    answers = set()
+    for uri in (f"{s3_bucket}/private/p.png", f"{s3_bucket}/in/nothing.png", f"{s3_bucket}/in/../private/p.png",
+                f"{s3_bucket}/in//p.png", f"{s3_bucket}/in/%2e%2e/private/p.png", f"{s3_bucket}-other/in/p.png"):
+        with pytest.raises(FetchError) as e:
+            read_input(uri, "image", scope=scope)
+        answers.add(str(e.value))
+    assert len(answers) == 1 and "private" not in answers.pop()
+    # a key bound to its own prefixes sees those instead of the shared ones
+    bound = UriScope([f"{s3_bucket}/in"], per_key={"ab" * 32: [f"{s3_bucket}/private/"]})
+    assert read_input(f"{s3_bucket}/private/p.png", "image", scope=bound, key_digest="ab" * 32) == data
     with pytest.raises(FetchError):
-        read_input(f"{s3_bucket}/nothing.png", "image")
+        read_input(f"{s3_bucket}/in/p.png", "image", scope=bound, key_digest="ab" * 32)
 
 
 def test_load_job_takes_the_mask_from_alpha_and_checks_the_reference():

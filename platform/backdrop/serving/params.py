@@ -1,72 +1,147 @@
-"""The parameters of one generation request (everything but the images), and how a JSON or form
-field becomes one: typed, range-checked against the one :class:`~backdrop.limits.Limits`.
+"""The parameters of one generation request (everything but the images), and how a request body
+becomes them: the JSON parsed within explicit limits, then one pydantic model, range-checked
+against the one :class:`~backdrop.limits.Limits`, which also gives the API's OpenAPI schema.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import math
+import logging
 import re
 import secrets
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Annotated, Any, ClassVar, Literal, Mapping
+
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic_core import PydanticCustomError
 
 from .. import storage
 from ..errors import FetchError, ImageTooLargeError, InvalidParameterError
-from ..limits import DEFAULT_LIMITS, Limits
+from ..limits import DEFAULT_LIMITS, SCHEDULER_MAX_STEPS, Limits
+from .scope import SCHEME, UriScope
+
+logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**31 - 1
 RESPONSE_FORMATS = ("png", "json")
+DEFAULT_STEPS = 50
+MAX_TEXT_CHARS = 1000  # any text field but the files; the prompt has its own (smaller) limit
+# '{', '[' and ',' anywhere in a JSON body, counted before it is parsed: a real request has
+# about a dozen, and a body of nothing but "[{},{},...]" would otherwise cost ~25x its size.
+MAX_JSON_TOKENS = 1024
+FILE_FIELDS = ("image", "mask", "reference", "reference_mask")
+FILE_DOCS = {
+    "image": "the product photo; its alpha channel is the product mask unless `mask` is given",
+    "mask": "product mask, same size as the image (white = product)",
+    "reference": "optional reference ad: the new background takes its style",
+    "reference_mask": "the reference's product mask (else its alpha; else all of it is background)",
+}
+# Surrogates cannot be encoded (the answer, the log, the tokenizer); control characters have no
+# place in a category or a prompt. Tab and newline are allowed in a prompt.
+_BAD_TEXT = re.compile(r"[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_INT = re.compile(r"[+-]?[0-9]{1,18}")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]{1,18}(?:\.[0-9]{0,18})?|\.[0-9]{1,18})(?:[eE][+-]?[0-9]{1,3})?")
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, str):
+        if _BAD_TEXT.search(value):
+            raise PydanticCustomError("bad_text", "must be text without control characters or surrogates")
+        return value.strip()
+    return value  # anything else fails the strict str check
+
+
+def _int_text(value: Any) -> Any:
+    """A form field is text: a decimal integer of at most 18 digits becomes an int (never int() on
+    an unbounded string)."""
+    if isinstance(value, str):
+        if not _INT.fullmatch(value.strip()):
+            raise PydanticCustomError("int_parsing", "must be an integer")
+        return int(value)
+    return value
+
+
+def _float_text(value: Any) -> Any:
+    if isinstance(value, str):
+        if not _FLOAT.fullmatch(value.strip()):
+            raise PydanticCustomError("float_parsing", "must be a finite decimal number")
+        return float(value)
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+Int = Annotated[int, BeforeValidator(_int_text)]
+Float = Annotated[float, BeforeValidator(_float_text)]
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    return (info.context or {}).get("limits", DEFAULT_LIMITS)
 
 
 # --- parameters -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GenerateParams:
-    """The generation parameters of one request (everything but the images)."""
+class GenerateParams(BaseModel):
+    """The generation parameters of one request (everything but the images).
 
-    category: str
-    prompt: str | None = None
-    seed: int = 0
-    steps: int = 50
-    guidance: float = 2.0
-    num_images: int = 1
-    format: str = "png"  # the answer: one PNG, or a JSON envelope of base64 PNGs
+    Strict types (a JSON ``true`` is not a step count, ``2.5`` is not a seed); text from a form
+    is converted only through the bounded patterns above. The static bounds here are the
+    widest any configuration may allow; the configured :class:`Limits` narrow them (validation
+    context ``limits``) and :func:`body_schema` publishes the narrowed ones.
+    """
 
-    FIELDS = ("category", "prompt", "seed", "steps", "guidance", "num_images", "format")
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    category: Text = Field(min_length=1, max_length=100,
+                           description="product category (GET /v1/models lists them)")
+    prompt: Text | None = Field(None, max_length=MAX_TEXT_CHARS,
+                                description="optional free text describing the background")
+    seed: Int = Field(default_factory=lambda: secrets.randbelow(MAX_SEED + 1), ge=0, le=MAX_SEED,
+                      description="random seed; drawn at random (and returned) when omitted")
+    steps: Int = Field(DEFAULT_STEPS, ge=1, le=SCHEDULER_MAX_STEPS, description="denoising steps")
+    guidance: Float = Field(2.0, ge=0.0, le=1000.0, allow_inf_nan=False, description="classifier-free guidance")
+    num_images: Int = Field(1, ge=1, le=16, description="how many images (seeds seed, seed+1, ...)")
+    format: Literal["png", "json"] = Field(
+        default_factory=lambda data: "png" if data.get("num_images", 1) == 1 else "json",
+        description="png (one image; the default for one) or json (base64 PNGs in an envelope)")
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("category", "prompt", "seed", "steps", "guidance", "num_images", "format")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        """Blank fields are missing (a form sends empty inputs): a missing seed is drawn at random
+        (and reported back, so the answer can be reproduced); a missing format is png for one
+        image and json for several."""
+        if not isinstance(data, Mapping):
+            return data
+        data = {k: v for k, v in data.items() if not (v is None or (isinstance(v, str) and not v.strip()))}
+        if isinstance(data.get("format"), str):
+            data["format"] = data["format"].strip().lower()
+        if "steps" not in data:  # a deployment whose max_steps is under the default still answers
+            data["steps"] = min(DEFAULT_STEPS, _limits(info).max_steps)
+        return data
+
+    @model_validator(mode="after")
+    def _within_limits(self, info: ValidationInfo) -> "GenerateParams":
+        limits = _limits(info)
+        limits.check_steps(self.steps)
+        limits.check_guidance(self.guidance)
+        limits.check_prompt(self.prompt)
+        if self.num_images > limits.max_images:
+            raise InvalidParameterError(f"num_images must be in 1..{limits.max_images}, got {self.num_images}")
+        if self.format == "png" and self.num_images > 1:
+            raise InvalidParameterError(
+                f"format=png answers one image; use format=json for num_images={self.num_images}")
+        return self
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> "GenerateParams":
-        """Parse and range-check form fields (strings) or JSON values.
-
-        A missing seed is drawn at random (and reported back, so the answer can be reproduced);
-        a missing format is ``png`` for one image and ``json`` for several.
-        """
-        unknown = sorted(set(fields) - set(cls.FIELDS))
-        if unknown:
-            raise InvalidParameterError(
-                f"unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(cls.FIELDS)}")
-        category = _text(fields.get("category"), "category")
-        if not category:
-            raise InvalidParameterError("category is required (see GET /v1/models for the categories)")
-        prompt = limits.check_prompt(_text(fields.get("prompt"), "prompt") or None)
-        seed = _integer(fields.get("seed"), "seed", 0, MAX_SEED)
-        num_images = _integer(fields.get("num_images"), "num_images", 1, limits.max_images, default=1)
-        fmt = (_text(fields.get("format"), "format") or ("png" if num_images == 1 else "json")).lower()
-        if fmt not in RESPONSE_FORMATS:
-            raise InvalidParameterError(f"format must be one of {', '.join(RESPONSE_FORMATS)}, got {fmt!r}")
-        if fmt == "png" and num_images > 1:
-            raise InvalidParameterError(
-                f"format=png answers one image; use format=json for num_images={num_images}")
-        return cls(
-            category=category,
-            prompt=prompt,
-            seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
-            steps=_integer(fields.get("steps"), "steps", 1, limits.max_steps, default=cls.steps),
-            guidance=_number(fields.get("guidance"), "guidance", 0.0, limits.max_guidance, default=cls.guidance),
-            num_images=num_images,
-            format=fmt,
-        )
+        """Parse and range-check form fields (strings) or JSON values; any problem is one
+        :class:`InvalidParameterError` naming each bad field."""
+        try:
+            return cls.model_validate(dict(fields), context={"limits": limits})
+        except ValidationError as e:
+            raise InvalidParameterError(_describe(e)) from None
 
     @property
     def loop_key(self) -> tuple[int, float]:
@@ -78,69 +153,110 @@ class GenerateParams:
         return [(self.seed + k) % (MAX_SEED + 1) for k in range(self.num_images)]
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
+def _describe(error: ValidationError) -> str:
+    """One readable line per problem; the caller's value is echoed short and escaped."""
+    parts = []
+    for e in error.errors(include_url=False):
+        field = ".".join(map(str, e["loc"])) or "body"
+        if e["type"] == "default_factory_not_called":
+            continue  # format's default waits for num_images, which has its own error
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown field {ascii(field)}; expected {', '.join(GenerateParams.FIELDS)}")
+        elif e["type"] == "missing" and field == "category":
+            parts.append("category is required (see GET /v1/models for the categories)")
+        elif e["type"] == "value_error":  # a limit (InvalidParameterError) says it all
+            cause = e.get("ctx", {}).get("error")
+            parts.append(cause.message if isinstance(cause, InvalidParameterError) else f"{field}: {e['msg']}")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, Mapping) else f" (got {ascii(got)[:40]})"
+            parts.append(f"{field}: {e['msg'][0].lower()}{e['msg'][1:]}{shown}")
+    return "; ".join(parts)
 
 
-def _text(value: Any, name: str) -> str:
-    if _blank(value):
-        return ""
-    if not isinstance(value, str):
-        raise InvalidParameterError(f"{name} must be a string, got {type(value).__name__}")
-    return value.strip()
+def body_schema(limits: Limits = DEFAULT_LIMITS, *, binary: bool) -> dict:
+    """The OpenAPI schema of the generate body (multipart or JSON): :class:`GenerateParams`'
+    own JSON schema with the configured limits, plus the file fields."""
+    schema = GenerateParams.model_json_schema()
+    props = schema["properties"]
+    props["steps"]["maximum"] = limits.max_steps
+    props["steps"]["default"] = min(DEFAULT_STEPS, limits.max_steps)
+    props["guidance"]["maximum"] = limits.max_guidance
+    props["num_images"]["maximum"] = limits.max_images
+    for option in props["prompt"].get("anyOf", [props["prompt"]]):
+        if option.get("type") == "string":
+            option["maxLength"] = limits.max_prompt_chars
+    files = {name: {"type": "string", "format": "binary", "description": doc} if binary else
+             {"type": "string", "description": f"{doc}: base64, a data: URL or an allowed s3:// URI"}
+             for name, doc in FILE_DOCS.items()}
+    return {"type": "object", "title": "GenerateRequest", "required": ["image", "category"],
+            "properties": {**files, **props}, "additionalProperties": False}
 
 
-def _integer(value: Any, name: str, lo: int, hi: int, default: int | None = None) -> int | None:
-    if _blank(value):
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise InvalidParameterError(f"{name} must be an integer, got {value!r}")
-    try:
-        number = int(value.strip()) if isinstance(value, str) else value
-    except ValueError:
-        raise InvalidParameterError(f"{name} must be an integer, got {value!r}") from None
-    if not lo <= number <= hi:
-        raise InvalidParameterError(f"{name} must be in {lo}..{hi}, got {number}")
-    return number
+# --- the JSON body ----------------------------------------------------------------------------
+def parse_json_body(body: bytes) -> dict[str, Any]:
+    """A JSON object of scalars, parsed by orjson within explicit limits.
 
-
-def _number(value: Any, name: str, lo: float, hi: float, default: float) -> float:
-    if _blank(value):
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InvalidParameterError(f"{name} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidParameterError(f"{name} must be a number, got {value!r}") from None
-    if not (math.isfinite(number) and lo <= number <= hi):
-        raise InvalidParameterError(f"{name} must be in {lo:g}..{hi:g}, got {value!r}")
-    return number
-
-
-def read_input(value: Any, name: str, *, limits: Limits = DEFAULT_LIMITS,
-               allowed_prefixes: tuple[str, ...] = ("s3://",)) -> bytes | None:
-    """The bytes behind a JSON field: base64 (a ``data:`` URL too) or a remote URI.
-
-    Only URIs under ``allowed_prefixes`` are read (never a local path of the server), and an
-    object over ``limits.max_image_bytes`` is refused before it is downloaded.
+    The structure is counted before parsing (a few dozen bytes of ``[{},...]`` may not cost
+    kilobytes); orjson refuses invalid UTF-8, lone surrogates, NaN/Infinity and integers
+    beyond 64 bits (they become floats, which no integer field accepts); nested values are
+    refused after parsing.
     """
-    if _blank(value):
+    tokens = body.count(b"{") + body.count(b"[") + body.count(b",")
+    if tokens > MAX_JSON_TOKENS:
+        raise InvalidParameterError(f"the JSON body has too many objects, arrays or items "
+                                    f"(over {MAX_JSON_TOKENS}); send one object of fields")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidParameterError(f"the body is not valid JSON: {ascii(str(e))[1:-1][:200]}") from None
+    if not isinstance(value, dict):
+        raise InvalidParameterError("the JSON body must be an object")
+    for key, item in value.items():
+        if isinstance(item, (dict, list)):
+            raise InvalidParameterError(f"{ascii(key)[1:-1][:40]} must be a string, a number or null, "
+                                        f"not {'an object' if isinstance(item, dict) else 'an array'}")
+    return value
+
+
+# --- files named in a JSON body ----------------------------------------------------------------
+def _unreadable(name: str) -> FetchError:
+    # One answer whatever the reason (outside the scope, missing, no permission): nothing
+    # about an object the caller may not read leaks through it.
+    return FetchError(f"{name}: this URI cannot be read: it is outside this API key's input scope "
+                      "or there is no such object")
+
+
+def read_input(value: Any, name: str, *, limits: Limits = DEFAULT_LIMITS, scope: UriScope | None = None,
+               key_digest: str | None = None) -> bytes | None:
+    """The bytes behind a JSON field: base64 (a ``data:`` URL too) or an ``s3://`` URI.
+
+    A URI is read only when ``scope`` admits it for this key (no scope: remote inputs are
+    off), an object over ``limits.max_image_bytes`` is refused before it is downloaded, and
+    a local path of the server is never read.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if not isinstance(value, str):
         raise InvalidParameterError(f"{name} must be a base64 string or a URI, got {type(value).__name__}")
     value = value.strip()
-    if "://" in value[:16]:
-        if not any(value.startswith(p) for p in allowed_prefixes):
-            raise InvalidParameterError(
-                f"{name}: {value.split('://')[0]}:// URIs are not accepted here "
-                f"(allowed: {', '.join(allowed_prefixes) or 'none'})")
+    if "://" in value[:16] or value[:3].lower() == "s3:":
+        if not value.startswith(SCHEME):
+            raise InvalidParameterError(f"{name}: only {SCHEME} URIs (or base64 data) are accepted")
+        scope = scope or UriScope()
+        if not scope.prefixes_for(key_digest):
+            raise InvalidParameterError(f"{name}: remote URIs are not enabled for this API key; "
+                                        "send the file itself (base64 or multipart)")
+        uri = scope.admit(value, key_digest)
+        if uri is None:
+            raise _unreadable(name)
         try:
-            return storage.read_bytes(value, max_bytes=limits.max_image_bytes)
-        except (ImageTooLargeError, FetchError):
-            raise
-        except Exception as e:  # noqa: BLE001 - missing object, no permission, bad bucket name, ...
-            raise FetchError(f"cannot read {name} at {value}: {type(e).__name__}: {e}") from None
+            return storage.read_bytes(uri, max_bytes=limits.max_image_bytes)
+        except ImageTooLargeError:
+            raise  # an object in the caller's own scope: its size is theirs to know
+        except Exception as e:  # noqa: BLE001 - missing object, no permission, bad bucket, ...
+            logger.info("input %s at %s unreadable: %s: %s", name, uri, type(e).__name__, e)
+            raise _unreadable(name) from None
     if value.startswith("data:"):
         value = value.partition(",")[2]
     if len(value) * 3 // 4 > limits.max_image_bytes:

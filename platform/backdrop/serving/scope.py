@@ -1,0 +1,83 @@
+"""Which remote objects an HTTP caller may name as an input: an allowlist of ``s3://bucket/prefix/``.
+
+The service reads objects with its own credentials, which reach far more than any one caller
+should see; a URI in a request is therefore admitted only when its canonical form lies under
+one of the configured prefixes, compared on whole path segments (``s3://brand`` never admits
+``s3://brand-other``). Rather than normalising odd spellings (``..``, ``//``, ``%2e``, a
+backslash, a query) into something that might mean another object to the store, they are
+refused: a URI is admitted only when it is already canonical. Nothing is admitted unless
+configured, and a local path never is (only the ``s3`` scheme exists here).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping, Sequence
+
+# S3's bucket naming rules (lower case, 3..63, no "..", no leading/trailing dot or hyphen).
+_BUCKET = r"[a-z0-9](?:[a-z0-9-]|\.(?!\.)){1,61}[a-z0-9]"
+# One key segment: a conservative character set; "%", "\\", "?", "#", spaces and control
+# characters never appear, so no decoder downstream can turn a segment into another one.
+_SEGMENT = re.compile(r"[A-Za-z0-9!_.*'()=+@,;~-]+")
+_URI = re.compile(rf"s3://(?P<bucket>{_BUCKET})(?P<key>(?:/[^/]*)*)")
+SCHEME = "s3://"
+
+
+class ScopeConfigError(ValueError):
+    """A configured prefix that is not a canonical ``s3://bucket[/prefix]``."""
+
+
+def canonical(uri: str, *, prefix: bool = False) -> str | None:
+    """``uri`` if it is a canonical ``s3://bucket/key`` (``prefix``: a bucket or folder, returned
+    with a trailing ``/``); ``None`` for anything else."""
+    if not isinstance(uri, str) or len(uri) > 1024:
+        return None
+    m = _URI.fullmatch(uri)
+    if m is None:
+        return None
+    segments = m["key"].split("/")[1:]
+    if prefix and segments and segments[-1] == "":
+        segments.pop()  # "s3://b/p/" is the folder "s3://b/p"
+    if not prefix and not segments:
+        return None  # a bucket is not an object
+    for s in segments:
+        if s in (".", "..") or not _SEGMENT.fullmatch(s):
+            return None
+    path = "/".join([f"{SCHEME}{m['bucket']}", *segments])
+    return path + "/" if prefix else path
+
+
+def _prefixes(entries: Sequence[str]) -> tuple[str, ...]:
+    out = []
+    for entry in entries:
+        p = canonical(entry.strip(), prefix=True)
+        if p is None:
+            raise ScopeConfigError(f"allowed URI prefix {entry!r} is not a canonical s3://bucket[/prefix]")
+        out.append(p)
+    return tuple(out)
+
+
+class UriScope:
+    """The prefixes each caller may read from: one list for every key, or a key's own list.
+
+    ``per_key`` maps an API key's SHA-256 (hex, as in ``api_key_sha256``) to that key's
+    prefixes, which replace the shared ones for it. An empty scope admits nothing: remote
+    inputs are off.
+    """
+
+    def __init__(self, prefixes: Sequence[str] = (), per_key: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.prefixes = _prefixes(prefixes)
+        self.per_key = {d.strip().lower().removeprefix("sha256:"): _prefixes(p) for d, p in (per_key or {}).items()}
+
+    def prefixes_for(self, key_digest: str | None) -> tuple[str, ...]:
+        return self.per_key.get((key_digest or "").lower(), self.prefixes)
+
+    def admit(self, uri: str, key_digest: str | None = None) -> str | None:
+        """The canonical URI when ``key_digest`` may read it, else ``None`` (never why)."""
+        c = canonical(uri)
+        if c is None:
+            return None
+        return c if any(c.startswith(p) for p in self.prefixes_for(key_digest)) else None
+
+    def __bool__(self) -> bool:
+        return bool(self.prefixes) or any(self.per_key.values())
