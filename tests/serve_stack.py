@@ -99,16 +99,24 @@ def local_serve(env: dict[str, str]):
     import ray
     from ray import serve
 
+    saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the raylet and so every replica inherits these
     port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env},
-             _metrics_export_port=free_port(), logging_level="WARNING")
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield f"http://127.0.0.1:{port}"
+        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env},
+                 _metrics_export_port=free_port(), logging_level="WARNING")
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            serve.shutdown()
+            ray.shutdown()
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        for k, v in saved.items():  # later tests see the environment they had before
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def deploy(name: str, route_prefix: str, args: dict, generator: dict | None = None, url: str = "") -> str:

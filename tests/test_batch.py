@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -337,29 +338,35 @@ def test_catalog_and_outputs_on_s3(ray_local, catalogs, model_dir, s3_bucket):
 
 @pytest.mark.slow
 def test_killed_backfill_resumes_exactly_once(ray_local, catalogs, model_dir, tmp_path):
-    """SIGKILL the job (driver, and with it the Ray instance it started) mid-run, then run it again."""
+    """SIGKILL the job (driver, and with it the Ray instance it started) mid-run, then run it again.
+
+    "Mid-run" is set by the test, not by the machine's speed: the job's generator actor lets two
+    batches through and holds the third (tests/held_backfill.py) until the job is killed."""
     from backdrop.batch.run import run_backfill
 
     output = tmp_path / "out"
     parts = output / "manifest" / "parts"
+    hold = tmp_path / "hold"
+    hold.touch()
     rows = catalogs["rows"][:8]
     args = ["--catalog", catalogs["good"], "--model", model_dir, "--output", str(output), "--limit", "8",
-            "--steps", "6", "--batch-size", "1"]
-    proc = subprocess.Popen([sys.executable, str(REPO / "jobs" / "catalog_backfill.py"), *args,
-                             "--ray-address", "local", "--num-cpus", "2"],
+            "--steps", str(STEPS), "--batch-size", "1"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "held_backfill.py"), "--pass-batches", "2",
+                             "--hold-file", str(hold), *args, "--ray-address", "local", "--num-cpus", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 300  # a hang guard: the two batches take seconds
         while len(list(parts.glob("part-*.parquet"))) < 2:
             assert proc.poll() is None, "the job ended before it could be killed"
-            assert time.monotonic() < deadline, "no manifest parts after 240 s"
+            assert time.monotonic() < deadline, "no manifest parts after 300 s"
             time.sleep(0.05)
+        assert proc.poll() is None  # held: it cannot finish before the kill
     finally:
         end_process_tree(proc, signal.SIGKILL)
 
     assert not (output / "manifest.parquet").exists()
     done_before = {r["product_id"] for r in _manifest(str(output)) if r["status"] == "ok"}
-    assert 2 <= len(done_before) < len(rows)
+    assert len(done_before) == 2 < len(rows)  # the two batches let through, one row each
     for path in (output / "images").rglob("*.png"):  # readers never see a partial image
         with Image.open(path) as im:
             im.load()
@@ -367,7 +374,7 @@ def test_killed_backfill_resumes_exactly_once(ray_local, catalogs, model_dir, tm
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"half an image")  # what a writer killed mid-write leaves behind (its run's staging)
 
-    result = run_backfill(_config(catalogs["good"], model_dir, str(output), limit=8, steps=6, batch_size=1))
+    result = run_backfill(_config(catalogs["good"], model_dir, str(output), limit=8, batch_size=1))
     assert result.plan.skipped == len(done_before)
     assert result.generated == len(rows) - len(done_before)
     records = _manifest(str(output))
@@ -385,21 +392,45 @@ def test_a_killed_generator_actor_is_restarted_and_no_row_is_lost(ray_local, cat
     import psutil
 
     from backdrop.batch.run import run_backfill
+    from backdrop.batch.stages import GeneratorActor
 
-    killed = []
+    hold = tmp_path / "hold"
+    hold.touch()
 
-    def kill_the_generator_once(_records) -> None:
-        for p in psutil.Process().children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if not killed and "MapBatches(GeneratorActor)" in " ".join(p.cmdline()):
-                    p.kill()
-                    killed.append(p.pid)
+    class HeldGeneratorActor(GeneratorActor):
+        """Lets its first batch through and holds the next while ``hold`` exists: the actor is
+        surely alive, with work left, when the test kills it (pickled by value: a local class)."""
+
+        calls = 0
+
+        def __call__(self, batch):
+            self.calls += 1
+            while self.calls > 1 and hold.exists():
+                time.sleep(0.05)
+            return super().__call__(batch)
 
     output = tmp_path / "out"
     rows = catalogs["rows"][:8]
-    result = run_backfill(_config(catalogs["good"], model_dir, str(output), limit=8, batch_size=2, steps=4),
-                          on_records=kill_the_generator_once)
-    assert killed, "no generator actor process found"
+    killed = []
+
+    def kill_the_generator_after_its_first_batch() -> None:
+        """Once the first batch's manifest part is written, the actor is held in its second."""
+        deadline = time.monotonic() + 300  # a hang guard
+        while not list((output / "manifest" / "parts").glob("part-*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for p in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "MapBatches(HeldGeneratorActor)" in " ".join(p.cmdline()):
+                    p.kill()
+                    killed.append(p.pid)
+        hold.unlink()  # the restarted actor runs freely
+
+    killer = threading.Thread(target=kill_the_generator_after_its_first_batch, daemon=True)
+    killer.start()
+    result = run_backfill(_config(catalogs["good"], model_dir, str(output), limit=8, batch_size=2),
+                          generator_cls=HeldGeneratorActor)
+    killer.join(timeout=60)
+    assert len(killed) == 1, "no generator actor process found"
     records = _manifest(str(output))
     assert sorted(r["product_id"] for r in records) == sorted(r["product_id"] for r in rows)
     assert {r["status"] for r in records} == {"ok"} and result.exit_code() == 0

@@ -87,10 +87,10 @@ def test_two_nodes_survive_a_killed_worker(two_node_cluster, catalog, init_model
     runner = threading.Thread(target=run, daemon=True)
     runner.start()
 
-    deadline = time.time() + 300
+    deadline = time.monotonic() + 300  # a hang guard
     # wait for a second checkpoint: by then the first one is registered with Ray Train
     while len(glob.glob(os.path.join(storage_path, "two-node", "checkpoint_*"))) < 2:
-        assert runner.is_alive() and time.time() < deadline, f"no checkpoint appeared: {outcome}"
+        assert runner.is_alive() and time.monotonic() < deadline, f"no checkpoint appeared: {outcome}"
         time.sleep(0.5)
     workers = _train_workers()
     assert len(workers) == 2 and len(set(workers.values())) == 2  # one worker under each raylet

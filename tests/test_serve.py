@@ -542,7 +542,7 @@ def test_metrics_reach_rays_prometheus_endpoint(stack):
     assert generate(stack["url"]).status_code == 200 and generate(stack["url"], data={"category": "sofa"}).status_code == 422
 
     def requests_by_status(text: str) -> set[str]:
-        return {s for line in text.splitlines() if line.startswith("backdrop_requests")
+        return {s for line in text.splitlines() if "backdrop_requests" in line and not line.startswith("#")
                 for s in ("200", "422") if f'status="{s}"' in line}
 
     def complete():  # exported periodically: poll until every metric (and both statuses) has appeared
