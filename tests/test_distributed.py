@@ -72,7 +72,7 @@ def test_two_nodes_survive_a_killed_worker(two_node_cluster, catalog, init_model
     storage_path = str(tmp_path / "ckpt")
     cfg = DistributedTrainConfig(
         catalog=catalog["train"], storage_path=storage_path, name="two-node", stages=("cg",),
-        steps={"cg": 60}, init=init_model, batch_size=8, num_workers=2, cpus_per_worker=1,
+        steps={"cg": 30}, init=init_model, batch_size=8, num_workers=2, cpus_per_worker=1,
         placement_strategy="STRICT_SPREAD", max_failures=2, checkpoint_every=5, log_every=5,
         log_images_every=0, registered_model_name="backdrop-two-node",
     )
@@ -91,7 +91,7 @@ def test_two_nodes_survive_a_killed_worker(two_node_cluster, catalog, init_model
     # wait for a second checkpoint: by then the first one is registered with Ray Train
     while len(glob.glob(os.path.join(storage_path, "two-node", "checkpoint_*"))) < 2:
         assert runner.is_alive() and time.monotonic() < deadline, f"no checkpoint appeared: {outcome}"
-        time.sleep(0.5)
+        time.sleep(0.1)
     workers = _train_workers()
     assert len(workers) == 2 and len(set(workers.values())) == 2  # one worker under each raylet
     os.kill(next(iter(workers)), signal.SIGKILL)
