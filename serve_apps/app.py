@@ -264,7 +264,8 @@ class TestHold:
 
     def done(self, marker: str, results: list) -> None:
         self._write(f"done-{marker}", {"results": [
-            "ok" if isinstance(r, Generated) else f"{type(r).__name__}: {r}" for r in results]})
+            "ok" if isinstance(r, Generated) else r.line if isinstance(r, Failure) else f"{type(r).__name__}: {r}"
+            for r in results]})
 
 
 # --- the generator ------------------------------------------------------------------------

@@ -269,3 +269,15 @@ def _stop_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def save_tiny_generator(tmp_path_factory, categories: list[str]) -> str:
+    """A fresh (untrained, seeded) tiny generator over ``categories``, saved to a temp directory."""
+    import torch
+
+    from backdrop.models.generator import BackdropModel
+
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("model") / "tiny")
+    BackdropModel.tiny(categories).save_pretrained(path)
+    return path

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from conftest import save_tiny_generator
 from ray_head import REPO, end_process_tree, ray_head
 
 CATEGORIES = ["mug", "laptop", "sunscreen"]
@@ -56,14 +57,7 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
-    import torch
-
-    from backdrop.models.generator import BackdropModel
-
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("model") / "tiny")
-    BackdropModel.tiny(CATEGORIES).save_pretrained(path)
-    return path
+    return save_tiny_generator(tmp_path_factory, CATEGORIES)
 
 
 @pytest.fixture(scope="module")

@@ -70,11 +70,14 @@ def test_two_nodes_survive_a_killed_worker(two_node_cluster, catalog, init_model
     from backdrop.training.distributed import DistributedTrainConfig, train_distributed
 
     storage_path = str(tmp_path / "ckpt")
+    hold = tmp_path / "hold"
+    hold.touch()  # the workers wait after their step-10 checkpoint until the test has killed one
     cfg = DistributedTrainConfig(
         catalog=catalog["train"], storage_path=storage_path, name="two-node", stages=("cg",),
         steps={"cg": 30}, init=init_model, batch_size=8, num_workers=2, cpus_per_worker=1,
         placement_strategy="STRICT_SPREAD", max_failures=2, checkpoint_every=5, log_every=5,
         log_images_every=0, registered_model_name="backdrop-two-node",
+        hold_file=str(hold), hold_after_step=10,
     )
     outcome: dict = {}
 
@@ -95,6 +98,7 @@ def test_two_nodes_survive_a_killed_worker(two_node_cluster, catalog, init_model
     workers = _train_workers()
     assert len(workers) == 2 and len(set(workers.values())) == 2  # one worker under each raylet
     os.kill(next(iter(workers)), signal.SIGKILL)
+    hold.unlink()  # the restarted group resumes from the step-10 checkpoint and runs freely
     runner.join(timeout=600)
 
     assert "error" not in outcome, outcome.get("error")

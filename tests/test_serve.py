@@ -485,7 +485,7 @@ def test_a_request_over_the_timeout_gets_504_and_its_loop_is_abandoned(stack):
         (entered,) = hold.markers("entered")  # it was in its batch, held, when it timed out
         assert entered["steps"] == [500] and entered["seeds"] == [[9]]
     (done,) = hold.wait_for("done", 1)
-    assert len(done["results"]) == 1 and done["results"][0].startswith("Abandoned:"), done
+    assert len(done["results"]) == 1 and done["results"][0].startswith("cancelled: "), done
     assert done["results"][0].endswith("gave up at step 1/500")  # one step, not 500
     r = generate(stack["tight"])  # the same generator replica, free again
     assert r.status_code == 200
