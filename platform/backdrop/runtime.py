@@ -309,11 +309,13 @@ class ModelInfo:
 
     resolution: int
     categories: CategoryMap
+    qa_scorer: bool = False  # a QA scorer is saved with it (qa/scorer.json): best-of-N can run
 
 
 def read_model_info(model_path: str) -> ModelInfo:
-    """Resolution and category map from a saved generator's ``backdrop.json``."""
-    from .models.generator import CONFIG_NAME  # a constant; torch is already imported by then
+    """Resolution, category map and whether a QA scorer is saved with it, from a saved generator."""
+    from .models.generator import CONFIG_NAME, QA_SCORER_NAME  # constants; torch is already imported by then
 
     meta = json.loads(storage.read_bytes(storage.join(model_path, CONFIG_NAME)))
-    return ModelInfo(int(meta["config"]["resolution"]), CategoryMap.from_json(json.dumps(meta["categories"])))
+    return ModelInfo(int(meta["config"]["resolution"]), CategoryMap.from_json(json.dumps(meta["categories"])),
+                     storage.exists(storage.join(model_path, *QA_SCORER_NAME.split("/"))))
