@@ -68,8 +68,12 @@ KEY_SEP = "\x1f"  # never in a placement name, so a key splits back at its last 
 
 def record_key(product_id: str, placement: str | None = PHOTO) -> str:
     """A record's identity as one string: the product_id itself for the photo (so manifests
-    written before placements keep their keys), ``<product_id>\\x1f<placement>`` otherwise."""
-    return product_id if placement in (None, "", PHOTO) else f"{product_id}{KEY_SEP}{placement}"
+    written before placements keep their keys), ``<product_id>\\x1f<placement>`` otherwise (and
+    for the photo of an id that holds the separator itself). One-to-one: a key without the
+    separator is a photo, any other splits at its last separator."""
+    if placement in (None, "", PHOTO):
+        return product_id if KEY_SEP not in product_id else f"{product_id}{KEY_SEP}{PHOTO}"
+    return f"{product_id}{KEY_SEP}{placement}"
 
 
 def record_keys(product_ids, placements) -> np.ndarray:

@@ -137,7 +137,9 @@ def select_rows(batch: pa.Table, *, selection: RowSelection, done_keys: pa.Array
                              for p in placements])
     if len(done_keys):
         # manifest.record_key: the product_id for the photo, else product_id KEY_SEP placement
-        key = pc.if_else(pc.equal(rows["placement"], PHOTO), rows["product_id"],
+        bare = pc.and_(pc.equal(rows["placement"], PHOTO),
+                       pc.invert(pc.match_substring(rows["product_id"], KEY_SEP)))
+        key = pc.if_else(bare, rows["product_id"],
                          pc.binary_join_element_wise(rows["product_id"], rows["placement"], KEY_SEP))
         rows = rows.filter(pc.invert(pc.is_in(key, value_set=done_keys)))
     return rows.sort_by([("category", "ascending"), ("placement", "ascending")])
