@@ -246,7 +246,7 @@ def _cached_scorer(gen, clip_model: str | None = None) -> QAScorer:
     return cached[1]
 
 
-def generate_scored(gen, requests, config, candidates: int = 1, threshold: float | None = None,
+def generate_scored(gen, requests, config, candidates: int | list[int] = 1, threshold: float | None = None,
                     progress=None, clip_model: str | None = None):
     """Every front door's outputs (batch records, HTTP answers): best-of-``candidates`` under the
     QA scorer saved with the model, so each output carries its scores and ``qa_passed`` (with
@@ -256,7 +256,7 @@ def generate_scored(gen, requests, config, candidates: int = 1, threshold: float
     from .. import runtime
 
     if gen.model.qa_state is None:
-        if candidates > 1:
+        if max(candidates if isinstance(candidates, (list, tuple)) else [candidates], default=1) > 1:
             scorer_for(gen)  # raises NoScorerError with how to fit one
         return runtime.generate_measured(gen, requests, config, progress)
     return runtime.generate_best(gen, requests, config, candidates, _cached_scorer(gen, clip_model),
