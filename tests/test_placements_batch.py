@@ -78,8 +78,9 @@ def test_every_product_in_every_placement_once_with_qa_and_cost(home, catalog, m
 
     catalog_uri, rows = _catalog_with_a_bad_row(catalog, tmp_path / "catalog.parquet")
     output = str(tmp_path / "out")
+    # a threshold no score reaches (qa_score <= 1): every output is flagged, so the review page is full
     config = _config(catalog_uri, model_with_scorer, output, placements=PLACEMENTS, candidates=2,
-                     price_per_device_hour=3.6)
+                     price_per_device_hour=3.6, qa_threshold=1.01)
     first = run_backfill(config)
 
     # rows x placements = ok + failed, everywhere; the bad row fails once per placement
@@ -108,7 +109,7 @@ def test_every_product_in_every_placement_once_with_qa_and_cost(home, catalog, m
         assert len(candidates) == 2 and sum(c["kept"] for c in candidates) == 1
         kept = next(c for c in candidates if c["kept"])
         assert kept["scores"]["qa_score"] == pytest.approx(rec["qa_score"])
-        assert rec["qa_passed"] in (True, False)
+        assert rec["qa_passed"] is False
         assert rec["device_seconds"] == pytest.approx(sum(c["device_seconds"] for c in candidates))
         # the product is bit-identical in each placement's output file
         placed = fetch_product(by_row[rec["product_id"]]).placed(parse_placement(rec["placement"]))
@@ -129,6 +130,21 @@ def test_every_product_in_every_placement_once_with_qa_and_cost(home, catalog, m
         assert metrics[f"device_s.{category}"] > 0
     assert "device-s" in first.summary() and "/device-hour" in first.summary()
 
+    # the review gallery: every flagged output, with its candidates, under the output and in MLflow
+    flagged = [r for r in ok if r["qa_passed"] is False]
+    assert metrics["qa_flagged"] == len(flagged) == len(ok)
+    import mlflow
+
+    page = open(os.path.join(output, "review", "index.html"), encoding="utf-8").read()
+    assert f"{len(flagged)} of {len(ok)} scored outputs" in page
+    for r in flagged:
+        assert f"<b>{r['product_id']}</b>" in page
+    assert page.count("<figure>") == len(flagged) and page.count("class=kept") == len(flagged)
+    pngs = sorted(f for f in os.listdir(os.path.join(output, "review")) if f.endswith(".png"))
+    assert len(pngs) == len(flagged)
+    logged = mlflow.MlflowClient().list_artifacts(first.run_id, "review")
+    assert {os.path.basename(a.path) for a in logged} == set(pngs) | {"index.html"}
+
     # a rerun regenerates nothing: same files, same bytes; only the bad row is tried again
     before = {r["output_uri"]: open(r["output_uri"], "rb").read() for r in ok}
     mtimes = {u: os.stat(u).st_mtime_ns for u in before}
@@ -140,7 +156,7 @@ def test_every_product_in_every_placement_once_with_qa_and_cost(home, catalog, m
 
     # one more placement: only its records are new
     more = run_backfill(_config(catalog_uri, model_with_scorer, output, placements=PLACEMENTS + ("4:5",),
-                                candidates=2, price_per_device_hour=3.6))
+                                candidates=2, price_per_device_hour=3.6, qa_threshold=1.01))
     assert more.plan.skipped == len(ok) and more.generated == len(rows) - 1
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections import Counter
@@ -292,7 +293,7 @@ def run_backfill(config: BackfillConfig, generator_cls: type | None = None,
         result.seconds = time.perf_counter() - started
         storage.write_bytes(storage.join(config.output, manifest.SUMMARY_FILE),
                             json.dumps(result.as_dict(), indent=2, default=str).encode(), staging=lease.staging)
-        _log_outcome(result, final)
+        _log_outcome(result, final, lease.staging)
     print(result.summary(), flush=True)
     return result
 
@@ -351,11 +352,18 @@ def _tracking_run(config: BackfillConfig, model, target: Target) -> Iterator[str
         yield run.info.run_id
 
 
-def _log_outcome(result: BackfillResult, final: pa.Table) -> None:
+def _log_outcome(result: BackfillResult, final: pa.Table, staging: str | None = None) -> None:
+    import tempfile
+
     import mlflow
+
+    from .review import REVIEW_DIR, write_review
 
     mlflow.log_metrics(result.metrics())
     mlflow.log_dict(result.as_dict(), "summary.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        if write_review(result.config.output, final, staging, tmp) or os.listdir(tmp):
+            mlflow.log_artifacts(tmp, REVIEW_DIR)
     for category, sheet in category_sheets(final, result.plan.categories).items():
         mlflow.log_image(sheet, f"gallery/{category}.png")
 
