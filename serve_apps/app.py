@@ -195,6 +195,7 @@ class AppArgs(BaseModel):
     max_pixels: int = Field(DEFAULT_LIMITS.max_pixels, gt=0, description="413 over this many pixels per image")
     max_steps: int = Field(DEFAULT_LIMITS.max_steps, ge=1, le=500)
     max_images: int = Field(DEFAULT_LIMITS.max_images, ge=1, le=16)
+    max_candidates: int = Field(DEFAULT_LIMITS.max_candidates, ge=1, le=64, description="best-of-N per image")
     request_timeout_s: float = Field(60.0, gt=0, description="504 when an answer takes longer")
     retry_after_s: float = Field(2.0, gt=0, description="Retry-After on 503 when Serve gives none")
     allowed_uri_prefixes: list[str] = Field(default_factory=list, description="s3://bucket/prefix/ a JSON "
@@ -216,7 +217,7 @@ class AppArgs(BaseModel):
     @property
     def limits(self) -> Limits:
         return Limits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels,
-                      max_steps=self.max_steps, max_images=self.max_images)
+                      max_steps=self.max_steps, max_images=self.max_images, max_candidates=self.max_candidates)
 
 
 def _ingress():
@@ -551,7 +552,8 @@ class Backdrop:
         openapi_extra={"requestBody": {"required": True, "content": {  # schemas: _openapi
             "multipart/form-data": {"schema": {}}, "application/json": {"schema": {}}}}},
         responses={
-            200: {"description": "One PNG (`format=png`) or a JSON envelope of base64 PNGs (`format=json`)",
+            200: {"description": "One PNG (`format=png`) or a JSON envelope of base64 PNGs (`format=json`), "
+                                 "each with its placement, size, device-seconds and QA scores",
                   "content": {"image/png": {}, "application/json": {}}},
             401: {"description": "missing or invalid API key"},
             403: {"description": "the model version or alias asked for is not offered by this service"},
@@ -593,12 +595,15 @@ class Backdrop:
         }
         if choice.alias:
             headers["X-Backdrop-Model-Alias"] = choice.alias
+        headers["X-Backdrop-Device-Seconds"] = f"{result.device_seconds:.6f}"
         if params.format == "png":
             return Response(result.images[0], media_type="image/png", headers=headers)
         return JSONResponse({
             "model": {"name": result.model_name, "version": result.model_version, "alias": choice.alias},
-            "images": [{"seed": s, "media_type": "image/png", "data": base64.b64encode(png).decode()}
-                       for s, png in zip(result.seeds, result.images)],
+            "images": [{**out, "media_type": "image/png", "data": base64.b64encode(png).decode()}
+                       for out, png in zip(result.outputs, result.images)],
+            "candidates": params.candidates,
+            "device_seconds": round(result.device_seconds, 6),
             "seed": params.seed,
             "steps": params.steps,
             "guidance": params.guidance,

@@ -26,8 +26,15 @@ SCREENSHOT = "/tmp/backdrop-page.png"
 def url(tmp_path_factory):
     from backdrop.serving.auth import ApiKeys
 
+    from backdrop.demo.synthetic import SyntheticConfig, make_catalog
+    from backdrop.quality.qa import fit_scorer
+
     home = tmp_path_factory.mktemp("page-home")
     tiny_model(seed=3).save_pretrained(str(home / "generator"))
+    # a QA scorer saved with it, so the page can ask for best-of-N (a small synthetic train split)
+    catalog = make_catalog(str(home / "catalog"), SyntheticConfig(
+        num_categories=3, train_per_category=4, heldout_per_category=0, pairs_per_category=0))
+    fit_scorer(catalog["train"], str(home / "generator"))
     with local_serve({"BACKDROP_HOME": str(home)}) as base:
         yield deploy("backdrop", "/", {"model_path": str(home / "generator"),
                                        "api_key_sha256": [ApiKeys.digest(API_KEY)]}, url=base)
@@ -117,3 +124,30 @@ def test_errors_are_shown_readably(page, files):
     text = page.inner_text("#error")
     assert "corrupt_image" in text and "not a decodable image" in text and "Traceback" not in text
     assert page.locator("img.result").count() == 0
+
+
+def test_placements_side_by_side_with_their_scores_and_kept_candidate(page, files):
+    connect(page)
+    page.wait_for_selector("#category[data-ready=true]")
+    page.set_input_files("#product", str(files / "product.png"))
+    page.select_option("#category", "mug")
+    page.fill("#steps", "1")
+    page.fill("#seed", "2")
+    page.check("input[name=placement][value='1:1']")
+    page.check("input[name=placement][value='16:9']")
+    page.fill("#candidates", "2")
+    page.click("#generate")
+
+    page.wait_for_function("document.querySelectorAll('img.result').length === 2 && "
+                           "[...document.querySelectorAll('img.result')].every((i) => i.complete && i.naturalWidth)")
+    figures = page.locator("#results figure")
+    assert [figures.nth(i).get_attribute("data-placement") for i in range(2)] == ["1:1", "16:9"]
+    sizes = page.evaluate("[...document.querySelectorAll('img.result')].map((i) => [i.naturalWidth, i.naturalHeight])")
+    assert sizes[0][0] == sizes[0][1] and sizes[1][0] > sizes[1][1]
+    for i, name in enumerate(["1:1", "16:9"]):
+        text = figures.nth(i).inner_text()
+        assert text.startswith(f"{name} · {sizes[i][0]}×{sizes[i][1]} · seed 2")
+        assert "QA " in text and "kept candidate" in text and "of 2" in text and "device-s" in text
+    assert "16x9-seed2.png" in figures.nth(1).locator("a[download]").get_attribute("download")
+    assert "device-s" in page.inner_text("#meta") and page.is_hidden("#error")
+    page.screenshot(path=SCREENSHOT.replace(".png", "-placements.png"), full_page=True)

@@ -301,11 +301,30 @@ BAD_INPUTS = {
     "too many images": ({}, {"num_images": "9"}, 422, "invalid_parameter"),
     "png for several images": ({}, {"num_images": "2", "format": "png"}, 422, "invalid_parameter"),
     "unknown format": ({}, {"format": "gif"}, 422, "invalid_parameter"),
+    "best-of-N without a QA scorer": ({}, {"candidates": "2"}, 422, "no_qa_scorer"),
+    "too many candidates": ({}, {"candidates": "9"}, 422, "invalid_parameter"),
+    "bad placement": ({}, {"placements": "16:0"}, 422, "invalid_parameter"),
+    "png for two placements": ({}, {"placements": "1:1,16:9", "format": "png"}, 422, "invalid_parameter"),
     "unknown field": ({}, {"step": "3"}, 422, "invalid_parameter"),
     "prompt too long": ({}, {"prompt": "x" * 501}, 422, "invalid_parameter"),
     "too many pixels": ({"image": _file(png(Image.new("RGBA", (1200, 1000))))}, {}, 413, "image_too_large"),
     "body over the limit": ({"image": _file(GOOD + b"\0" * MAX_BODY)}, {}, 413, "payload_too_large"),
 }
+
+
+def test_one_image_per_placement_with_its_size_and_cost(stack):
+    r = generate(stack["url"], files={"image": _file(GOOD)},
+                 data={"placements": "1:1,9:16", "seed": "4", "steps": "1"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert [(i["placement"], i["seed"]) for i in body["images"]] == [("1:1", 4), ("9:16", 4)]
+    for image in body["images"]:
+        w, h = Image.open(io.BytesIO(base64.b64decode(image["data"]))).size
+        assert (image["width"], image["height"]) == (w, h) and image["device_seconds"] > 0
+        assert image["qa_score"] is None and image["qa_passed"] is None  # this model has no QA scorer
+    assert body["images"][0]["width"] == body["images"][0]["height"] and body["images"][1]["height"] > \
+        body["images"][1]["width"]
+    assert body["device_seconds"] == pytest.approx(sum(i["device_seconds"] for i in body["images"]), abs=1e-5)
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))

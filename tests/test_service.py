@@ -209,3 +209,63 @@ def test_run_jobs_stops_a_loop_whose_callers_all_gave_up(tiny_model):
     job.cancelled = True
     result = run_jobs(model, [job])[0]
     assert isinstance(result, Failure) and result.code == runtime.Cancelled.code
+
+
+# --- placements and best-of-N -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scored_model(tiny_model, tmp_path_factory):
+    """A copy of the tiny model carrying a QA scorer fitted on a small synthetic train split."""
+    import copy
+
+    from backdrop.demo.synthetic import SyntheticConfig, make_catalog
+    from backdrop.quality import qa
+
+    paths = make_catalog(str(tmp_path_factory.mktemp("qa-catalog")),
+                         SyntheticConfig(num_categories=3, train_per_category=6, heldout_per_category=0,
+                                         pairs_per_category=0))
+    model = copy.deepcopy(tiny_model)
+    qa.fit_scorer(paths["train"]).attach(model)
+    return runtime.wrap(model, "tiny-qa", "1")
+
+
+def test_run_jobs_answers_each_placement_with_cost_and_qa(scored_model, tiny_model):
+    from backdrop.errors import NoScorerError
+
+    image = png(product())
+    params = GenerateParams.from_fields({"category": "mug", "seed": 3, "steps": "2", "placements": "1:1, 16:9",
+                                         "candidates": "2"})
+    assert params.format == "json"  # two images: the envelope
+    best, plain = load_job(params, image=image), load_job(GenerateParams.from_fields(
+        {"category": "mug", "seed": 3, "steps": 2}), image=image)
+    results = run_jobs(scored_model, [best, plain])
+    assert len({r.loop for r in results}) == 1  # one (steps, guidance) group, whatever the candidates
+    out = results[0]
+    assert [o["placement"] for o in out.outputs] == ["1:1", "16:9"] and len(out.images) == 2
+    for o, data, (name, placed) in zip(out.outputs, out.images, best.placed):
+        got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        assert (o["width"], o["height"]) == placed.image.size == (got.shape[1], got.shape[0])
+        keep = placed.mask > 0.5
+        assert np.array_equal(got[keep], np.asarray(placed.image)[keep])  # the product, bit-identical
+        assert o["seed"] == 3 and o["device_seconds"] > 0 and o["qa_passed"] in (True, False)
+        assert len(o["candidates"]) == 2 and sum(c["kept"] for c in o["candidates"]) == 1
+        assert o["qa_score"] == max(c["scores"]["qa_score"] for c in o["candidates"])
+    assert out.outputs[1]["width"] > out.outputs[1]["height"]
+    assert results[1].outputs[0]["placement"] == "photo" and len(results[1].outputs[0]["candidates"]) == 1
+
+    bare = runtime.wrap(tiny_model, "tiny", "1")
+    with pytest.raises(NoScorerError, match="QA scorer"):
+        check_job(bare, best)
+    check_job(scored_model, best)
+
+
+@pytest.mark.parametrize("fields, fragment", [
+    ({"placements": "2:0"}, "zero side"),
+    ({"placements": "wide"}, "neither a ratio"),
+    ({"placements": ",".join(f"{i}:1" for i in range(1, 5)) + ",1:2,1:3,1:4,3:2,2:3"}, "over the limit"),
+    ({"candidates": "9"}, "candidates must be"),
+    ({"candidates": "0"}, "candidates"),
+    ({"placements": "1:1,16:9", "format": "png"}, "format=png answers one image"),
+])
+def test_placement_and_candidate_fields_are_checked(fields, fragment):
+    with pytest.raises(InvalidParameterError, match=fragment):
+        GenerateParams.from_fields({"category": "mug", **fields})

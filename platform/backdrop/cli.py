@@ -5,6 +5,7 @@
     backdrop synth    --prior --rows N --output runs/prior  the broad prior the base is trained on
     backdrop train    --catalog runs/catalog/train.parquet --output runs/model
     backdrop generate --model runs/model --catalog runs/catalog/heldout.parquet --output runs/out   in-process
+    backdrop qa-fit   --model runs/model --catalog runs/catalog/train.parquet   the QA scorer best-of-N needs
     backdrop demo                                            all of the above, small and fast
     backdrop call --image p.png --category mug --reference ad.png   through the HTTP service
     backdrop backfill --model models:/backdrop@champion --catalog ... --output ...   on Ray Data
@@ -65,6 +66,18 @@ def cmd_generate(args) -> int:
 
     prepare_job(args, start_ray=False)
     return run_job(lambda: run_backfill(config_from_args(args, executor="local", kind="generate")).exit_code())
+
+
+def cmd_qa_fit(args) -> int:
+    """Fit the QA scorer on a train catalog and save it into the generator (``qa/scorer.json``)."""
+    from .quality.qa import fit_scorer
+
+    scorer = fit_scorer(args.catalog, args.model, clip_model=args.clip_model, max_rows=args.max_rows,
+                        threshold=args.threshold)
+    print(f"QA scorer ({scorer.features} features, threshold {scorer.threshold:g}) fitted on "
+          f"{scorer.fitted_on['rows']} rows (train accuracy {scorer.fitted_on['train_accuracy']:.3f}); "
+          f"saved to {args.model.rstrip('/')}/qa/scorer.json")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -153,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a saved generator path")
     add_generation_arguments(g)
     g.set_defaults(func=cmd_generate)
+
+    q = sub.add_parser("qa-fit", help="fit the QA scorer (best-of-N, review flags) on a train catalog and "
+                                       "save it with a generator directory")
+    q.add_argument("--model", required=True, help="a saved generator directory (or s3:// prefix) to write into")
+    q.add_argument("--catalog", required=True, help="the TRAIN split's catalog Parquet (never the held-out one)")
+    q.add_argument("--threshold", type=float, default=0.5, help="qa_score below this is flagged (default 0.5)")
+    q.add_argument("--max-rows", type=int, help="fit on at most this many rows (evenly spaced)")
+    q.add_argument("--clip-model", help="a local CLIP vision directory for the category features")
+    q.set_defaults(func=cmd_qa_fit)
 
     d = sub.add_parser("demo", help="synthetic catalog -> train (briefly) -> gallery, on local defaults")
     d.add_argument("--workdir", default="runs/demo")

@@ -90,6 +90,15 @@ class InvalidParameterError(InvalidInputError):
     code = "invalid_parameter"
 
 
+class NoScorerError(InvalidParameterError):
+    """Best-of-N was asked of a model that has no QA scorer saved with it (``qa/scorer.json``):
+    a client error on HTTP (422), a refused run in the batch jobs, both before any generation."""
+
+    code = "no_qa_scorer"
+
+    HOW_TO_FIT = "fit one with: backdrop qa-fit --model MODEL_DIR --catalog TRAIN.parquet"
+
+
 class FetchError(InvalidInputError):
     """An input URI could not be read (missing file, missing object, permission)."""
 

@@ -33,6 +33,7 @@ class Limits:
     max_prompt_chars: int = 500  # free-text background prompt
     max_placements: int = 8  # ad placements per product
     max_aspect_ratio: float = 4.0  # a placement's long side over its short side
+    max_candidates: int = 8  # best-of-N: candidates generated (and scored) per output
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_steps <= SCHEDULER_MAX_STEPS:
@@ -48,6 +49,12 @@ class Limits:
                 not (math.isfinite(guidance) and 0.0 <= guidance <= self.max_guidance):
             raise InvalidParameterError(f"guidance must be in 0..{self.max_guidance:g}, got {guidance!r}")
         return float(guidance)
+
+    def check_candidates(self, candidates) -> int:
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or \
+                not 1 <= candidates <= self.max_candidates:
+            raise InvalidParameterError(f"candidates must be an integer in 1..{self.max_candidates}, got {candidates!r}")
+        return candidates
 
     def check_prompt(self, prompt: str | None) -> str | None:
         if prompt and len(prompt) > self.max_prompt_chars:

@@ -257,9 +257,10 @@ def candidate_seed(seed: int, k: int) -> int:
 
 
 def generate_best(gen: LoadedGenerator, requests: list[GenerationRequest], config: InferenceConfig,
-                  n_candidates: int, scorer: Scorer, threshold: float | None = None,
+                  n_candidates: int | list[int], scorer: Scorer, threshold: float | None = None,
                   progress: Progress | None = None) -> list[Generated | Failure]:
-    """Best-of-N: ``n_candidates`` seeds per request, each scored, the best kept.
+    """Best-of-N: ``n_candidates`` seeds per request (or one count per request: the HTTP
+    batch's jobs each ask their own), each scored, the best kept.
 
     Every candidate of every request runs through :func:`generate_measured` together (grouped
     by size). The kept :class:`Generated` carries every candidate's seed, scores and
@@ -268,19 +269,24 @@ def generate_best(gen: LoadedGenerator, requests: list[GenerationRequest], confi
     scorer's own ``threshold``; an output below it is still an output, flagged for review). A request fails only when all its
     candidates fail (with the first candidate's failure).
     """
-    if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < 1:
-        from .errors import InvalidParameterError
+    counts = list(n_candidates) if isinstance(n_candidates, (list, tuple)) else [n_candidates] * len(requests)
+    if len(counts) != len(requests):
+        raise ValueError(f"{len(counts)} candidate counts for {len(requests)} requests")
+    for n in counts:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            from .errors import InvalidParameterError
 
-        raise InvalidParameterError(f"candidates must be a positive integer, got {n_candidates!r}")
+            raise InvalidParameterError(f"candidates must be a positive integer, got {n!r}")
     from dataclasses import replace
 
     if threshold is None:
         threshold = float(getattr(scorer, "threshold", DEFAULT_QA_THRESHOLD))
-    expanded = [replace(r, seed=candidate_seed(r.seed, k)) for r in requests for k in range(n_candidates)]
+    expanded = [replace(r, seed=candidate_seed(r.seed, k)) for r, n in zip(requests, counts) for k in range(n)]
     made = generate_measured(gen, expanded, config, progress)
     out: list[Generated | Failure] = []
-    for j, request in enumerate(requests):
-        mine = made[j * n_candidates:(j + 1) * n_candidates]
+    start = 0
+    for request, n in zip(requests, counts):
+        mine, start = made[start:start + n], start + n
         candidates, best = [], None
         for cand in mine:
             if isinstance(cand, Failure):
@@ -309,11 +315,13 @@ class ModelInfo:
 
     resolution: int
     categories: CategoryMap
+    qa_scorer: bool = False  # a QA scorer is saved with it (qa/scorer.json): best-of-N can run
 
 
 def read_model_info(model_path: str) -> ModelInfo:
-    """Resolution and category map from a saved generator's ``backdrop.json``."""
-    from .models.generator import CONFIG_NAME  # a constant; torch is already imported by then
+    """Resolution, category map and whether a QA scorer is saved with it, from a saved generator."""
+    from .models.generator import CONFIG_NAME, QA_SCORER_NAME  # constants; torch is already imported by then
 
     meta = json.loads(storage.read_bytes(storage.join(model_path, CONFIG_NAME)))
-    return ModelInfo(int(meta["config"]["resolution"]), CategoryMap.from_json(json.dumps(meta["categories"])))
+    return ModelInfo(int(meta["config"]["resolution"]), CategoryMap.from_json(json.dumps(meta["categories"])),
+                     storage.exists(storage.join(model_path, *QA_SCORER_NAME.split("/"))))

@@ -74,6 +74,25 @@ function tile(src, caption, download) {
   return { figure, img };
 }
 
+// What one result says about itself: placement, size, seed, QA verdict and the kept candidate.
+function caption(image) {
+  const lines = [`${image.placement} · ${image.width}×${image.height} · seed ${image.seed}`];
+  if (image.qa_score !== null && image.qa_score !== undefined) {
+    lines.push(`QA ${image.qa_score.toFixed(2)} ${image.qa_passed ? "passed" : "flagged for review"}`);
+  }
+  if (image.candidates && image.candidates.length > 1) {
+    const kept = image.candidates.findIndex((c) => c.kept);
+    const scores = image.candidates.map((c, i) =>
+      `${i === kept ? "▶" : ""}${c.scores ? c.scores.qa_score.toFixed(2) : "failed"}`).join(" ");
+    lines.push(`kept candidate ${kept + 1} of ${image.candidates.length} (${scores})`);
+  }
+  lines.push(`${image.device_seconds.toFixed(2)} device-s`);
+  const span = document.createElement("span");
+  span.className = "caption";
+  span.textContent = lines.join("\n");
+  return span;
+}
+
 function showInputs() {
   const tiles = [];
   for (const [id, label] of [["product", "product"], ["product-mask", "product mask"],
@@ -102,6 +121,10 @@ async function generate(event) {
     const value = $(id).value.trim();
     if (value) form.append(field, value);
   }
+  const placements = [...document.querySelectorAll("input[name=placement]:checked")].map((box) => box.value);
+  if (placements.length) form.append("placements", placements.join(","));
+  const candidates = $("candidates").value.trim();
+  if (candidates && candidates !== "1") form.append("candidates", candidates);
   form.append("format", "json");
 
   showInputs();
@@ -117,12 +140,15 @@ async function generate(event) {
     const answer = await response.json();
     const version = answer.model.version;
     $("results").replaceChildren(...answer.images.map((image) => {
-      const { figure, img } = tile(`data:${image.media_type};base64,${image.data}`, `seed ${image.seed}`,
-                                   `backdrop-v${version}-seed${image.seed}.png`);
+      const name = image.placement === "photo" ? "" : `${image.placement.replace(":", "x")}-`;
+      const { figure, img } = tile(`data:${image.media_type};base64,${image.data}`, caption(image),
+                                   `backdrop-v${version}-${name}seed${image.seed}.png`);
       img.classList.add("result");
+      figure.dataset.placement = image.placement;
       return figure;
     }));
     $("meta").textContent = `${answer.model.name}, version ${version}` +
+      ` · ${answer.device_seconds.toFixed(2)} device-s` +
       (answer.model.alias ? ` (${answer.model.alias})` : "") +
       ` · ${answer.steps} steps · ${answer.timing_ms.total} ms · batched with ${answer.batch_size - 1} other request(s)`;
   } catch (err) {

@@ -33,6 +33,16 @@ def add_generation_arguments(p) -> None:
                    help="when another run holds the output, wait up to this long for it (default: refuse)")
     p.add_argument("--lease-ttl", type=float, default=60.0, metavar="SECONDS",
                    help="the output lease's expiry without a heartbeat (a killed run's lease is free after it)")
+    p.add_argument("--placements", default="", metavar="LIST",
+                   help="ad placements, one output per product and placement: ratios and pixel slots, "
+                        "e.g. 1:1,4:5,16:9,9:16 or 300x250 (default: the product photo as it is)")
+    p.add_argument("--candidates", type=int, default=1,
+                   help="best-of-N: generate N candidates per output and keep the one the model's QA "
+                        "scorer rates best (N > 1 needs a scorer: backdrop qa-fit)")
+    p.add_argument("--qa-threshold", type=float,
+                   help="outputs whose qa_score is below this are flagged for review (default: the scorer's own)")
+    p.add_argument("--price-per-device-hour", type=float, default=0.0, metavar="PRICE",
+                   help="price of one device-hour for the cost estimate (default 0: device-seconds only)")
     p.add_argument("--max-failure-rate", type=float, default=0.1,
                    help="exit non-zero when more than this fraction of rows failed (default 0.1)")
     p.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, "
@@ -53,6 +63,8 @@ def config_from_args(args, **overrides):
         threads_per_actor=args.threads_per_actor, image_format=args.format, quality=args.quality,
         limit=args.limit, max_failure_rate=args.max_failure_rate,
         lease_wait_s=args.wait_for_lease, lease_ttl_s=args.lease_ttl,
+        placements=tuple(p for p in args.placements.split(",") if p.strip()), candidates=args.candidates,
+        qa_threshold=args.qa_threshold, price_per_device_hour=args.price_per_device_hour,
     )
     return replace(config, **overrides)
 

@@ -7,13 +7,17 @@ the same ``run_*`` function. No Ray and no torch here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..categories import normalize
+from ..errors import InvalidParameterError
 from ..limits import DEFAULT_LIMITS, Limits
+from ..placements import parse_placements
+from .keys import PHOTO
 from .records import OutputConfig
 
 BACKFILL_EXPERIMENT = "backdrop-backfill"
@@ -44,6 +48,14 @@ class BackfillConfig:
     limits: Limits = field(default=DEFAULT_LIMITS)
     lease_wait_s: float = 0.0  # wait this long for another run's lease on the output (0: refuse at once)
     lease_ttl_s: float = 60.0  # a holder that stops renewing loses its lease after this long
+    # Ad placements: one output (and one manifest record) per product and placement. Empty: the
+    # product as photographed (placement "photo", the only output before placements existed).
+    placements: tuple[str, ...] = ()
+    candidates: int = 1  # best-of-N: > 1 needs the model's QA scorer (qa/scorer.json)
+    qa_threshold: float | None = None  # None: the scorer's own threshold (saved with it)
+    # The price of one device-hour, for the cost estimate in the summary and the MLflow run.
+    # 0.0 (the default): no estimate is shown, only device-seconds.
+    price_per_device_hour: float = 0.0
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -51,6 +63,20 @@ class BackfillConfig:
         # Refused before any model is resolved or row is read, as the HTTP service refuses it.
         self.limits.check_steps(self.steps)
         self.limits.check_guidance(self.guidance)
+        names = tuple(p.name for p in parse_placements(list(self.placements), self.limits)) \
+            if self.placements and tuple(self.placements) != (PHOTO,) else ()
+        object.__setattr__(self, "placements", names)
+        self.limits.check_candidates(self.candidates)
+        if self.qa_threshold is not None and not (isinstance(self.qa_threshold, (int, float))
+                                                  and math.isfinite(self.qa_threshold)):
+            raise InvalidParameterError(f"qa_threshold must be a number, got {self.qa_threshold!r}")
+        if not (math.isfinite(self.price_per_device_hour) and self.price_per_device_hour >= 0):
+            raise InvalidParameterError(f"price_per_device_hour must be >= 0, got {self.price_per_device_hour!r}")
+
+    @property
+    def placement_names(self) -> tuple[str, ...]:
+        """The placement of every record a row becomes (``("photo",)`` without placements)."""
+        return self.placements or (PHOTO,)
 
     def inference(self):
         from .. import runtime

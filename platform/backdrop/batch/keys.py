@@ -14,6 +14,11 @@ Why this holds:
 
 * *never leaves the root*: a segment holds no ``/``, ``\\``, ``.`` or NUL, so it is never ``..``,
   absolute, hidden or a temp name (``.tmp-``), and the key is ``images/<category>/<id>.<ext>``;
+* *one file per placement*: an output on an ad placement (``batch --placements``) is
+  ``images/<category>/<id>@<placement>.<ext>``, the placement's canonical name with ``:`` as
+  ``-`` (``16:9`` -> ``@16-9``, ``300x250`` -> ``@300x250``). ``@`` never occurs in a segment,
+  so a placement's key never equals another product's; ratio and slot names differ in ``-``
+  vs ``x``. The product as photographed (placement ``photo``, the default) keeps the plain key;
 * *unique, also on case-insensitive disks*: plain segments are lower case and have no ``~``, so
   they differ from every encoded one and from each other whenever the ids differ; encoded
   segments of distinct values differ in their hash (a collision needs 2^40 ids by birthday);
@@ -50,10 +55,23 @@ def segment(value: str) -> str:
     return f"{slug}~{digest}"
 
 
-def output_key(category: str, product_id: str, extension: str) -> str:
-    """The image's key relative to the output root: ``images/<category>/<product_id>.<ext>``."""
-    return f"{IMAGES_DIR}/{segment(category)}/{segment(product_id)}.{extension}"
+PHOTO = "photo"  # the product as photographed: no placement, the key every output had before placements
+_PLACEMENT = re.compile(r"[0-9]{1,6}[:x][0-9]{1,6}")
 
 
-def output_uri(output_root: str, category: str, product_id: str, extension: str) -> str:
-    return storage.join(output_root, *output_key(category, product_id, extension).split("/"))
+def placement_suffix(placement: str | None) -> str:
+    """``""`` for the photo, else ``@<name>`` with ``:`` as ``-`` (only canonical names are accepted)."""
+    if placement in (None, "", PHOTO):
+        return ""
+    if not _PLACEMENT.fullmatch(placement):
+        raise ValueError(f"not a canonical placement name: {placement!r}")
+    return "@" + placement.replace(":", "-")
+
+
+def output_key(category: str, product_id: str, extension: str, placement: str | None = None) -> str:
+    """The image's key relative to the output root: ``images/<category>/<product_id>[@<placement>].<ext>``."""
+    return f"{IMAGES_DIR}/{segment(category)}/{segment(product_id)}{placement_suffix(placement)}.{extension}"
+
+
+def output_uri(output_root: str, category: str, product_id: str, extension: str, placement: str | None = None) -> str:
+    return storage.join(output_root, *output_key(category, product_id, extension, placement).split("/"))

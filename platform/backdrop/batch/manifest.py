@@ -2,9 +2,11 @@
 
 Layout under a job's output (a local directory or an ``s3://`` prefix)::
 
-    images/<category>/<product_id>.<ext>   generated images (keys by :mod:`.keys`, never outside)
+    images/<category>/<product_id>.<ext>   generated images (keys by :mod:`.keys`, never outside;
+                                           ``<product_id>@16-9.<ext>`` on a placement)
+    review/index.html                      the outputs QA flagged, with their candidates (:mod:`.review`)
     manifest/parts/part-<uuid>.parquet     the records of one finished batch (append-only)
-    manifest.parquet                       the latest record per product_id (consolidated)
+    manifest.parquet                       the latest record per (product_id, placement) (consolidated)
     rejected.parquet                       rows the last plan refused (duplicate / missing id)
     summary.json                           the last run's summary
     _lease.json                            the live run's lease (:mod:`.lease`)
@@ -22,8 +24,13 @@ duplicates, which :func:`latest` folds away.
 No Ray and no torch here: the driver, the nightly planner and tests all read manifests the
 same way.
 
+**A record is one (product, placement).** Its identity is ``product_id`` and ``placement``
+(``photo`` when the run had no placements; records written before placements existed read as
+``photo``): latest, classify, resume and the nightly plan all work per record, and
+:func:`record_key` is the one string that names it.
+
 **A failed attempt never hides the last good output.** The manifest keeps one record per
-product: the latest attempt, so ``rows = ok + failed`` always holds. A failed attempt keeps
+product and placement: the latest attempt, so ``rows = ok + failed`` always holds. A failed attempt keeps
 ``output_uri`` null (this attempt made nothing) but ``last_good_uri`` points at the product's
 last ok image, which a failure never deletes or overwrites; :func:`latest` carries it forward.
 Such a row is *stale*: it shows an older image than it should; :func:`stale_count` counts
@@ -46,14 +53,31 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from .. import storage
-from .records import MANIFEST_COLUMNS, OK
+from .keys import PHOTO
+from .records import BOOL_COLUMNS, FLOAT_COLUMNS, MANIFEST_COLUMNS, OK
 
 PARTS_DIR = "manifest/parts"
 MANIFEST_FILE = "manifest.parquet"
 SUMMARY_FILE = "summary.json"
 REJECTED_FILE = "rejected.parquet"
 
-SCHEMA = pa.schema([(name, pa.int64() if name == "seed" else pa.string()) for name in MANIFEST_COLUMNS])
+SCHEMA = pa.schema([(name, pa.int64() if name == "seed" else pa.float64() if name in FLOAT_COLUMNS
+                      else pa.bool_() if name in BOOL_COLUMNS else pa.string()) for name in MANIFEST_COLUMNS])
+KEY_SEP = "\x1f"  # never in a placement name, so a key splits back at its last separator
+
+
+def record_key(product_id: str, placement: str | None = PHOTO) -> str:
+    """A record's identity as one string: the product_id itself for the photo (so manifests
+    written before placements keep their keys), ``<product_id>\\x1f<placement>`` otherwise (and
+    for the photo of an id that holds the separator itself). One-to-one: a key without the
+    separator is a photo, any other splits at its last separator."""
+    if placement in (None, "", PHOTO):
+        return product_id if KEY_SEP not in product_id else f"{product_id}{KEY_SEP}{PHOTO}"
+    return f"{product_id}{KEY_SEP}{placement}"
+
+
+def record_keys(product_ids, placements) -> np.ndarray:
+    return np.array([record_key(p, pl) for p, pl in zip(product_ids, placements)], dtype=object)
 
 # Why a catalog row needs (or does not need) generating, relative to a target.
 NEW, FAILED, MODEL_CHANGED, PARAMS_CHANGED, DONE = "new", "failed", "model_changed", "params_changed", "done"
@@ -105,17 +129,21 @@ def read_records(output_root: str, columns: list[str] | None = None) -> pa.Table
 
 
 def latest(records: pa.Table) -> pa.Table:
-    """The most recent record of each product_id (``created_at`` is ISO 8601 UTC: it sorts),
-    with ``last_good_uri`` carried forward from the product's last ok record."""
+    """The most recent record of each (product_id, placement) (``created_at`` is ISO 8601 UTC:
+    it sorts), with ``last_good_uri`` carried forward from that record's last ok one."""
     if records.num_rows == 0:
         return records
     df = records.to_pandas()
+    df["_key"] = record_keys(df["product_id"], df["placement"] if "placement" in df.columns else [PHOTO] * len(df))
+    if "placement" in df.columns:
+        df["placement"] = df["placement"].fillna(PHOTO)
     df = df.sort_values("created_at", kind="stable")
     if "last_good_uri" in df.columns:
         good = df["output_uri"].where(df["status"] == OK, df["last_good_uri"])
-        df["last_good_uri"] = good.groupby(df["product_id"], sort=False).ffill()
-    df = df.drop_duplicates("product_id", keep="last")
-    df = df.sort_values(["category", "product_id"], kind="stable")
+        df["last_good_uri"] = good.groupby(df["_key"], sort=False).ffill()
+    df = df.drop_duplicates("_key", keep="last").drop(columns="_key")
+    order = ["category", "product_id"] + (["placement"] if "placement" in df.columns else [])
+    df = df.sort_values(order, kind="stable")
     return pa.Table.from_pandas(df, schema=records.schema, preserve_index=False)
 
 
@@ -139,10 +167,10 @@ INDEX_COLUMNS = ["status", "model_name", "model_version", "params_hash", "input_
 
 
 def latest_index(output_root: str) -> pd.DataFrame:
-    """The latest status, model, params and input fingerprint of every product, by product_id."""
-    cols = ["product_id", "category", "output_uri", "created_at", *INDEX_COLUMNS]
-    table = latest(read_records(output_root, columns=cols))
-    return table.to_pandas().set_index("product_id")[INDEX_COLUMNS]
+    """The latest status, model, params and input fingerprint of every record, by :func:`record_key`."""
+    cols = ["product_id", "placement", "category", "output_uri", "created_at", *INDEX_COLUMNS]
+    df = latest(read_records(output_root, columns=cols)).to_pandas()
+    return df.set_index(pd.Index(record_keys(df["product_id"], df["placement"]), dtype=object))[INDEX_COLUMNS]
 
 
 def stale_count(records: pa.Table) -> int:
@@ -163,7 +191,8 @@ class Target:
 
 
 def classify(rows: pd.DataFrame, index: pd.DataFrame, target_of: Callable[[str], Target]) -> np.ndarray:
-    """One reason from ``REASONS`` per row (``product_id``, ``category``): why it needs work, or ``done``.
+    """One reason from ``REASONS`` per row (``product_id``, ``category``, optional ``placement``;
+    ``index`` by :func:`record_key`): why it needs work, or ``done``.
 
     With an ``input_fingerprint`` column in ``rows``, a row whose record was made from other
     inputs is ``input_changed``; a record without a fingerprint (written before fingerprints
@@ -171,7 +200,8 @@ def classify(rows: pd.DataFrame, index: pd.DataFrame, target_of: Callable[[str],
     """
     if rows.empty:
         return np.array([], dtype=object)
-    rec = index.reindex(rows["product_id"].to_numpy())
+    placements = rows["placement"] if "placement" in rows.columns else [PHOTO] * len(rows)
+    rec = index.reindex(record_keys(rows["product_id"], placements))
     targets = {c: target_of(c) for c in rows["category"].unique()}
     want = [rows["category"].map(lambda c, f=f: getattr(targets[c], f)).to_numpy()
             for f in ("model_name", "model_version", "params_hash")]

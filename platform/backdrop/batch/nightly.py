@@ -81,7 +81,7 @@ def plan_nightly(config: BackfillConfig, pins: Mapping[str, str] | None = None) 
     def target_of(category: str) -> Target:
         return pinned.get(normalize(category), champion).target
 
-    plan = plan_rows(config.catalog, config.output, config.selection(), target_of)
+    plan = plan_rows(config.catalog, config.output, config.selection(), target_of, config.placement_names)
     on_champion = tuple(c for c in plan.categories if normalize(c) not in pinned)
     groups = [ModelGroup(config.model, champion, on_champion)]
     by_model: dict[str, list[str]] = {}

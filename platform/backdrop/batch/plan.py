@@ -1,10 +1,13 @@
 """What a run will do, decided on the driver before any pixel moves.
 
-Every catalog row in scope is classified against the output's manifest
+Every record a catalog row in scope becomes (one per placement) is classified against the output's manifest
 (:data:`~backdrop.batch.manifest.REASONS`): new, failed last time, made by another model or
 other parameters, made from inputs that changed since, or done; or refused outright (no
 product_id, or a later occurrence of a duplicated one). The driver keeps counters and the ids
-of rows already done (those the pipeline skips), never the catalog. No Ray and no torch here.
+of records already done (their :func:`~backdrop.batch.manifest.record_key`: the pipeline skips them),
+never the catalog. Counts are records: rows x placements, so ``total = ok + failed`` holds per
+record; a refused row (duplicate or missing id) is refused once per placement. No Ray and no
+torch here.
 """
 
 from __future__ import annotations
@@ -25,19 +28,21 @@ from ..errors import MISSING_ID as MISSING_ID_CODE
 from ..errors import SELECT
 from . import fingerprint, manifest
 from .config import RowSelection
-from .manifest import DONE, DUPLICATE, MISSING_ID, REJECTED, Target
+from .keys import PHOTO
+from .manifest import DONE, DUPLICATE, MISSING_ID, REJECTED, Target, record_keys
 from .records import OK
 
 
 @dataclass
 class Plan:
-    counts: Counter = field(default_factory=Counter)  # (category, reason) -> rows
-    done_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+    counts: Counter = field(default_factory=Counter)  # (category, reason) -> records (rows x placements)
+    done_keys: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))  # manifest.record_key
     scope_ids: pa.Array | None = None  # with a limit: exactly the rows in scope
     exclude_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))  # duplicated ids
     first_rows: pa.Table | None = None  # the first occurrence of each duplicated id (fed in separately)
-    rejected: list[dict] = field(default_factory=list)  # rows refused here: failed, never generated
-    stale: int = 0  # rows in scope whose latest attempt failed while an older image is still served
+    rejected: list[dict] = field(default_factory=list)  # records refused here: failed, never generated
+    stale: int = 0  # records in scope whose latest attempt failed while an older image is still served
+    placements: tuple[str, ...] = (PHOTO,)  # every row is one record per placement
 
     @property
     def total(self) -> int:
@@ -105,7 +110,8 @@ def _duplicated_ids(catalog: str, selection: RowSelection) -> pa.Array:
     return dup.cast(pa.string())
 
 
-def plan_rows(catalog: str, output: str, selection: RowSelection, target_of: Callable[[str], Target]) -> Plan:
+def plan_rows(catalog: str, output: str, selection: RowSelection, target_of: Callable[[str], Target],
+              placements: tuple[str, ...] = (PHOTO,)) -> Plan:
     """Classify every catalog row in scope against the manifest (``manifest.REASONS``).
 
     Two streaming passes over the catalog. The first counts ``product_id`` (Arrow) to find
@@ -119,7 +125,8 @@ def plan_rows(catalog: str, output: str, selection: RowSelection, target_of: Cal
     index = manifest.latest_index(output)
     duplicated = _duplicated_ids(catalog, selection)
     dup_set = set(duplicated.to_pylist())
-    plan, done, scope, first, seen, position = Plan(exclude_ids=duplicated), [], [], [], set(), 0
+    plan = Plan(exclude_ids=duplicated, placements=tuple(placements))
+    done, scope, first, seen, position = [], [], [], set(), 0
     for rows in _in_scope(catalog, selection, GENERATION_COLUMNS):
         if selection.limit is not None:
             scope.extend(rows["product_id"].chunks)
@@ -128,13 +135,16 @@ def plan_rows(catalog: str, output: str, selection: RowSelection, target_of: Cal
         for i, row in enumerate(records):
             pid, category = row["product_id"], row["category"] or ""
             if pid is None or not pid.strip():
-                plan.rejected.append(_rejected(row, position + i, MISSING_ID_CODE, "the row has no product_id"))
-                plan.counts[(category, MISSING_ID)] += 1
+                for placement in plan.placements:
+                    plan.rejected.append(_rejected(row, position + i, MISSING_ID_CODE, "the row has no product_id",
+                                                   placement))
+                plan.counts[(category, MISSING_ID)] += len(plan.placements)
             elif pid in dup_set and pid in seen:
-                plan.rejected.append(_rejected(row, position + i, DUPLICATE_ID_CODE,
-                                               f"product_id {pid!r} occurs earlier in the catalog; the first "
-                                               "occurrence is generated"))
-                plan.counts[(category, DUPLICATE)] += 1
+                for placement in plan.placements:
+                    plan.rejected.append(_rejected(row, position + i, DUPLICATE_ID_CODE,
+                                                   f"product_id {pid!r} occurs earlier in the catalog; the first "
+                                                   "occurrence is generated", placement))
+                plan.counts[(category, DUPLICATE)] += len(plan.placements)
             else:
                 if pid in dup_set:
                     seen.add(pid)
@@ -143,7 +153,7 @@ def plan_rows(catalog: str, output: str, selection: RowSelection, target_of: Cal
         position += len(records)
         rows = rows.take(pa.array(keep, pa.int64()))
         _classify_into(plan, rows, index, target_of, done)
-    plan.done_ids = pa.chunked_array(done, pa.string()).combine_chunks()
+    plan.done_keys = pa.array(done, pa.string())
     if selection.limit is not None:
         plan.scope_ids = pa.chunked_array(scope, pa.string()).combine_chunks()
     if first:
@@ -152,28 +162,34 @@ def plan_rows(catalog: str, output: str, selection: RowSelection, target_of: Cal
 
 
 def _classify_into(plan: Plan, rows: pa.Table, index, target_of, done: list) -> None:
-    df = rows.select(["product_id", "category"]).to_pandas()
+    base = rows.select(["product_id", "category"]).to_pandas()
+    n, k = len(base), len(plan.placements)
+    # one record per (row, placement): row i's records are i, i + n, i + 2n, ...
+    df = base.iloc[np.tile(np.arange(n), k)].reset_index(drop=True)
+    df["placement"] = np.repeat(np.array(plan.placements, dtype=object), n)
     reasons = manifest.classify(df, index, target_of)
     candidates = np.flatnonzero(reasons == DONE)
     if len(candidates):
-        # Only rows that would be skipped need their inputs stat'ed: every other row is generated
-        # anyway (and its record gets a fresh fingerprint from the load stage).
-        fingerprints = np.full(len(df), None, dtype=object)
-        fingerprints[candidates] = fingerprint.of_rows(rows.take(pa.array(candidates)).to_pylist())
-        reasons = manifest.classify(df.assign(input_fingerprint=fingerprints), index, target_of)
+        # Only rows with a record that would be skipped need their inputs stat'ed: every other
+        # record is generated anyway (and gets a fresh fingerprint from the load stage).
+        stat = np.unique(candidates % n)
+        per_row = np.full(n, None, dtype=object)
+        per_row[stat] = fingerprint.of_rows(rows.take(pa.array(stat)).to_pylist())
+        reasons = manifest.classify(df.assign(input_fingerprint=np.tile(per_row, k)), index, target_of)
     if len(df):
-        rec = index.reindex(df["product_id"].to_numpy())
+        rec = index.reindex(record_keys(df["product_id"], df["placement"]))
         plan.stale += int(((rec["status"] != OK) & rec["status"].notna() & rec["last_good_uri"].notna()).sum())
     plan.counts.update(zip([c or "" for c in df["category"]], reasons))
-    done.extend(pc.filter(rows["product_id"], pa.array(reasons == DONE)).chunks)
+    done.extend(record_keys(df["product_id"][reasons == DONE], df["placement"][reasons == DONE]).tolist())
 
 
-def _rejected(row: dict, position: int, code: str, message: str) -> dict:
+def _rejected(row: dict, position: int, code: str, message: str, placement: str = PHOTO) -> dict:
     return {"product_id": row["product_id"], "category": row["category"], "catalog_row": position,
-            "error_stage": SELECT, "error_code": code, "error_message": message}
+            "placement": placement, "error_stage": SELECT, "error_code": code, "error_message": message}
 
 
 REJECTED_SCHEMA = pa.schema([("product_id", pa.string()), ("category", pa.string()), ("catalog_row", pa.int64()),
+                             ("placement", pa.string()),
                              ("error_stage", pa.string()), ("error_code", pa.string()),
                              ("error_message", pa.string()), ("run_id", pa.string())])
 

@@ -1,8 +1,14 @@
 """One catalog row's way through a generation job, and the manifest record it ends as.
 
-    load_item(row)                  fetch, decode, validate          CPU, no model
-    generate_items(gen, items)      one denoising loop per batch     the model (backdrop.runtime)
+    load_items(rows)                fetch, decode, validate, place   CPU, no model
+    generate_items(gen, items)      one denoising loop per size      the model (quality.qa.generate_scored)
     write_item(item, ctx)           encode, write atomically, record CPU, no model
+
+A work item is one (catalog row, placement): with ``--placements 1:1,16:9`` a row is two
+items, two images and two manifest records (``placement`` column; ``photo`` without
+placements). Each record says what its image cost (``device_seconds``) and, when the model
+has a QA scorer, its ``qa_score``, ``qa_passed`` and every candidate's seed and scores
+(``candidates_json``).
 
 The Ray Data backfill runs each as its own stage; the in-process executor (``backdrop
 generate``) chains them in one process. There is one implementation of each.
@@ -37,7 +43,10 @@ MANIFEST_COLUMNS = (
     "product_id", "category", "status", "output_uri", "error", "error_stage", "error_code", "error_message",
     "model_name", "model_version", "params_hash", "seed", "created_at", "run_id",
     "input_fingerprint", "last_good_uri",
+    "placement", "device_seconds", "qa_score", "qa_passed", "candidates_json",
 )
+FLOAT_COLUMNS = ("device_seconds", "qa_score")
+BOOL_COLUMNS = ("qa_passed",)
 OK, FAILED = "ok", "failed"
 
 
@@ -51,16 +60,24 @@ class OutputConfig:
         return {"jpeg": "jpg", "jpg": "jpg"}.get(self.image_format.lower(), self.image_format.lower())
 
 
-def params_hash(inference: InferenceConfig, output: OutputConfig, seed: int, resolution: int) -> str:
-    """Identifies everything besides the model version that decides an output's pixels."""
-    blob = json.dumps({"inference": asdict(inference), "output": asdict(output), "seed": seed,
-                       "resolution": resolution}, sort_keys=True)
+def params_hash(inference: InferenceConfig, output: OutputConfig, seed: int, resolution: int,
+                candidates: int = 1, qa_threshold: float | None = None) -> str:
+    """Identifies everything besides the model version (its QA scorer included) and the
+    record's placement that decides an output's pixels and verdict. Best-of-N settings enter
+    only when not the default, so outputs made before they existed keep their hash."""
+    fields = {"inference": asdict(inference), "output": asdict(output), "seed": seed, "resolution": resolution}
+    if candidates != 1:
+        fields["candidates"] = candidates
+    if qa_threshold is not None:
+        fields["qa_threshold"] = float(qa_threshold)
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def output_uri(output_root: str, row: dict, output: OutputConfig) -> str:
-    """Where the row's image goes: :mod:`.keys` maps hostile ids to keys under the root."""
-    return keys.output_uri(output_root, str(row["category"]), str(row["product_id"]), output.extension)
+    """Where the record's image goes: :mod:`.keys` maps hostile ids (and the placement) to keys under the root."""
+    return keys.output_uri(output_root, str(row["category"]), str(row["product_id"]), output.extension,
+                           row.get("placement"))
 
 
 @dataclass(frozen=True)
@@ -79,7 +96,8 @@ class RunContext:
     run_id: str | None = None
     staging: str | None = None  # the run's scratch directory (lease.Lease.staging) for temp files
 
-    def record(self, row: dict, uri: str | None = None, failure: Failure | None = None) -> dict:
+    def record(self, row: dict, uri: str | None = None, failure: Failure | None = None,
+               made: runtime.Generated | None = None) -> dict:
         """``ok`` with the image at ``uri``, or ``failed`` with its ``failure``.
 
         ``last_good_uri`` is the image a reader should show: this record's own when ok; for a
@@ -103,6 +121,11 @@ class RunContext:
             "run_id": self.run_id,
             "input_fingerprint": row.get("input_fingerprint"),
             "last_good_uri": None if failure else uri,
+            "placement": row.get("placement") or keys.PHOTO,
+            "device_seconds": made.device_seconds if made else None,
+            "qa_score": made.scores["qa_score"] if made and made.scores else None,
+            "qa_passed": made.qa_passed if made else None,
+            "candidates_json": json.dumps(made.candidates) if made and made.candidates else None,
         }
 
 
@@ -113,10 +136,11 @@ class WorkItem:
     ``failure`` is set by the first stage that fails the row; later stages pass it through.
     """
 
-    row: dict
-    product: Product | None = None
+    row: dict  # the catalog row, its ``input_fingerprint`` and this item's ``placement``
+    product: Product | None = None  # laid on the placement's canvas
     output: Image.Image | None = None  # the generated ad, product pixels pasted back
     failure: Failure | None = None
+    made: runtime.Generated | None = None  # the output's cost and QA (its image is ``output``)
 
     @property
     def product_id(self) -> str:
@@ -129,34 +153,67 @@ class WorkItem:
 
 
 def load_item(row: dict, categories: CategoryMap | None = None, limits: Limits = DEFAULT_LIMITS) -> WorkItem:
-    """Fetch and validate one row; any failure is recorded on the item, never raised.
+    """Fetch and validate one row (on its ``placement``); any failure is recorded on the item,
+    never raised. With ``categories`` (the model's map) an unknown category fails before
+    anything is fetched."""
+    return load_items([row], categories, limits)[0]
 
-    With ``categories`` (the model's map) an unknown category fails before anything is fetched.
-    """
-    item = WorkItem({**row, "input_fingerprint": fingerprint.of_row(row)})
-    try:
-        if categories is not None:
-            categories.id_of(row["category"])
-        item.product = fetch_product(row, limits)
-    except Exception as e:  # noqa: BLE001 - an unexpected failure is still this row's failure
-        item.failure = Failure.of(LOAD, e)
-    return item
+
+def load_items(rows: list[dict], categories: CategoryMap | None = None,
+               limits: Limits = DEFAULT_LIMITS) -> list[WorkItem]:
+    """:func:`load_item` for a batch: a product whose placements share the batch is fetched,
+    fingerprinted and validated once; a bad row fails each of its placements with the same
+    failure, a placement that cannot hold the product (a pixel slot too small) fails alone."""
+    loaded: dict[str, tuple[str, Product | None, Failure | None]] = {}
+    items = []
+    for row in rows:
+        pid = str(row["product_id"])
+        if pid not in loaded:
+            product = failure = None
+            try:
+                if categories is not None:
+                    categories.id_of(row["category"])
+                product = fetch_product(row, limits)
+            except Exception as e:  # noqa: BLE001 - an unexpected failure is still this row's failure
+                failure = Failure.of(LOAD, e)
+            loaded[pid] = (fingerprint.of_row(row), product, failure)
+        fp, product, failure = loaded[pid]
+        item = WorkItem({**row, "input_fingerprint": fp}, failure=failure)
+        if product is not None:
+            try:
+                item.product = _placed(product, row.get("placement"), limits)
+            except Exception as e:  # noqa: BLE001 - this placement's failure
+                item.failure = Failure.of(LOAD, e)
+        items.append(item)
+    return items
+
+
+def _placed(product: Product, placement: str | None, limits: Limits) -> Product:
+    if placement in (None, "", keys.PHOTO):
+        return product
+    from ..placements import parse_placement
+
+    return product.placed(parse_placement(placement, limits), limits=limits)
 
 
 def generate_items(gen: runtime.LoadedGenerator, items: list[WorkItem], inference: InferenceConfig,
-                   seed: int) -> int:
+                   seed: int, candidates: int = 1, qa_threshold: float | None = None) -> int:
     """Generate every ready item of a batch through the runtime; returns how many were sent.
 
     The selection stage already grouped the rows by category, so each category's prompts are
-    encoded once (the pipeline caches embeddings across batches too).
+    encoded once (the pipeline caches embeddings across batches too); the runtime runs one
+    loop per generation size (placement). With the model's QA scorer every output is scored
+    and the best of ``candidates`` kept (:func:`backdrop.quality.qa.generate_scored`).
     """
+    from ..quality.qa import generate_scored
+
     ready = [it for it in items if it.ready]
     requests = [it.product.requests([runtime.row_seed(seed, it.product_id)])[0] for it in ready]
-    for item, result in zip(ready, runtime.generate(gen, requests, inference)):
+    for item, result in zip(ready, generate_scored(gen, requests, inference, candidates, qa_threshold)):
         if isinstance(result, Failure):
             item.failure = result
         else:
-            item.output = result
+            item.output, item.made = result.image, result
     return len(ready)
 
 
@@ -175,4 +232,4 @@ def write_item(item: WorkItem, ctx: RunContext) -> dict:
                             staging=ctx.staging)
     except Exception as e:  # noqa: BLE001 - a write failure is this row's failure
         return ctx.record(item.row, failure=Failure.of(WRITE, e))
-    return ctx.record(item.row, uri)
+    return ctx.record(item.row, uri, made=item.made)

@@ -1,4 +1,6 @@
-"""Catalog backfill: every catalog row becomes one generated ad image and one manifest record.
+"""Catalog backfill: every catalog row becomes one generated ad image and one manifest record
+per placement (``--placements``; the photo as it is without), each with its device-seconds and,
+when the model carries a QA scorer, its QA scores (best of ``--candidates``).
 
 The driver plans (:mod:`.plan`), runs the stages (:mod:`.stages`) on Ray Data or in this
 process, tallies the records streaming back, consolidates the manifest and keeps one MLflow
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections import Counter
@@ -32,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import registry, runtime, storage
-from ..errors import LOAD, SELECT
+from ..errors import LOAD, SELECT, NoScorerError
 from . import manifest
 from .config import BackfillConfig
 from .lease import Lease
@@ -50,18 +53,25 @@ SHEET_IMAGES = 8
 class Tally:
     """What the driver keeps of the records streaming back: counters only."""
 
-    ok: Counter = field(default_factory=Counter)  # category -> rows
-    failed: Counter = field(default_factory=Counter)  # category -> rows
-    errors: Counter = field(default_factory=Counter)  # (stage, error code) -> rows
+    ok: Counter = field(default_factory=Counter)  # category -> records
+    failed: Counter = field(default_factory=Counter)  # category -> records
+    errors: Counter = field(default_factory=Counter)  # (stage, error code) -> records
+    device_seconds: Counter = field(default_factory=Counter)  # category -> device-seconds of its outputs
+    scored: int = 0  # outputs with a QA verdict
+    flagged: int = 0  # ... that did not pass (qa_passed false): the review gallery
     first_at: float | None = None  # when the first records arrived (perf_counter)
 
     def add(self, records: pa.Table) -> None:
         self.first_at = self.first_at or time.perf_counter()
-        columns = (records[c].to_pylist() for c in ("category", "status", "error_stage", "error_code"))
-        for category, status, stage, code in zip(*columns):
+        names = ("category", "status", "error_stage", "error_code", "device_seconds", "qa_passed")
+        for category, status, stage, code, seconds, passed in zip(*(records[c].to_pylist() for c in names)):
             (self.ok if status == OK else self.failed)[category] += 1
             if status != OK:
                 self.errors[(stage, code)] += 1
+            self.device_seconds[category] += seconds or 0.0
+            if passed is not None:
+                self.scored += 1
+                self.flagged += not passed
 
     @property
     def rows(self) -> int:
@@ -122,17 +132,36 @@ class BackfillResult:
     def exit_code(self) -> int:
         return 0 if self.failure_rate <= self.config.max_failure_rate else 1
 
+    @property
+    def device_seconds(self) -> float:
+        """Device time of this run's outputs (every candidate counted; skipped records cost 0)."""
+        return float(sum(self.tally.device_seconds.values()))
+
+    def cost(self, seconds: float) -> float | None:
+        """``seconds`` of device time at ``price_per_device_hour`` (None when no price is set)."""
+        price = self.config.price_per_device_hour
+        return seconds / 3600 * price if price else None
+
     def metrics(self) -> dict[str, float]:
-        return {"rows_in": self.plan.total, "rows_ok": self.ok, "rows_failed": self.failed,
-                "rows_skipped": self.plan.skipped, "rows_generated": self.generated,
-                "rows_refused": self.plan.refused, "rows_stale": self.stale,
-                "images_written": sum(self.tally.ok.values()), "failure_rate": self.failure_rate,
-                "images_per_s": self.images_per_second, "startup_s": self.startup_seconds, "pipeline_s": self.pipeline_seconds, "wall_s": self.seconds}
+        out = {"rows_in": self.plan.total, "rows_ok": self.ok, "rows_failed": self.failed,
+               "rows_skipped": self.plan.skipped, "rows_generated": self.generated,
+               "rows_refused": self.plan.refused, "rows_stale": self.stale,
+               "images_written": sum(self.tally.ok.values()), "failure_rate": self.failure_rate,
+               "images_per_s": self.images_per_second, "startup_s": self.startup_seconds,
+               "pipeline_s": self.pipeline_seconds, "wall_s": self.seconds,
+               "device_s": self.device_seconds, "qa_scored": self.tally.scored, "qa_flagged": self.tally.flagged}
+        for category, seconds in sorted(self.tally.device_seconds.items()):
+            out[f"device_s.{_metric_name(category)}"] = seconds
+        if self.cost(1.0) is not None:
+            out["cost"] = self.cost(self.device_seconds)
+        return out
 
     def as_dict(self) -> dict:
         return {"config": asdict(self.config), "model_name": self.model_name, "model_version": self.model_version,
                 "params_hash": self.params_hash, "run_id": self.run_id, "metrics": self.metrics(),
                 "plan": {f"{c}/{r}": n for (c, r), n in sorted(self.plan.counts.items())},
+                "device_seconds": {"total": self.device_seconds, **dict(sorted(self.tally.device_seconds.items()))},
+                "price_per_device_hour": self.config.price_per_device_hour or None,
                 "errors": {f"{s}/{code}": n for (s, code), n in sorted({**self.refused, **self.tally.errors}.items())},
                 "operators": dict(self.operators)}
 
@@ -157,15 +186,42 @@ class BackfillResult:
             f"  {'write':10s}{generated:9d}{sum(t.ok.values()):7d}{t.failed_in('write'):8d}   {reasons('write')}",
             f"  manifest: {self.plan.total} rows in scope = {self.ok} ok + {self.failed} failed "
             f"(failure rate {self.failure_rate:.1%}, max {self.config.max_failure_rate:.1%}); "
-            f"{self.stale} stale (latest attempt failed, an older image is still served)",
+            f"{self.stale} stale (latest attempt failed, an older image is still served)"
+            + (f"; records: catalog rows x {len(self.plan.placements)} placements "
+               f"({', '.join(self.plan.placements)})" if len(self.plan.placements) > 1 else ""),
             f"  time: pipeline {self.pipeline_seconds:.1f}s ({self.images_per_second:.2f} images/s, first records "
             f"after {self.startup_seconds:.1f}s), whole run {self.seconds:.1f}s",
         ]
+        lines.extend(self._cost_lines())
         if self.missing:
             lines.append(f"  ERROR: {self.missing} rows never came back from the pipeline (counted as failed)")
         if self.operators:
             lines.append("  Ray Data operators: " + ", ".join(f"{n} {s:.1f}s" for n, s in self.operators))
         return "\n".join(lines)
+
+
+    def _cost_lines(self) -> list[str]:
+        """Device-seconds per category and run (and what they cost at the configured price)."""
+        def money(seconds: float) -> str:
+            cost = self.cost(seconds)
+            return "" if cost is None else f"  ~{cost:.4f} at {self.config.price_per_device_hour:g}/device-hour"
+
+        written = sum(self.tally.ok.values())
+        lines = [f"  {'cost':10s}{'outputs':>9s}{'device-s':>10s}{'per output':>12s}"]
+        for category in sorted(set(self.tally.device_seconds) | set(self.tally.ok)):
+            n, sec = self.tally.ok[category], self.tally.device_seconds[category]
+            lines.append(f"  {category[:10]:10s}{n:9d}{sec:10.2f}{sec / n if n else 0.0:12.3f}{money(sec)}")
+        lines.append(f"  {'(run)':10s}{written:9d}{self.device_seconds:10.2f}"
+                     f"{self.device_seconds / written if written else 0.0:12.3f}{money(self.device_seconds)}")
+        if self.tally.scored:
+            lines.append(f"  QA: {self.tally.flagged} of {self.tally.scored} outputs flagged (qa_passed false; "
+                         f"best of {self.config.candidates}); see review/index.html")
+        return lines
+
+
+def _metric_name(text: str) -> str:
+    """An MLflow metric name part: letters, digits and ``_-.`` only."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(text))[:100] or "_"
 
 
 @dataclass(frozen=True)
@@ -183,8 +239,12 @@ def resolve_target(config: BackfillConfig) -> Resolved:
     model = registry.resolve(config.model)
     pinned = f"models:/{model.name}/{model.version}" if config.model.startswith("models:/") else model.path
     info = runtime.read_model_info(model.path)
+    if config.candidates > 1 and not info.qa_scorer:
+        raise NoScorerError(f"--candidates {config.candidates} needs a QA scorer saved with the model, and "
+                            f"{config.model} has none (qa/scorer.json); {NoScorerError.HOW_TO_FIT}")
     target = Target(model.name, str(model.version),
-                    params_hash(config.inference(), config.output_config(), config.seed, info.resolution))
+                    params_hash(config.inference(), config.output_config(), config.seed, info.resolution,
+                                config.candidates, config.qa_threshold))
     return Resolved(model, pinned, info, target)
 
 
@@ -214,7 +274,8 @@ def run_backfill(config: BackfillConfig, generator_cls: type | None = None,
     model, target = resolved.model, resolved.target
     planned_here = plan is None
     if plan is None:
-        plan = plan_rows(config.catalog, config.output, config.selection(), lambda _: target)
+        plan = plan_rows(config.catalog, config.output, config.selection(), lambda _: target,
+                         config.placement_names)
     log.info("plan: %d rows in scope, %d already done, %d refused, %d to generate",
              plan.total, plan.skipped, plan.refused, plan.todo)
 
@@ -232,7 +293,7 @@ def run_backfill(config: BackfillConfig, generator_cls: type | None = None,
         result.seconds = time.perf_counter() - started
         storage.write_bytes(storage.join(config.output, manifest.SUMMARY_FILE),
                             json.dumps(result.as_dict(), indent=2, default=str).encode(), staging=lease.staging)
-        _log_outcome(result, final)
+        _log_outcome(result, final, lease.staging)
     print(result.summary(), flush=True)
     return result
 
@@ -245,7 +306,8 @@ def _execute(config: BackfillConfig, resolved: Resolved, plan: Plan, ctx: RunCon
         stage_kwargs = dict(model_ref=resolved.pinned, tracking_uri=registry.tracking_uri(),
                             inference=config.inference(), seed=config.seed,
                             device="cuda" if config.num_gpus else "cpu",
-                            threads=cpu_threads(config.threads_per_actor, 1), max_actors=1)
+                            threads=cpu_threads(config.threads_per_actor, 1), max_actors=1,
+                            candidates=config.candidates, qa_threshold=config.qa_threshold)
         batches, stats = run_local(config, plan, ctx, resolved.info.categories,
                                    (generator_cls or GeneratorActor)(**stage_kwargs)), None
     else:
@@ -290,11 +352,18 @@ def _tracking_run(config: BackfillConfig, model, target: Target) -> Iterator[str
         yield run.info.run_id
 
 
-def _log_outcome(result: BackfillResult, final: pa.Table) -> None:
+def _log_outcome(result: BackfillResult, final: pa.Table, staging: str | None = None) -> None:
+    import tempfile
+
     import mlflow
+
+    from .review import REVIEW_DIR, write_review
 
     mlflow.log_metrics(result.metrics())
     mlflow.log_dict(result.as_dict(), "summary.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        if write_review(result.config.output, final, staging, tmp) or os.listdir(tmp):
+            mlflow.log_artifacts(tmp, REVIEW_DIR)
     for category, sheet in category_sheets(final, result.plan.categories).items():
         mlflow.log_image(sheet, f"gallery/{category}.png")
 

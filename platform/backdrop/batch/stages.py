@@ -3,8 +3,8 @@
 ::
 
     read_parquet(catalog)                      streaming, file by file
-      -> map_batches(select_rows)     tasks    category filter, --limit, skip rows already done
-      -> map_batches(load_batch)      tasks    fetch, decode, validate: a bad row becomes a failed item
+      -> map_batches(select_rows)     tasks    category filter, --limit, one row per placement, skip records done
+      -> map_batches(load_batch)      tasks    fetch, decode, validate, place: a bad row becomes failed items
       -> map_batches(GeneratorActor)  actors   the model loads once per actor; one denoising loop per batch
       -> map_batches(write_batch)     tasks    encode + write the images, then the batch's manifest part
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -40,15 +41,18 @@ from ..limits import Limits
 from . import manifest
 from .config import BackfillConfig, RowSelection
 from .plan import Plan
-from .records import RunContext, WorkItem, generate_items, load_item, write_item
+from .keys import PHOTO
+from .manifest import KEY_SEP
+from .records import RunContext, WorkItem, generate_items, load_items, write_item
 
 SMALL_CLUSTER_CPUS = 4
 
 PIXEL_FIELDS = ("image", "mask", "reference", "reference_mask", "output")
 IMAGE_FIELDS = ("image", "reference", "output")  # PIL images; the masks are float arrays
 FAILURE_FIELDS = ("error_stage", "error_code", "error_message")
-ROW_FIELDS = GENERATION_COLUMNS + ("input_fingerprint",)  # the row as loaded (fingerprint added)
-ITEM_SCHEMA = pa.schema([(c, pa.string()) for c in ROW_FIELDS + FAILURE_FIELDS]
+ROW_FIELDS = GENERATION_COLUMNS + ("placement", "input_fingerprint")  # the row as loaded
+MADE_FIELD = "made"  # the output's runtime.Generated without its image, as JSON
+ITEM_SCHEMA = pa.schema([(c, pa.string()) for c in ROW_FIELDS + FAILURE_FIELDS + (MADE_FIELD,)]
                         + [(f, pa.binary()) for f in PIXEL_FIELDS])
 
 
@@ -75,6 +79,7 @@ def items_to_table(items: list[WorkItem], pixels: tuple[str, ...] = PIXEL_FIELDS
     cols = {c: [it.row.get(c) for it in items] for c in ROW_FIELDS}
     for f in FAILURE_FIELDS:
         cols[f] = [getattr(it.failure, f.removeprefix("error_")) if it.failure else None for it in items]
+    cols[MADE_FIELD] = [_made_json(it.made) for it in items]
     for f in PIXEL_FIELDS:
         source = [it.output if f == "output" else getattr(it.product, f, None) for it in items]
         cols[f] = [_pack(v) if f in pixels else None for v in source]
@@ -89,16 +94,34 @@ def items_from_table(table: pa.Table) -> list[WorkItem]:
         product = None if px["image"] is None else Product(px["image"], px["mask"], row["category"], px["reference"],
                                                            px["reference_mask"], row.get("prompt") or None)
         failure = Failure(*(rec[f] for f in FAILURE_FIELDS)) if rec["error_code"] else None
-        items.append(WorkItem(row, product, px["output"], failure))
+        items.append(WorkItem(row, product, px["output"], failure, _made_from(rec[MADE_FIELD], px["output"])))
     return items
+
+
+def _made_json(made: runtime.Generated | None) -> str | None:
+    if made is None:
+        return None
+    return json.dumps({"seed": made.seed, "device_seconds": made.device_seconds,
+                       "generation_size": list(made.generation_size), "scores": made.scores,
+                       "candidates": made.candidates, "qa_passed": made.qa_passed})
+
+
+def _made_from(text: str | None, image) -> runtime.Generated | None:
+    if text is None or image is None:
+        return None
+    d = json.loads(text)
+    return runtime.Generated(image, d["seed"], d["device_seconds"], tuple(d["generation_size"]), d["scores"],
+                             d["candidates"], d["qa_passed"])
 
 
 # --------------------------------------------------------------------------- the stages
 
 
-def select_rows(batch: pa.Table, *, selection: RowSelection, done_ids: pa.Array,
-                scope_ids: pa.Array | None, exclude_ids: pa.Array | None = None) -> pa.Table:
-    """Rows of this run not done yet, grouped by category (so a batch shares its prompts).
+def select_rows(batch: pa.Table, *, selection: RowSelection, done_keys: pa.Array,
+                scope_ids: pa.Array | None, exclude_ids: pa.Array | None = None,
+                placements: tuple[str, ...] = (PHOTO,)) -> pa.Table:
+    """The records of this run not done yet: each row once per placement (a ``placement``
+    column), grouped by category and placement (so a batch shares prompts and latent sizes).
 
     Rows without a product_id and every occurrence of an ``exclude_ids`` id (the duplicated
     ones) are dropped: the planner saw the whole catalog, failed the extra occurrences and
@@ -110,14 +133,21 @@ def select_rows(batch: pa.Table, *, selection: RowSelection, done_ids: pa.Array,
         rows = rows.filter(pc.invert(pc.is_in(rows["product_id"], value_set=exclude_ids)))
     if scope_ids is not None:
         rows = rows.filter(pc.is_in(rows["product_id"], value_set=scope_ids))
-    if len(done_ids):
-        rows = rows.filter(pc.invert(pc.is_in(rows["product_id"], value_set=done_ids)))
-    return rows.sort_by("category")
+    rows = pa.concat_tables([rows.append_column("placement", pa.array([p] * rows.num_rows, pa.string()))
+                             for p in placements])
+    if len(done_keys):
+        # manifest.record_key: the product_id for the photo, else product_id KEY_SEP placement
+        bare = pc.and_(pc.equal(rows["placement"], PHOTO),
+                       pc.invert(pc.match_substring(rows["product_id"], KEY_SEP)))
+        key = pc.if_else(bare, rows["product_id"],
+                         pc.binary_join_element_wise(rows["product_id"], rows["placement"], KEY_SEP))
+        rows = rows.filter(pc.invert(pc.is_in(key, value_set=done_keys)))
+    return rows.sort_by([("category", "ascending"), ("placement", "ascending")])
 
 
 def load_batch(batch: pa.Table, *, categories: CategoryMap, limits: Limits) -> pa.Table:
     """Fetch, decode and validate on CPU; an unknown category fails before any fetch."""
-    return items_to_table([load_item(row, categories, limits) for row in batch.to_pylist()])
+    return items_to_table(load_items(batch.to_pylist(), categories, limits))
 
 
 def cpu_threads(threads: int | None, max_actors: int) -> int:
@@ -133,14 +163,16 @@ class GeneratorActor:
     """
 
     def __init__(self, model_ref: str, tracking_uri: str, inference, seed: int, device: str = "cpu",
-                 threads: int | None = None, max_actors: int = 1):
+                 threads: int | None = None, max_actors: int = 1, candidates: int = 1,
+                 qa_threshold: float | None = None):
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
         self.generator = runtime.load(model_ref, device, cpu_threads(threads, max_actors) if device == "cpu" else None)
         self.inference, self.seed = inference, seed
+        self.candidates, self.qa_threshold = candidates, qa_threshold
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         items = items_from_table(batch)
-        generate_items(self.generator, items, self.inference, self.seed)
+        generate_items(self.generator, items, self.inference, self.seed, self.candidates, self.qa_threshold)
         return items_to_table(items, pixels=("output",))
 
 
@@ -175,7 +207,7 @@ def actor_stage(config: BackfillConfig, model_ref: str, tracking_uri: str, cls: 
         cpus = 0.5 if small and not config.num_gpus else 1.0
     kwargs = dict(model_ref=model_ref, tracking_uri=tracking_uri, inference=config.inference(), seed=config.seed,
                   device="cuda" if config.num_gpus else "cpu", threads=config.threads_per_actor,
-                  max_actors=config.concurrency)
+                  max_actors=config.concurrency, candidates=config.candidates, qa_threshold=config.qa_threshold)
     return ActorStage(cls or GeneratorActor, kwargs, cpus, config.num_gpus, config.concurrency)
 
 
@@ -187,7 +219,8 @@ def build_dataset(config: BackfillConfig, plan: Plan, ctx: RunContext, categorie
 
     fs, files = catalog_files(config.catalog)
     present = pads.dataset(files[:1], filesystem=fs, format="parquet").schema.names
-    select = dict(selection=config.selection(), done_ids=plan.done_ids, scope_ids=plan.scope_ids)
+    select = dict(selection=config.selection(), done_keys=plan.done_keys, scope_ids=plan.scope_ids,
+                  placements=config.placement_names)
     ds = (ray.data.read_parquet(files, filesystem=fs)
           .select_columns([c for c in GENERATION_COLUMNS if c in present])
           .map_batches(select_rows, batch_format="pyarrow", fn_kwargs=dict(select, exclude_ids=plan.exclude_ids)))
@@ -215,7 +248,8 @@ def build_dataset(config: BackfillConfig, plan: Plan, ctx: RunContext, categorie
 def run_local(config: BackfillConfig, plan: Plan, ctx: RunContext, categories: CategoryMap,
               generator: GeneratorActor) -> Iterator[pa.Table]:
     """The same stages chained in this process; yields each batch's records as they are written."""
-    select = dict(selection=config.selection(), done_ids=plan.done_ids, scope_ids=plan.scope_ids)
+    select = dict(selection=config.selection(), done_keys=plan.done_keys, scope_ids=plan.scope_ids,
+                  placements=config.placement_names)
     selected = (select_rows(table, **select, exclude_ids=plan.exclude_ids)
                 for table in iter_catalog(config.catalog, list(GENERATION_COLUMNS)))
     if plan.first_rows is not None and plan.first_rows.num_rows:

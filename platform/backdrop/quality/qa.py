@@ -45,7 +45,7 @@ from PIL import Image, ImageFilter
 
 from .. import storage
 from ..catalog import read_catalog
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, NoScorerError
 from ..inputs import fetch_pair
 from . import metrics
 
@@ -54,12 +54,6 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 DEFAULT_THRESHOLD = 0.5
 COMPONENT_WEIGHTS = {"category_fit": 2.0, "seam": 1.0, "leak": 1.0, "reference": 1.0}
-
-
-class NoScorerError(InvalidParameterError):
-    """Best-of-N was asked of a model that has no QA scorer saved with it."""
-
-    code = "no_qa_scorer"
 
 
 # --- the fixed components ----------------------------------------------------------------
@@ -235,9 +229,35 @@ def scorer_for(gen, clip_model: str | None = None, threshold: float | None = Non
     """The QA scorer saved with a loaded generator (``runtime.load`` reads it with the weights)."""
     state = gen.model.qa_state
     if state is None:
-        raise NoScorerError(f"model {gen.name} v{gen.version} has no QA scorer; fit one with "
-                            "backdrop.quality.qa.fit_scorer(train_catalog, model_dir)")
+        raise NoScorerError(f"model {gen.name} v{gen.version} has no QA scorer (qa/scorer.json), which "
+                            f"candidates > 1 needs; {NoScorerError.HOW_TO_FIT}")
     scorer = QAScorer.from_state(state, clip_model)
     if threshold is not None:
         scorer.threshold = float(threshold)
     return scorer
+
+
+def _cached_scorer(gen, clip_model: str | None = None) -> QAScorer:
+    """The generator's scorer, parsed once per loaded generator (its state is megabytes of JSON lists)."""
+    cached = getattr(gen, "_qa_scorer", None)
+    if cached is None or cached[0] is not gen.model.qa_state:
+        cached = (gen.model.qa_state, scorer_for(gen, clip_model))
+        gen._qa_scorer = cached
+    return cached[1]
+
+
+def generate_scored(gen, requests, config, candidates: int | list[int] = 1, threshold: float | None = None,
+                    progress=None, clip_model: str | None = None):
+    """Every front door's outputs (batch records, HTTP answers): best-of-``candidates`` under the
+    QA scorer saved with the model, so each output carries its scores and ``qa_passed`` (with
+    one candidate that is plain generation, scored); a model without a scorer gets plain
+    measured generation, and ``candidates > 1`` on it is a :class:`NoScorerError`.
+    """
+    from .. import runtime
+
+    if gen.model.qa_state is None:
+        if max(candidates if isinstance(candidates, (list, tuple)) else [candidates], default=1) > 1:
+            scorer_for(gen)  # raises NoScorerError with how to fit one
+        return runtime.generate_measured(gen, requests, config, progress)
+    return runtime.generate_best(gen, requests, config, candidates, _cached_scorer(gen, clip_model),
+                                 threshold=threshold, progress=progress)

@@ -2,9 +2,11 @@
 
 * the ingress turns one request into a validated :class:`Job` (:func:`load_job`, with the same
   decoding rules, limits and typed errors as the batch jobs: :mod:`backdrop.inputs`);
-* the generator replica rejects a job its model cannot serve (:func:`check_job`) before it joins
-  a dynamic batch, and :func:`run_jobs` puts a whole batch through the runtime, one denoising
-  loop per group of jobs that can share one (same steps and guidance).
+* the generator replica rejects a job its model cannot serve (:func:`check_job`: an unknown
+  category, best-of-N without a QA scorer) before it joins a dynamic batch, and
+  :func:`run_jobs` puts a whole batch through the runtime, one call per group of jobs that can
+  share a denoising loop (same steps and guidance; the runtime runs one loop per placement
+  size within it), every image with its placement, device-seconds and QA scores.
 
 Nothing here imports Ray or a web framework; torch is imported only where the model runs.
 """
@@ -16,12 +18,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from .. import runtime
-from ..errors import GENERATE, Failure
+from ..errors import GENERATE, Failure, NoScorerError
 from ..imaging import encode_image
 from ..inputs import Product, decode_product
 from ..limits import DEFAULT_LIMITS, Limits
 from ..runtime import Cancelled, LoadedGenerator
 from .params import GenerateParams
+
+PHOTO = "photo"  # the product as uploaded (no placement asked for)
 
 @dataclass
 class Job:
@@ -30,14 +34,23 @@ class Job:
     product: Product
     params: GenerateParams
     cancelled: bool = field(default=False, compare=False)  # set when its caller gives up
+    placed: list[tuple[str, Product]] = field(default_factory=list)  # (placement, product on its canvas)
+
+    @property
+    def outputs(self) -> list[tuple[str, Product]]:
+        """What to generate, in answer order: each placement (or the photo) once per seed."""
+        return self.placed or [(PHOTO, self.product)]
 
 
 def load_job(params: GenerateParams, *, image: bytes | None = None, mask: bytes | None = None,
              reference: bytes | None = None, reference_mask: bytes | None = None,
              limits: Limits = DEFAULT_LIMITS) -> Job:
-    """Decode and validate a request's files (product mask from ``mask`` or the alpha)."""
-    return Job(decode_product(params.category, image, mask, reference=reference, reference_mask=reference_mask,
-                              prompt=params.prompt, limits=limits), params)
+    """Decode and validate a request's files (product mask from ``mask`` or the alpha) and lay
+    the product on each placement asked for (a canvas over the limits is refused here)."""
+    product = decode_product(params.category, image, mask, reference=reference, reference_mask=reference_mask,
+                             prompt=params.prompt, limits=limits)
+    placed = [(p.name, product.placed(p, limits=limits)) for p in params.placement_list(limits)]
+    return Job(product, params, placed=placed)
 
 
 @dataclass
@@ -45,18 +58,27 @@ class Generated:
     """One job's answer."""
 
     images: list[bytes]  # PNG files (lossless: the product's pixels stay bit-identical)
-    seeds: list[int]
+    seeds: list[int]  # the request's seeds (each placement is made once per seed)
     model_name: str
     model_version: str
     batch_requests: int  # requests that shared this job's denoising loop
     batch_images: int  # images made by that loop
     generate_s: float  # wall time of that loop
     loop: int = 0  # which of its batch's denoising loops made it
+    outputs: list[dict] = field(default_factory=list)  # per image: placement, seed, size, cost, QA
+
+    @property
+    def device_seconds(self) -> float:
+        return float(sum(o["device_seconds"] for o in self.outputs))
 
 
 def check_job(gen: LoadedGenerator, job: Job) -> None:
-    """Reject what this model cannot serve (unknown category) before the job joins a batch."""
+    """Reject what this model cannot serve (unknown category, best-of-N without a QA scorer)
+    before the job joins a batch."""
     gen.categories.id_of(job.params.category)
+    if job.params.candidates > 1 and gen.model.qa_state is None:
+        raise NoScorerError(f"candidates={job.params.candidates} needs a QA scorer saved with the model; "
+                            f"{gen.name} v{gen.version} has none (use candidates=1)")
 
 
 def run_jobs(gen: LoadedGenerator, jobs: list[Job]) -> list[Generated | Failure]:
@@ -67,6 +89,7 @@ def run_jobs(gen: LoadedGenerator, jobs: list[Job]) -> list[Generated | Failure]
     gave up stops early and its jobs fail as ``cancelled``.
     """
     from ..pipeline import InferenceConfig  # the ingress checked steps and guidance against the limits
+    from ..quality.qa import generate_scored
 
     groups: dict[tuple[int, float], list[int]] = defaultdict(list)
     for i, job in enumerate(jobs):
@@ -75,7 +98,13 @@ def run_jobs(gen: LoadedGenerator, jobs: list[Job]) -> list[Generated | Failure]
     results: list[Generated | Failure] = [None] * len(jobs)  # type: ignore[list-item]
     for number, members in enumerate(groups.values(), start=1):
         steps, guidance = jobs[members[0]].params.loop_key
-        requests = [r for i in members for r in jobs[i].product.requests(jobs[i].params.seeds)]
+        requests, names, counts = [], [], []
+        for i in members:
+            for placement, product in jobs[i].outputs:
+                made = product.requests(jobs[i].params.seeds)
+                requests += made
+                names += [(placement, int(r.seed)) for r in made]
+                counts += [jobs[i].params.candidates] * len(made)
 
         def stop_if_abandoned(step: int, total: int, members=members) -> None:
             if all(jobs[i].cancelled for i in members):
@@ -83,16 +112,28 @@ def run_jobs(gen: LoadedGenerator, jobs: list[Job]) -> list[Generated | Failure]
 
         t = time.perf_counter()
         try:
-            images = runtime.generate(gen, requests, InferenceConfig(steps, guidance), progress=stop_if_abandoned)
+            images = generate_scored(gen, requests, InferenceConfig(steps, guidance), counts,
+                                     progress=stop_if_abandoned)
         except Cancelled as e:
             for i in members:
                 results[i] = Failure.of(GENERATE, e)
             continue
         seconds, k = time.perf_counter() - t, 0
         for i in members:
-            mine = images[k:k + jobs[i].params.num_images]
-            k += len(mine)
+            n = jobs[i].params.num_images * len(jobs[i].outputs)
+            mine, placements = images[k:k + n], names[k:k + n]
+            k += n
             failed = next((r for r in mine if isinstance(r, Failure)), None)
-            results[i] = failed or Generated([encode_image(im) for im in mine], jobs[i].params.seeds, gen.name,
-                                             gen.version, len(members), len(requests), seconds, number)
+            results[i] = failed or Generated([encode_image(g.image) for g in mine], jobs[i].params.seeds, gen.name,
+                                             gen.version, len(members), len(requests), seconds, number,
+                                             [describe_output(g, p, seed) for g, (p, seed) in zip(mine, placements)])
     return results
+
+
+def describe_output(made: runtime.Generated, placement: str, seed: int) -> dict:
+    """What the JSON envelope says about one image besides its pixels (``seed``: the request's,
+    which reproduces it; the kept candidate's own seed is in ``candidates``)."""
+    return {"placement": placement, "seed": seed, "width": made.image.width, "height": made.image.height,
+            "device_seconds": round(made.device_seconds, 6),
+            "qa_score": made.scores["qa_score"] if made.scores else None,
+            "qa_passed": made.qa_passed, "scores": made.scores, "candidates": made.candidates}

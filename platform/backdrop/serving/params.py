@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 from .. import storage
 from ..errors import FetchError, ImageTooLargeError, InvalidParameterError
 from ..limits import DEFAULT_LIMITS, SCHEDULER_MAX_STEPS, Limits
+from ..placements import Placement, parse_placements
 from .scope import SCHEME, UriScope
 
 logger = logging.getLogger(__name__)
@@ -99,12 +100,22 @@ class GenerateParams(BaseModel):
                       description="random seed; drawn at random (and returned) when omitted")
     steps: Int = Field(DEFAULT_STEPS, ge=1, le=SCHEDULER_MAX_STEPS, description="denoising steps")
     guidance: Float = Field(2.0, ge=0.0, le=1000.0, allow_inf_nan=False, description="classifier-free guidance")
-    num_images: Int = Field(1, ge=1, le=16, description="how many images (seeds seed, seed+1, ...)")
+    num_images: Int = Field(1, ge=1, le=16, description="how many images (seeds seed, seed+1, ...) per placement")
+    placements: Text | None = Field(
+        None, max_length=MAX_TEXT_CHARS,
+        description="comma-separated ad placements, e.g. `1:1,4:5,16:9,9:16` (ratios) or `300x250` (pixel "
+                    "slots): one image per placement, the product's pixels copied unresampled onto each "
+                    "canvas. Omitted: the photo as uploaded")
+    candidates: Int = Field(1, ge=1, le=64, description="best-of-N: candidates generated per image, the one "
+                            "the model's QA scorer rates best is kept (N > 1 needs a model with a scorer)")
     format: Literal["png", "json"] = Field(
-        default_factory=lambda data: "png" if data.get("num_images", 1) == 1 else "json",
-        description="png (one image; the default for one) or json (base64 PNGs in an envelope)")
+        default_factory=lambda data: "png" if data.get("num_images", 1) == 1 and _count(data.get("placements")) <= 1
+        else "json",
+        description="png (one image; the default for one) or json (base64 PNGs with their placement, cost and "
+                    "QA scores in an envelope)")
 
-    FIELDS: ClassVar[tuple[str, ...]] = ("category", "prompt", "seed", "steps", "guidance", "num_images", "format")
+    FIELDS: ClassVar[tuple[str, ...]] = ("category", "prompt", "seed", "steps", "guidance", "num_images",
+                                         "placements", "candidates", "format")
 
     @model_validator(mode="before")
     @classmethod
@@ -129,10 +140,17 @@ class GenerateParams(BaseModel):
         limits.check_prompt(self.prompt)
         if self.num_images > limits.max_images:
             raise InvalidParameterError(f"num_images must be in 1..{limits.max_images}, got {self.num_images}")
-        if self.format == "png" and self.num_images > 1:
+        limits.check_candidates(self.candidates)
+        n_placements = max(1, len(self.placement_list(limits)))
+        if self.format == "png" and self.num_images * n_placements > 1:
             raise InvalidParameterError(
-                f"format=png answers one image; use format=json for num_images={self.num_images}")
+                f"format=png answers one image; use format=json for num_images={self.num_images} "
+                f"x {n_placements} placements")
         return self
+
+    def placement_list(self, limits: Limits = DEFAULT_LIMITS) -> list[Placement]:
+        """The placements asked for (none: the photo as uploaded)."""
+        return parse_placements(self.placements, limits) if self.placements else []
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> "GenerateParams":
@@ -151,6 +169,11 @@ class GenerateParams(BaseModel):
     @property
     def seeds(self) -> list[int]:
         return [(self.seed + k) % (MAX_SEED + 1) for k in range(self.num_images)]
+
+
+def _count(placements: Any) -> int:
+    """How many placements a raw field names (for the default format, before it is parsed)."""
+    return len([p for p in placements.split(",") if p.strip()]) if isinstance(placements, str) else 0
 
 
 def _describe(error: ValidationError) -> str:
@@ -183,6 +206,7 @@ def body_schema(limits: Limits = DEFAULT_LIMITS, *, binary: bool) -> dict:
     props["steps"]["default"] = min(DEFAULT_STEPS, limits.max_steps)
     props["guidance"]["maximum"] = limits.max_guidance
     props["num_images"]["maximum"] = limits.max_images
+    props["candidates"]["maximum"] = limits.max_candidates
     for option in props["prompt"].get("anyOf", [props["prompt"]]):
         if option.get("type") == "string":
             option["maxLength"] = limits.max_prompt_chars
