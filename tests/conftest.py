@@ -281,3 +281,13 @@ def save_tiny_generator(tmp_path_factory, categories: list[str]) -> str:
     path = str(tmp_path_factory.mktemp("model") / "tiny")
     BackdropModel.tiny(categories).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def shared_ray_head():
+    """One real `ray start --head` for every `ray job submit` test of the run (each job brings
+    its own store through its runtime env, so the jobs do not see each other's state)."""
+    from ray_head import ray_head
+
+    with ray_head() as head:
+        yield head

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from conftest import save_tiny_generator
-from ray_head import REPO, end_process_tree, ray_head
+from ray_head import REPO, end_process_tree
 
 CATEGORIES = ["mug", "laptop", "sunscreen"]
 STEPS = 2
@@ -431,15 +431,14 @@ def test_a_killed_generator_actor_is_restarted_and_no_row_is_lost(ray_local, cat
 
 
 @pytest.mark.slow
-def test_ray_job_submit_to_a_local_head(registered, catalogs, home, tmp_path):
+def test_ray_job_submit_to_a_local_head(registered, catalogs, home, tmp_path, shared_ray_head):
     """The README's command against a real `ray start --head`, through the real `ray job submit` CLI."""
     output = tmp_path / "out"
-    with ray_head() as head:
-        job = head.submit(
-            ["python", "jobs/catalog_backfill.py", "--catalog", catalogs["good"], "--model", "models:/backdrop@champion",
-             "--output", str(output), "--category", "mug", "--category", "laptop", "--limit", "6",
-             "--steps", str(STEPS), "--batch-size", "2"],
-            env_vars={"BACKDROP_HOME": str(home)})
+    job = shared_ray_head.submit(
+        ["python", "jobs/catalog_backfill.py", "--catalog", catalogs["good"], "--model", "models:/backdrop@champion",
+         "--output", str(output), "--category", "mug", "--category", "laptop", "--limit", "6",
+         "--steps", str(STEPS), "--batch-size", "2"],
+        env_vars={"BACKDROP_HOME": str(home)})
     assert job.returncode == 0, f"ray job submit failed:\n{job.stdout[-6000:]}\n{job.stderr[-3000:]}"
     assert "succeeded" in job.stdout.lower()
     assert "6 rows in scope = 6 ok + 0 failed" in job.stdout

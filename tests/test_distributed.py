@@ -74,7 +74,7 @@ def test_two_nodes_survive_a_killed_worker(two_node_cluster, catalog, init_model
     hold.touch()  # the workers wait after their step-10 checkpoint until the test has killed one
     cfg = DistributedTrainConfig(
         catalog=catalog["train"], storage_path=storage_path, name="two-node", stages=("cg",),
-        steps={"cg": 30}, init=init_model, batch_size=8, num_workers=2, cpus_per_worker=1,
+        steps={"cg": 20}, init=init_model, batch_size=8, num_workers=2, cpus_per_worker=1,
         placement_strategy="STRICT_SPREAD", max_failures=2, checkpoint_every=5, log_every=5,
         log_images_every=0, registered_model_name="backdrop-two-node",
         hold_file=str(hold), hold_after_step=10,
@@ -113,24 +113,21 @@ def test_two_nodes_survive_a_killed_worker(two_node_cluster, catalog, init_model
     assert loaded.categories.ids == {"mug": 0, "laptop": 1}
 
 
-def test_ray_job_submit_trains_registers_and_logs(catalog, init_model, tmp_path, monkeypatch):
+def test_ray_job_submit_trains_registers_and_logs(catalog, init_model, tmp_path, monkeypatch, shared_ray_head):
     """The README's training command through the real `ray job submit` CLI to a real `ray start --head`."""
     import json
 
     import mlflow
     from mlflow.tracking import MlflowClient
-    from ray_head import ray_head
-
     from backdrop import registry, runtime
 
     home = tmp_path / "home"
-    with ray_head() as head:
-        job = head.submit(
-            ["python", "jobs/train.py", "--catalog", catalog["train"], "--storage-path", str(tmp_path / "ckpt"),
-             "--name", "submitted", "--init", init_model, "--stages", "cg,pg", "--steps", "cg=4,pg=2",
-             "--batch-size", "4", "--num-workers", "2", "--cpus-per-worker", "0.5", "--checkpoint-every", "2",
-             "--log-images-every", "2", "--registered-model-name", "backdrop-submitted"],
-            env_vars={"BACKDROP_HOME": str(home)})
+    job = shared_ray_head.submit(
+        ["python", "jobs/train.py", "--catalog", catalog["train"], "--storage-path", str(tmp_path / "ckpt"),
+         "--name", "submitted", "--init", init_model, "--stages", "cg,pg", "--steps", "cg=4,pg=2",
+         "--batch-size", "4", "--num-workers", "2", "--cpus-per-worker", "0.5", "--checkpoint-every", "2",
+         "--log-images-every", "2", "--registered-model-name", "backdrop-submitted"],
+        env_vars={"BACKDROP_HOME": str(home)})
     assert job.returncode == 0, f"ray job submit failed:\n{job.stdout[-6000:]}\n{job.stderr[-3000:]}"
     assert "succeeded" in job.stdout.lower()
     summary = json.loads(job.stdout[job.stdout.index('{\n  "checkpoint"'):job.stdout.index("\n}") + 2])

@@ -64,8 +64,8 @@ def cmd_generate(args) -> int:
     from .batch.args import config_from_args, prepare_job, run_job
     from .batch.run import run_backfill
 
-    prepare_job(args, start_ray=False)
-    return run_job(lambda: run_backfill(config_from_args(args, executor="local", kind="generate")).exit_code())
+    prepare_job(args)  # --executor local (the default here) starts no Ray
+    return run_job(lambda: run_backfill(config_from_args(args, kind="generate")).exit_code())
 
 
 def cmd_qa_fit(args) -> int:
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "same manifest, resume and flags)")
     g.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a saved generator path")
     add_generation_arguments(g)
-    g.set_defaults(func=cmd_generate)
+    g.set_defaults(func=cmd_generate, executor="local")
 
     q = sub.add_parser("qa-fit", help="fit the QA scorer (best-of-N, review flags) on a train catalog and "
                                        "save it with a generator directory")

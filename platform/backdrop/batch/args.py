@@ -47,6 +47,9 @@ def add_generation_arguments(p) -> None:
                    help="exit non-zero when more than this fraction of rows failed (default 0.1)")
     p.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, "
                                           "else SQLite under $BACKDROP_HOME/mlflow)")
+    p.add_argument("--executor", default="ray", choices=["ray", "local"],
+                   help="ray: Ray Data stages and an actor pool (default); local: the same stages in this "
+                        "process, no Ray (what `backdrop generate` runs)")
     p.add_argument("--ray-address", help="Ray cluster to join ('local' starts a private one; default: "
                                          "$RAY_ADDRESS, then the latest `ray start`, else a new local one)")
     p.add_argument("--num-cpus", type=float, help="CPUs of a private local Ray instance (--ray-address local)")
@@ -65,6 +68,7 @@ def config_from_args(args, **overrides):
         lease_wait_s=args.wait_for_lease, lease_ttl_s=args.lease_ttl,
         placements=tuple(p for p in args.placements.split(",") if p.strip()), candidates=args.candidates,
         qa_threshold=args.qa_threshold, price_per_device_hour=args.price_per_device_hour,
+        executor=args.executor,
     )
     return replace(config, **overrides)
 
@@ -74,7 +78,7 @@ def prepare_job(args, start_ray: bool = True) -> None:
     configure_logging()
     if args.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
-    if start_ray:
+    if start_ray and args.executor == "ray":
         from ..cluster import init_ray
 
         init_ray(args.ray_address, args.num_cpus)
