@@ -85,6 +85,22 @@ def test_any_retry_after_is_retried_without_a_crash(retry_after):
     assert len(script.seen) == 3
 
 
+def test_a_key_over_its_quota_is_retried_after_retry_after():
+    """429 (the key's rate or concurrency quota) is retried like a 503; a 422 is not."""
+    over = (429, {"Retry-After": "0.01"}, {"error": {"code": "too_many_requests", "message": "slow down",
+                                                      "request_id": "r2"}})
+    script = Script([over, OK])
+    with server(script) as url:
+        assert BackdropClient(url, KEY, max_retries=2, max_wait_s=5, backoff_s=0.01).models() == MODELS
+    assert len(script.seen) == 2
+    bad = (422, {}, {"error": {"code": "invalid_parameter", "message": "no", "request_id": "r3"}})
+    script = Script([bad, OK])
+    with server(script) as url:
+        with pytest.raises(ServiceError) as e:
+            BackdropClient(url, KEY, max_retries=2, max_wait_s=5, backoff_s=0.01).models()
+    assert e.value.status == 422 and len(script.seen) == 1
+
+
 @pytest.mark.parametrize("retry_after", ["99999999999", "1e300", "1e400", "inf", "Infinity"])
 def test_a_huge_retry_after_ends_retrying_at_once(retry_after):
     """Waiting longer than the client's budget is not an option: the 503 is raised, no sleep."""

@@ -570,3 +570,29 @@ def test_metrics_reach_rays_prometheus_endpoint(stack):
 
     text = wait_until(complete, what=f"all of {wanted} on the metrics endpoint")
     assert 'status="422"' in text and 'status="200"' in text
+
+
+# --- last: this test deletes a registry version ---------------------------------------------------
+def test_deleting_the_champions_version_keeps_serving_it_and_readyz_says_degraded(stack):
+    """Deleting the champion's version deletes the alias with it: the service keeps serving the
+    version the alias last resolved to (the replica still holds it), and says so on /readyz."""
+    from mlflow.tracking import MlflowClient
+
+    from backdrop import registry
+
+    ready = requests.get(f"{stack['url']}/readyz").json()
+    assert ready["status"] == "ready"
+    champion = ready["version"]
+    assert generate(stack["url"]).headers["X-Backdrop-Model-Version"] == champion  # loaded, and resolved once
+
+    registry.configure()  # the stack's own store (its BACKDROP_HOME is this process's while it runs)
+    MlflowClient().delete_model_version("backdrop", champion)
+    with pytest.raises(Exception):
+        MlflowClient().get_model_version_by_alias("backdrop", "champion")  # the alias went with it
+
+    degraded = requests.get(f"{stack['url']}/readyz")  # alias_ttl_s is 0: every call resolves again
+    assert degraded.status_code == 200
+    assert degraded.json() == {"status": "degraded", "code": "alias_unresolved", "model": "backdrop",
+                               "version": champion}
+    r = generate(stack["url"])
+    assert r.status_code == 200 and r.headers["X-Backdrop-Model-Version"] == champion

@@ -8,8 +8,8 @@
     print(answer.model, answer.version, answer.seeds)
 
 Images are paths, bytes or PIL images (sent as a multipart upload) or ``s3://`` URIs (then the
-request is a JSON body and the service reads the objects). A 503 (the service sheds load) is
-retried by urllib3's ``Retry`` on the session's adapter, after the ``Retry-After`` the service
+request is a JSON body and the service reads the objects). A 503 (the service sheds load) or a
+429 (this key is over its rate or concurrency quota) is retried by urllib3's ``Retry`` on the session's adapter, after the ``Retry-After`` the service
 sends (a junk value, negative, NaN or not a number, falls back to exponential backoff), at most
 ``max_retries`` times and never waiting more than ``max_wait_s`` in all; every other error is
 raised at once as :class:`ServiceError`. The API key never follows a redirect to another origin.
@@ -36,7 +36,7 @@ from .errors import BackdropError
 log = logging.getLogger(__name__)
 
 ImageInput = Union[str, os.PathLike, bytes, "Image.Image"]  # noqa: F821 - PIL is optional here
-RETRY_STATUSES = (503,)
+RETRY_STATUSES = (429, 503)  # a key over its quota, and a service shedding load
 API_KEY_HEADER = "X-API-Key"
 
 
