@@ -74,7 +74,7 @@ def test_two_nodes_survive_a_killed_worker(two_node_cluster, catalog, init_model
     hold.touch()  # the workers wait after their step-10 checkpoint until the test has killed one
     cfg = DistributedTrainConfig(
         catalog=catalog["train"], storage_path=storage_path, name="two-node", stages=("cg",),
-        steps={"cg": 20}, init=init_model, batch_size=8, num_workers=2, cpus_per_worker=1,
+        steps={"cg": 15}, init=init_model, batch_size=4, num_workers=2, cpus_per_worker=1,
         placement_strategy="STRICT_SPREAD", max_failures=2, checkpoint_every=5, log_every=5,
         log_images_every=0, registered_model_name="backdrop-two-node",
         hold_file=str(hold), hold_after_step=10,
