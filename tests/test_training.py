@@ -82,6 +82,9 @@ def test_train_generator_saves_and_extends_categories(catalog, tmp_path):
     loaded = BackdropModel.from_pretrained(str(out))
     assert loaded.categories.ids == model.categories.ids
     assert [h["stage"] for h in loaded.config.extra["training"]] == ["vae", "base", "cg", "pg"]
+    # the QA scorer is fitted on the training catalog and saved with the weights
+    assert (out / "qa" / "scorer.json").exists()
+    assert sorted(loaded.qa_state["classifier"]["names"]) == sorted(model.categories.names)
     # continuing with a catalog that has a new category appends an id, never renumbers
     loaded.categories.add("zebra-lamp")
     loaded.save_pretrained(str(out))

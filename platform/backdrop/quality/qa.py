@@ -225,6 +225,18 @@ def fit_scorer(catalog_uri: str, model_dir: str | None = None, *, clip_model: st
     return scorer
 
 
+def attach_scorer(model, catalog_uri: str, max_rows: int = 2000) -> None:
+    """Fit the scorer on the catalog a model was just trained on and keep it with the model
+    (``model.qa_state``: saved and registered with the weights), so best-of-N and the review
+    flags work for every trained model. A catalog of one category has nothing to tell apart:
+    the model then carries no scorer (``backdrop qa-fit`` can add one later)."""
+    categories = set(read_catalog(catalog_uri, columns=["category"]).column("category").to_pylist())
+    if len(categories) < 2:
+        log.info("no QA scorer: %s has %d category", catalog_uri, len(categories))
+        return
+    model.qa_state = fit_scorer(catalog_uri, max_rows=max_rows).state()
+
+
 def scorer_for(gen, clip_model: str | None = None, threshold: float | None = None) -> QAScorer:
     """The QA scorer saved with a loaded generator (``runtime.load`` reads it with the weights)."""
     state = gen.model.qa_state

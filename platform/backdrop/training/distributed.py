@@ -352,6 +352,10 @@ def train_distributed(cfg: DistributedTrainConfig) -> TrainOutcome:
             with open(os.path.join(d, STATE_FILE)) as f:
                 state = json.load(f)
             model = BackdropModel.from_pretrained(os.path.join(d, GENERATOR_DIR))
+        if any(stage in ("cg", "pg") for stage in cfg.stages):
+            from ..quality.qa import attach_scorer
+
+            attach_scorer(model, cfg.catalog)  # best-of-N and review flags travel with the weights
         mlflow.log_metrics({"resumes": state.get("resumes", 0)})
         tags = {"data_fingerprint": data_fingerprint(cfg.catalog), "code_revision": code_revision(),
                 "preset": model.config.preset, "stages": ",".join(cfg.stages), "train_run": cfg.name}

@@ -410,6 +410,10 @@ def train_generator(
     history = model.config.extra.setdefault("training", [])
     history.extend({"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 1),
                     "final_loss": r.final_loss, "catalog": catalog_uri} for r in results)
+    if any(stage in ("cg", "pg") for stage in stages):
+        from ..quality.qa import attach_scorer
+
+        attach_scorer(model, catalog_uri)  # best-of-N and review flags travel with the weights
     if output_uri:
         model.save_pretrained(output_uri)
     return model, results
