@@ -291,3 +291,11 @@ def shared_ray_head():
 
     with ray_head() as head:
         yield head
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A private BACKDROP_HOME (MLflow store, model cache) for one test."""
+    monkeypatch.setenv("BACKDROP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "home"

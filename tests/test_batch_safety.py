@@ -91,13 +91,6 @@ def good_rows(tmp_path_factory) -> list[dict]:
     return rows
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("BACKDROP_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path / "home"
-
-
 def _catalog(rows: list[dict], path) -> str:
     from backdrop.catalog import GENERATION_COLUMNS
 

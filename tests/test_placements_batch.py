@@ -46,13 +46,6 @@ def model_with_scorer(tiny, catalog, tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("BACKDROP_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path / "home"
-
-
 def _catalog_with_a_bad_row(catalog, path) -> tuple[str, list[dict]]:
     from backdrop.catalog import GENERATION_COLUMNS, read_catalog
 
