@@ -248,7 +248,7 @@ def report(args, bare, ray_run, again, mem1, mem10, load_before, load_after) -> 
     ray_rate, bare_rate = ray_marks.second_half_rate(), bare_marks.second_half_rate()
     ray_e2e, bare_e2e = args.rows / full_s, args.rows / bare_s
     rows = [
-        ("(a) throughput, Ray Data / bare loop (second half of the rows)",
+        ("(a) throughput, Ray Data / in-process executor (second half of the rows)",
          f"{ray_rate:.2f} vs {bare_rate:.2f} images/s", ray_rate / bare_rate, ">= 0.9"),
         ("(a') the same end to end, start-up included",
          f"{ray_e2e:.2f} vs {bare_e2e:.2f} images/s ({full_s:.1f}s vs {bare_s:.1f}s for {args.rows} rows)",
