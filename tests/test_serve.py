@@ -22,7 +22,6 @@ import io
 import json
 import os
 import threading
-import time
 
 import numpy as np
 import pytest
