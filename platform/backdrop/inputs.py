@@ -62,11 +62,10 @@ def decode_product(category: str, image: bytes | None, mask: bytes | None = None
         raise InvalidParameterError("image is required: the product photo (with alpha, or with a mask)")
     if reference is None and reference_mask is not None:
         raise InvalidParameterError("reference_mask was given without a reference image")
-    decode = {"max_pixels": limits.max_pixels, "max_bytes": limits.max_image_bytes}
-    product_image, product_mask = imaging.load_product(image, mask, **decode)
+    product_image, product_mask = imaging.load_product(image, mask, **_decoding(limits))
     ref = ref_mask = None
     if reference is not None:
-        ref, ref_mask = imaging.load_reference(reference, reference_mask, **decode)
+        ref, ref_mask = imaging.load_reference(reference, reference_mask, **_decoding(limits))
     return Product(product_image, product_mask, category, ref, ref_mask, limits.check_prompt(prompt))
 
 
@@ -77,8 +76,7 @@ def fetch(uri: str | None, limits: Limits = DEFAULT_LIMITS) -> bytes | None:
 
 def fetch_pair(image_uri: str, mask_uri: str | None, limits: Limits = DEFAULT_LIMITS):
     """A product image and its mask (from ``mask_uri`` or the alpha), validated; for training rows."""
-    return imaging.load_product(fetch(image_uri, limits), fetch(mask_uri, limits),
-                                max_pixels=limits.max_pixels, max_bytes=limits.max_image_bytes)
+    return imaging.load_product(fetch(image_uri, limits), fetch(mask_uri, limits), **_decoding(limits))
 
 
 def fetch_product(row: dict, limits: Limits = DEFAULT_LIMITS) -> Product:
@@ -92,5 +90,9 @@ def fetch_product(row: dict, limits: Limits = DEFAULT_LIMITS) -> Product:
 
 def fetch_reference(uri: str, mask_uri: str | None, limits: Limits = DEFAULT_LIMITS):
     """A reference ad and its product mask (``None``: the whole reference is background)."""
-    decode = {"max_pixels": limits.max_pixels, "max_bytes": limits.max_image_bytes}
-    return imaging.load_reference(fetch(uri, limits), fetch(mask_uri, limits), **decode)
+    return imaging.load_reference(fetch(uri, limits), fetch(mask_uri, limits), **_decoding(limits))
+
+
+def _decoding(limits: Limits) -> dict:
+    """The decoder's share of the limits (its own bomb guard and byte check)."""
+    return {"max_pixels": limits.max_pixels, "max_bytes": limits.max_image_bytes}

@@ -35,7 +35,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import registry, runtime, storage
-from ..errors import LOAD, SELECT, NoScorerError
+from ..errors import LOAD, SELECT
+from ..quality.qa import require_scorer
 from . import manifest
 from .config import BackfillConfig
 from .lease import Lease
@@ -239,9 +240,7 @@ def resolve_target(config: BackfillConfig) -> Resolved:
     model = registry.resolve(config.model)
     pinned = f"models:/{model.name}/{model.version}" if config.model.startswith("models:/") else model.path
     info = runtime.read_model_info(model.path)
-    if config.candidates > 1 and not info.qa_scorer:
-        raise NoScorerError(f"--candidates {config.candidates} needs a QA scorer saved with the model, and "
-                            f"{config.model} has none (qa/scorer.json); {NoScorerError.HOW_TO_FIT}")
+    require_scorer(config.candidates, info.qa_scorer, config.model)
     target = Target(model.name, str(model.version),
                     params_hash(config.inference(), config.output_config(), config.seed, info.resolution,
                                 config.candidates, config.qa_threshold))

@@ -237,6 +237,16 @@ def attach_scorer(model, catalog_uri: str, max_rows: int = 2000) -> None:
     model.qa_state = fit_scorer(catalog_uri, max_rows=max_rows).state()
 
 
+def require_scorer(candidates: int | list[int], has_scorer: bool, model: str) -> None:
+    """Best-of-N needs the scorer saved with the model: refused before any generation, in the
+    same words by the batch jobs (at planning), the HTTP service (before a job joins a batch)
+    and the runtime."""
+    most = max(candidates if isinstance(candidates, (list, tuple)) else [candidates], default=1)
+    if most > 1 and not has_scorer:
+        raise NoScorerError(f"candidates={most} needs a QA scorer saved with the model, and {model} has no QA "
+                            f"scorer (qa/scorer.json); {NoScorerError.HOW_TO_FIT}")
+
+
 def scorer_for(gen, clip_model: str | None = None, threshold: float | None = None) -> QAScorer:
     """The QA scorer saved with a loaded generator (``runtime.load`` reads it with the weights)."""
     state = gen.model.qa_state
@@ -268,8 +278,7 @@ def generate_scored(gen, requests, config, candidates: int | list[int] = 1, thre
     from .. import runtime
 
     if gen.model.qa_state is None:
-        if max(candidates if isinstance(candidates, (list, tuple)) else [candidates], default=1) > 1:
-            scorer_for(gen)  # raises NoScorerError with how to fit one
+        require_scorer(candidates, False, f"{gen.name} v{gen.version}")
         return runtime.generate_measured(gen, requests, config, progress)
     return runtime.generate_best(gen, requests, config, candidates, _cached_scorer(gen, clip_model),
                                  threshold=threshold, progress=progress)

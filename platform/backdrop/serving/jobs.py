@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from .. import runtime
-from ..errors import GENERATE, Failure, NoScorerError
+from ..errors import GENERATE, Failure
 from ..imaging import encode_image
 from ..inputs import Product, decode_product
 from ..limits import DEFAULT_LIMITS, Limits
@@ -75,10 +75,10 @@ class Generated:
 def check_job(gen: LoadedGenerator, job: Job) -> None:
     """Reject what this model cannot serve (unknown category, best-of-N without a QA scorer)
     before the job joins a batch."""
+    from ..quality.qa import require_scorer
+
     gen.categories.id_of(job.params.category)
-    if job.params.candidates > 1 and gen.model.qa_state is None:
-        raise NoScorerError(f"candidates={job.params.candidates} needs a QA scorer saved with the model; "
-                            f"{gen.name} v{gen.version} has none (use candidates=1)")
+    require_scorer(job.params.candidates, gen.model.qa_state is not None, f"{gen.name} v{gen.version}")
 
 
 def run_jobs(gen: LoadedGenerator, jobs: list[Job]) -> list[Generated | Failure]:
