@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 # see platform/backdrop/__init__.py: spinning OpenMP threads livelock processes sharing 2 cores
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install system-deps demo serve test test-fast clean
+.PHONY: install system-deps demo serve test test-fast clean checkpoint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,20 @@ test: install system-deps
 
 test-fast: install
 	$(BIN)/python -m pytest -q --durations=25 -m "not slow" tests
+
+# Remakes checkpoints/tiny-64 (checkpoints/README.md): the VAE and base UNet refit on the broad
+# procedural prior, continuing from the checkpoint before it (commit $(PREV)), then CG and PG on
+# the demo catalog. About 55 min on a quiet 2-core machine; the result lands in runs/checkpoint.
+PREV ?= 6d1e834
+checkpoint: install
+	rm -rf runs/checkpoint && mkdir -p runs/checkpoint/prev
+	git archive $(PREV) checkpoints/tiny-64 | tar -x -C runs/checkpoint/prev
+	$(BIN)/backdrop synth --prior --rows 20000 --output runs/checkpoint/prior
+	$(BIN)/backdrop train --catalog runs/checkpoint/prior/train.parquet --init runs/checkpoint/prev/checkpoints/tiny-64 \
+		--stages vae,base --steps vae=1000,base=3500 --output runs/checkpoint/prior-model
+	$(BIN)/backdrop synth --output runs/checkpoint/catalog
+	$(BIN)/backdrop train --catalog runs/checkpoint/catalog/train.parquet --init runs/checkpoint/prior-model \
+		--stages cg,pg --steps cg=1500,pg=300 --output runs/checkpoint/tiny-64
 
 clean:
 	rm -rf runs .pytest_cache

@@ -154,7 +154,8 @@ def steps_per_second(steps: int, seconds: float) -> float:
 def catalog_config(args, style_seed: int | None) -> SyntheticConfig:
     return SyntheticConfig(num_categories=args.categories, train_per_category=args.train_per_category,
                            heldout_per_category=args.heldout_per_category, pairs_per_category=args.pairs_per_category,
-                           resolution=args.resolution, seed=args.seed, style_seed=style_seed)
+                           resolution=args.catalog_resolution or args.resolution, seed=args.seed,
+                           style_seed=style_seed)
 
 
 def load_catalog(args, directory: str, style_seed: int | None) -> dict:
@@ -225,6 +226,7 @@ def run_adapt(args) -> dict:
     """(b) From ``--init``, CG (then PG) fine-tuned on catalogs of unseen style seeds."""
     seeds = [int(s) for s in args.style_seeds.split(",")]
     per_seed, steps_total, seconds_total = {}, 0, 0.0
+    pg_seeds = seeds if args.pg_seeds is None else seeds[:args.pg_seeds]
     for s in seeds:
         workdir = os.path.join(args.workdir, f"style-{s}")
         catalog_dir = os.path.join(workdir, "catalog")
@@ -234,7 +236,7 @@ def run_adapt(args) -> dict:
         curve, r = run_curve(model, data, catalog_dir, workdir, "cg", args, args.seed + 10)
         steps_total, seconds_total = steps_total + r.steps, seconds_total + r.seconds
         entry = {"curve": curve, "gallery": curve[-1]["grid"]}
-        if not args.skip_pg:
+        if not args.skip_pg and s in pg_seeds:
             entry["pg"] = run_pg(curve[-1]["checkpoint"], data, catalog_dir, os.path.join(workdir, "cg-pg"), args)
             entry["gallery_references"] = os.path.join(workdir, "eval", "cg-pg-references.png")
         per_seed[str(s)] = entry
@@ -409,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs/quality")
     p.add_argument("--results-dir", default=os.path.join(HERE, "results"))
     p.add_argument("--resolution", type=int, default=64, help="64 (the bar) or 128")
+    p.add_argument("--catalog-resolution", type=int,
+                   help="the catalog's pixels (default --resolution); a user's 128 px catalog trains at 64")
     p.add_argument("--categories", type=int, default=8)
     p.add_argument("--train-per-category", type=int, default=SyntheticConfig.train_per_category)
     p.add_argument("--heldout-per-category", type=int, default=SyntheticConfig.heldout_per_category)
@@ -426,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style-seeds", default="11,12,13", help="adapt: one catalog per seed; table1: the first")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--skip-pg", action="store_true")
+    p.add_argument("--pg-seeds", type=int, help="adapt: train and measure PG on the first N style seeds only")
     p.add_argument("--eval-steps", type=int, default=20)
     p.add_argument("--per-category", type=int, default=12)
     p.add_argument("--pairs", type=int, default=32)

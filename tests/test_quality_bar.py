@@ -50,7 +50,13 @@ def _mlflow_run(run_id: str):
 def test_adapt_mode_end_to_end(bar, home):
     results_dir = home / "results"
     assert bar.main(["--mode", "adapt", "--init", CHECKPOINT, "--style-seeds", "11", "--workdir",
-                     str(home / "work"), "--results-dir", str(results_dir), *TINY]) == 0
+                     str(home / "work"), "--results-dir", str(results_dir), "--catalog-resolution", "96",
+                     *TINY]) == 0
+    # a user's catalog is larger than the model: written at 96 px, trained and evaluated at 64
+    from PIL import Image
+
+    image = next((home / "work" / "style-11" / "catalog" / "images" / "train").iterdir())
+    assert Image.open(image).size == (96, 96)
     report = json.loads((results_dir / "quality-64px-adapt.json").read_text())
     assert report["style_seeds"] == [11] and report["init"] == CHECKPOINT
     curve = report["per_seed"]["11"]["curve"]

@@ -93,6 +93,18 @@ def test_train_generator_saves_and_extends_categories(catalog, tmp_path):
     assert again.categories.ids == {**model.categories.ids, "zebra-lamp": len(model.categories)}
 
 
+def test_only_category_stages_append_the_catalogs_categories(catalog, data, tmp_path):
+    """A base refit on the broad prior ("prior" rows) must not ship "prior" as a category."""
+    first = sorted(set(data["categories"]))[0]
+    BackdropModel.tiny([first]).save_pretrained(str(tmp_path / "one"))
+    base, _ = train_generator(catalog["train"], None, stages=("base",), steps={"base": 1}, minutes={},
+                              init=str(tmp_path / "one"), batch_size=4)
+    assert base.categories.names == [first]
+    cg, _ = train_generator(catalog["train"], None, stages=("cg",), steps={"cg": 1}, minutes={},
+                            init=str(tmp_path / "one"), batch_size=4)
+    assert cg.categories.names == [first] + [c for c in sorted(set(data["categories"])) if c != first]
+
+
 def test_plain_controlnet_baseline_variant(data, tmp_path):
     base = BackdropModel.tiny(sorted(set(data["categories"])))
     plain = base.with_fresh_generators("plain")

@@ -31,8 +31,7 @@ from ..inputs import Product, fetch_pair
 from ..errors import InvalidInputError
 from ..gallery import contact_sheet, masked_product
 from ..models.generator import BackdropModel
-from ..models.presets import TinyPreset
-from .loop import StageConfig, StageTrainer, train_stage
+from .loop import StageConfig, StageTrainer, starting_model, train_stage
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +153,6 @@ def _agree(local_stop: bool) -> bool:
     return bool(flag.item() > 0)
 
 
-def _initial_model(cfg: DistributedTrainConfig, categories: list[str]) -> BackdropModel:
-    if cfg.init:
-        model = runtime.load(cfg.init, device="cpu").model
-        model.categories.extend(categories)
-        return model
-    return BackdropModel.tiny(categories, TinyPreset(resolution=cfg.resolution), seed=cfg.seed)
-
-
 def _catalog_categories(catalog: str) -> list[str]:
     from ..catalog import read_catalog
 
@@ -234,7 +225,7 @@ def train_loop_per_worker(config: dict) -> None:
                 optimizer_state = torch.load(os.path.join(d, OPTIMIZER_FILE), map_location="cpu")
         log.info("rank %d resuming at stage %s step %d", rank, cfg.stages[min(state["stage_index"], len(cfg.stages) - 1)], state["step"])
     else:
-        model = _initial_model(cfg, _catalog_categories(cfg.catalog))
+        model = starting_model(cfg.init, _catalog_categories(cfg.catalog), cfg.stages, cfg.resolution, cfg.seed)
     model.to(device)
 
     if rank == 0 and cfg.mlflow_run_id:

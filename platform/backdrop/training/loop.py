@@ -371,6 +371,23 @@ def stage_budgets(stages: Iterable[str], minutes: dict[str, float] | None = None
     return out
 
 
+def starting_model(init: str | None, categories: list[str], stages: Iterable[str], resolution: int = 64,
+                   seed: int = 0) -> BackdropModel:
+    """``init`` (a path, ``s3://`` or ``models:/`` reference) with the catalog's new categories
+    appended, or a fresh tiny preset. Only the category stages (CG, PG) learn identifiers, so a
+    base refit on the broad prior does not ship its one caption-less "prior" as a category."""
+    from ..models.presets import TinyPreset
+
+    if not init:
+        return BackdropModel.tiny(categories, TinyPreset(resolution=resolution), seed=seed)
+    from .. import runtime
+
+    model = runtime.load(init, device="cpu").model
+    if any(stage in ("cg", "pg") for stage in stages):
+        model.categories.extend(categories)
+    return model
+
+
 def train_generator(
     catalog_uri: str,
     output_uri: str | None = None,
@@ -391,16 +408,11 @@ def train_generator(
     stages before ``cg`` makes sense.
     """
     from ..catalog import load_training_arrays
-    from ..models.presets import TinyPreset
 
     budgets = stage_budgets(stages, minutes, steps)
     data = load_training_arrays(catalog_uri, resolution)
     categories = sorted(set(data.categories))
-    if init:
-        model = BackdropModel.from_pretrained(init)
-        model.categories.extend(categories)
-    else:
-        model = BackdropModel.tiny(categories, TinyPreset(resolution=resolution), seed=seed)
+    model = starting_model(init, categories, stages, resolution, seed)
     results = []
     for i, stage in enumerate(stages):
         max_steps, max_minutes = budgets[stage]
