@@ -39,7 +39,7 @@ test-fast: install
 
 # Remakes checkpoints/tiny-64 (checkpoints/README.md): the VAE and base UNet refit on the broad
 # procedural prior, continuing from the checkpoint before it (commit $(PREV)), then CG and PG on
-# the demo catalog. About 55 min on a quiet 2-core machine; the result lands in runs/checkpoint.
+# the demo catalog. About 57 min on a quiet 2-core machine; the result lands in runs/checkpoint.
 PREV ?= 6d1e834
 checkpoint: install
 	rm -rf runs/checkpoint && mkdir -p runs/checkpoint/prev
