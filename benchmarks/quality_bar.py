@@ -52,7 +52,7 @@ from backdrop.models.presets import TinyPreset  # noqa: E402
 from backdrop.quality.evaluation import EvalConfig, evaluate  # noqa: E402
 from backdrop.settings import configure_logging  # noqa: E402
 from backdrop.training import StageConfig, StageTrainer, parse_budgets, random_batches, train_stage  # noqa: E402
-from backdrop.training.loop import CATEGORY_CAPTION  # noqa: E402
+from backdrop.training.loop import CATEGORY_CAPTION, starting_model  # noqa: E402
 
 log = logging.getLogger("quality_bar")
 BAR = 0.85  # adaptation: category consistency within --cg-steps (1,500 CG steps at batch 32)
@@ -231,8 +231,7 @@ def run_adapt(args) -> dict:
         workdir = os.path.join(args.workdir, f"style-{s}")
         catalog_dir = os.path.join(workdir, "catalog")
         data = load_catalog(args, catalog_dir, s)
-        model = BackdropModel.from_pretrained(args.init)
-        model.categories.extend(sorted(set(data["categories"])))
+        model = starting_model(args.init, sorted(set(data["categories"])), ("cg", "pg"))
         curve, r = run_curve(model, data, catalog_dir, workdir, "cg", args, args.seed + 10)
         steps_total, seconds_total = steps_total + r.steps, seconds_total + r.seconds
         entry = {"curve": curve, "gallery": curve[-1]["grid"]}
