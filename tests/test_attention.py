@@ -67,3 +67,38 @@ def test_every_cg_attention_layer_is_mask_guided(tiny_model):
     assert procs and all(isinstance(p, MaskGuidedAttnProcessor) for p in procs.values())
     assert any("attn2" in name for name in procs)  # the cross-attentions are among them
     assert not any(isinstance(p, MaskGuidedAttnProcessor) for p in tiny_model.pg.attn_processors.values())
+
+
+
+class TwoPasses(MaskGuidedAttnProcessor):
+    """The definition term by term: two full attention passes, blended after ``to_out``."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 product_mask=None):
+        if encoder_hidden_states is None:
+            return self.plain(attn, hidden_states, None, attention_mask, temb)
+        return self.two_passes(attn, hidden_states, encoder_hidden_states, attention_mask, temb, product_mask)
+
+
+def test_one_pass_equals_two_passes_through_a_whole_controlnet(tiny_model):
+    """The merged pass (q, k/v and to_out once, blended before to_out) against the two full
+    passes, through every mask-guided layer of the tiny CG."""
+    import copy
+
+    torch.manual_seed(0)
+    merged = tiny_model.cg
+    two = copy.deepcopy(merged)
+    two.set_attn_processor(TwoPasses())
+    x = torch.randn(3, 9, 16, 16)
+    t = torch.tensor([10, 500, 990])
+    ctx = torch.randn(3, 2 * tiny_model.tokenizer.model_max_length, merged.config.cross_attention_dim)
+    mask = (torch.rand(3, 1, 16, 16) > 0.6).float()
+    kwargs = dict(encoder_hidden_states=ctx, controlnet_cond=torch.rand(3, 3, 64, 64), return_dict=False,
+                  cross_attention_kwargs={"product_mask": mask})
+    with torch.no_grad():
+        down, mid = merged(x, t, **kwargs)
+        down2, mid2 = two(x, t, **kwargs)
+    assert 0 < mask.mean() < 1
+    for a, b in zip([*down, mid], [*down2, mid2]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert max(float(a.abs().max()) for a in down) > 1e-3  # the comparison is not of zeros

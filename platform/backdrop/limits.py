@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from .errors import InvalidParameterError
+from .schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 
 # DDIM with SD's steps_offset cannot take one step per training timestep (1000): a hard
 # property of the scheduler, not a policy; Limits.max_steps must stay at or below it.
@@ -34,15 +35,26 @@ class Limits:
     max_placements: int = 8  # ad placements per product
     max_aspect_ratio: float = 4.0  # a placement's long side over its short side
     max_candidates: int = 8  # best-of-N: candidates generated (and scored) per output
+    schedulers: tuple[str, ...] = tuple(SCHEDULERS)  # the denoising schedulers a request may name
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_steps <= SCHEDULER_MAX_STEPS:
             raise ValueError(f"max_steps must be in 1..{SCHEDULER_MAX_STEPS}, got {self.max_steps}")
+        unknown = [s for s in self.schedulers if s not in SCHEDULERS]
+        if unknown or not self.schedulers:
+            raise ValueError(f"schedulers must name some of {', '.join(SCHEDULERS)}, got {list(self.schedulers)}")
 
     def check_steps(self, steps) -> int:
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.max_steps:
             raise InvalidParameterError(f"steps must be an integer in 1..{self.max_steps}, got {steps!r}")
         return steps
+
+    def check_scheduler(self, name) -> str:
+        if name is None:
+            name = DEFAULT_SCHEDULER if DEFAULT_SCHEDULER in self.schedulers else self.schedulers[0]
+        if not isinstance(name, str) or name.strip().lower() not in self.schedulers:
+            raise InvalidParameterError(f"scheduler must be one of {', '.join(self.schedulers)}, got {name!r}")
+        return name.strip().lower()
 
     def check_guidance(self, guidance) -> float:
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or \

@@ -8,19 +8,22 @@ same function the training loop differentiates, so training and inference cannot
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 from PIL import Image, ImageOps
 
 from .categories import build_prompts, plain_prompt
 from .errors import InvalidParameterError
 from .imaging import validate_mask
+from .limits import SCHEDULER_MAX_STEPS
 from .models.attention import mask_at
 from .models.controlnets import mask_residuals
 from .models.generator import BackdropModel
+from .schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
 
 
 @dataclass
@@ -40,8 +43,25 @@ class GenerationRequest:
     seed: int = 0
 
 
-MAX_STEPS = 500
 MAX_ASPECT = 4.0  # the most elongated generation (long side / short side); limits.max_aspect_ratio
+# Generation aspects (long side / short side, either orientation). A canvas is generated at the
+# nearest of these and its background resized to the canvas, so a deployment sees a fixed set of
+# latent shapes (compiled kernels and CUDA graphs per shape, warmed up once) and placements of
+# similar aspects share a denoising loop.
+ASPECT_BUCKETS = (1.0, 5 / 4, 4 / 3, 3 / 2, 16 / 9, 2.0, 3.0, 4.0)
+TEXT_CACHE_SIZE = 4096  # prompt embeddings kept per pipeline (least recently used dropped first)
+
+
+def default_batch_bucket(device) -> int:
+    """Rows per denoising loop when the deployment does not say.
+
+    Every loop runs exactly this many rows (a short group is padded with copies), so a row's
+    pixels never depend on its batch mates or on the path that made it: a GPU's kernels (split
+    reductions, algorithm choice) and a CPU's differ with the batch shape, not with the other
+    rows' values. On a GPU a small batch is launch-bound, so padding to 8 costs little; on a
+    CPU a padded row costs its full compute, so the bucket is smaller.
+    """
+    return 8 if str(device).startswith("cuda") else 4
 
 
 @dataclass(frozen=True)
@@ -49,13 +69,18 @@ class InferenceConfig:
     num_inference_steps: int = 50
     guidance_scale: float = 2.0
     reference_init: bool = True  # z_T from the noised reference latent when PG is used
+    scheduler: str = DEFAULT_SCHEDULER  # a name of backdrop.schedulers.SCHEDULERS
 
     def validate(self) -> None:
-        # DDIM with SD's steps_offset cannot take one step per training timestep (1000)
-        if not (isinstance(self.num_inference_steps, int) and 1 <= self.num_inference_steps <= MAX_STEPS):
-            raise InvalidParameterError(f"steps must be an integer in [1, {MAX_STEPS}], got {self.num_inference_steps!r}")
-        if not (0.0 <= float(self.guidance_scale) <= 30.0):
-            raise InvalidParameterError(f"guidance must be in [0, 30], got {self.guidance_scale!r}")
+        """What the loop itself cannot run; policy (how many steps a caller may ask) is
+        ``backdrop.limits.Limits``, checked by the front doors."""
+        steps = self.num_inference_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= SCHEDULER_MAX_STEPS:
+            raise InvalidParameterError(f"steps must be an integer in [1, {SCHEDULER_MAX_STEPS}], got {steps!r}")
+        if not (math.isfinite(float(self.guidance_scale)) and self.guidance_scale >= 0):
+            raise InvalidParameterError(f"guidance must be a finite number >= 0, got {self.guidance_scale!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise InvalidParameterError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
 
 
 @dataclass
@@ -70,6 +95,9 @@ class Conditioning:
     pg_rows: torch.Tensor | None = None  # indices of rows that have a reference
     pg_image: torch.Tensor | None = None  # (R,3,H,W): I_ref·(1−M_ref) for those rows
     reference_latents: torch.Tensor | None = None  # (R,C,h,w): for the z_T initialisation
+    # (R,) bool: which pg_rows really have a reference. Inference runs PG on every row of a loop
+    # that has any reference (a fixed shape); the others' PG residuals are exactly zero.
+    pg_gate: torch.Tensor | None = None
 
     def unet_input(self, latents: torch.Tensor) -> torch.Tensor:
         """9 channels: noisy latent, inpainting mask (1 = generate), masked-image latent."""
@@ -91,6 +119,7 @@ class Conditioning:
             cg_context=cat(uncond.cg_context, self.cg_context),
             pg_rows=None if rows is None else torch.cat([rows, rows + len(self.product_mask)]),
             pg_image=cat(self.pg_image, self.pg_image),
+            pg_gate=cat(self.pg_gate, self.pg_gate),
         )
 
 
@@ -120,6 +149,10 @@ def predict_noise(
             return_dict=False,
         )
         pg_down, pg_mid = mask_residuals(pg_down, pg_mid, cond.product_mask[rows])
+        if cond.pg_gate is not None:
+            gate = cond.pg_gate.view(-1, 1, 1, 1)
+            pg_down = [torch.where(gate, p, torch.zeros_like(p)) for p in pg_down]
+            pg_mid = torch.where(gate, pg_mid, torch.zeros_like(pg_mid))
         down = [d.index_add(0, rows, p) for d, p in zip(down, pg_down)]
         mid = mid.index_add(0, rows, pg_mid)
     return model.unet(
@@ -133,24 +166,57 @@ def predict_noise(
 
 
 class BackdropPipeline:
-    def __init__(self, model: BackdropModel) -> None:
+    """The denoising loop over a :class:`BackdropModel`.
+
+    ``batch_bucket``: rows per denoising loop (see :func:`default_batch_bucket`); a deployment
+    that compiles its networks warms up exactly these shapes.
+    """
+
+    def __init__(self, model: BackdropModel, batch_bucket: int | None = None) -> None:
         self.model = model
-        self._text_cache: dict[str, torch.Tensor] = {}
+        self.batch_bucket = int(batch_bucket or default_batch_bucket(model.device))
+        if self.batch_bucket < 1:
+            raise ValueError(f"batch_bucket must be >= 1, got {batch_bucket!r}")
+        self._text_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.compiled = False
+
+    def compile(self) -> None:
+        """Compile the UNet and the ControlNets for fixed shapes (``dynamic=False``: every loop
+        has ``batch_bucket`` rows and one of ``generation_sizes()``). On CUDA with CUDA graphs
+        (``reduce-overhead``): at small batches a step is ~2,600 kernel launches, and the graph
+        replays them as one. The VAE and text encoder run a few times per image and stay eager."""
+        cuda = self.model.device.type == "cuda"
+        shapes = 2 * len(self.generation_sizes())  # CG alone and CG+PG per size
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * shapes)
+        for net in (self.model.unet, self.model.cg, self.model.pg):
+            if net is not None:
+                net.compile(mode="reduce-overhead" if cuda else "default", dynamic=False)
+        self.compiled = True
 
     # --- text -----------------------------------------------------------------------
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Prompt embeddings, computed once per distinct prompt and cached."""
-        missing = sorted({t for t in texts if t not in self._text_cache})
-        if missing:
-            tok = self.model.tokenizer
-            ids = tok(missing, padding="max_length", max_length=tok.model_max_length,
-                      truncation=True, return_tensors="pt").input_ids.to(self.model.device)
-            emb = self.model.text_encoder(ids)[0].to(self.model.dtype)
-            if len(self._text_cache) > 4096:
-                self._text_cache.clear()
-            self._text_cache.update(zip(missing, emb))
-        return torch.stack([self._text_cache[t] for t in texts])
+        """Prompt embeddings, each computed once, alone, and cached.
+
+        Alone, so an embedding never depends on which other prompts happened to be missing
+        from the cache at the time (a batched encode rounds differently). Keyed by the text
+        encoder's device and dtype, so a cast model never meets a stale embedding; bounded.
+        """
+        encoder = self.model.text_encoder
+        where = (str(encoder.device), encoder.dtype)
+        found: dict[str, torch.Tensor] = {}
+        for text in dict.fromkeys(texts):
+            key = (*where, text)
+            if key not in self._text_cache:
+                tok = self.model.tokenizer
+                ids = tok([text], padding="max_length", max_length=tok.model_max_length,
+                          truncation=True, return_tensors="pt").input_ids.to(encoder.device)
+                self._text_cache[key] = encoder(ids)[0][0]
+            self._text_cache.move_to_end(key)
+            found[text] = self._text_cache[key]
+        while len(self._text_cache) > TEXT_CACHE_SIZE:
+            self._text_cache.popitem(last=False)
+        return torch.stack([found[t] for t in texts]).to(self.model.dtype)
 
     def text_conditioning(self, categories: list[str], extras: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """(UNet/PG context, CG context) for each row."""
@@ -194,14 +260,20 @@ class BackdropPipeline:
 
     def generation_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """The (width, height) at model scale for an image of ``size``: the short side is the
-        model's resolution, the long side keeps the aspect (at most ``MAX_ASPECT``:1, beyond
-        which the background is stretched rather than the compute blown up), each side rounded
-        to ``size_multiple``."""
+        model's resolution, the long side follows the nearest of ``ASPECT_BUCKETS`` (at most
+        ``MAX_ASPECT``:1, beyond which the background is stretched rather than the compute
+        blown up), each side rounded to ``size_multiple``."""
         r, m = self.model.config.resolution, self.size_multiple
         w, h = size
-        aspect = min(max(w / h, 1 / MAX_ASPECT), MAX_ASPECT)
-        gw, gh = (r * aspect, r) if aspect >= 1 else (r, r / aspect)
+        aspect = min(ASPECT_BUCKETS, key=lambda a: abs(math.log(max(w, h) / min(w, h)) - math.log(a)))
+        gw, gh = (r * aspect, r) if w >= h else (r, r * aspect)
         return max(m, round(gw / m) * m), max(m, round(gh / m) * m)
+
+    def generation_sizes(self) -> list[tuple[int, int]]:
+        """Every generation size this model can meet: the shapes a compiled deployment warms up."""
+        r = self.model.config.resolution
+        sizes = [self.generation_size((round(r * a), r)) for a in ASPECT_BUCKETS]
+        return list(dict.fromkeys(sizes + [(h, w) for w, h in sizes]))
 
     def _to_tensor(self, images: list[Image.Image], size: tuple[int, int], fit: bool = False) -> torch.Tensor:
         """Images at ``size``; ``fit`` crops the centre to that aspect first (references)."""
@@ -217,31 +289,42 @@ class BackdropPipeline:
 
     # --- conditioning ---------------------------------------------------------------
     def prepare(self, requests: list[GenerationRequest]) -> Conditioning:
-        """PIL requests -> model-resolution tensors -> ``Conditioning``."""
+        """PIL requests -> model-resolution tensors -> ``Conditioning``.
+
+        When any row has a reference, PG runs on every row (a row without one gets an empty
+        reference and a closed gate), so the loop's shapes depend on the bucket, not on how
+        many of a row's batch mates brought a reference.
+        """
         for r in requests:
             validate_mask(r.mask, r.image.size)
         sizes = {self.generation_size(r.image.size) for r in requests}
         if len(sizes) != 1:
             raise ValueError(f"one denoising loop needs one generation size, got {sorted(sizes)}")
         size = sizes.pop()
-        rows = [i for i, r in enumerate(requests) if r.reference is not None]
+        has_reference = [r.reference is not None for r in requests]
         refs = ref_masks = None
-        if rows:
-            refs = self._to_tensor([requests[i].reference for i in rows], size, fit=True)
+        if any(has_reference):
+            blank = Image.new("RGB", size)
+            refs = self._to_tensor([r.reference if r.reference is not None else blank for r in requests],
+                                   size, fit=True)
             ref_masks = self._masks_to_tensor([
-                requests[i].reference_mask if requests[i].reference_mask is not None
-                else np.zeros((requests[i].reference.height, requests[i].reference.width), np.float32)
-                for i in rows
+                r.reference_mask if r.reference is not None and r.reference_mask is not None
+                else np.zeros((size[1], size[0]) if r.reference is None else (r.reference.height, r.reference.width),
+                              np.float32)
+                for r in requests
             ], size, fit=True)
-        return self.conditioning(
+        cond = self.conditioning(
             self._to_tensor([r.image for r in requests], size),
             self._masks_to_tensor([r.mask for r in requests], size),
             [r.category for r in requests],
             [r.prompt for r in requests],
             references=refs,
             reference_masks=ref_masks,
-            reference_rows=rows,
+            reference_rows=list(range(len(requests))) if refs is not None else None,
         )
+        if cond.pg_rows is not None:
+            cond.pg_gate = torch.tensor(has_reference, device=cond.pg_rows.device)
+        return cond
 
     def conditioning(
         self,
@@ -255,12 +338,15 @@ class BackdropPipeline:
         reference_rows: list[int] | None = None,
         drop_prompt: torch.Tensor | None = None,
         use_cg: bool = True,
+        encode_reference: bool = True,
     ) -> Conditioning:
         """Tensor-level conditioning, shared by inference and training.
 
         ``images`` (B,3,H,W) in [0,1] and ``masks`` (B,1,H,W) at model resolution. Rows in
         ``drop_prompt`` get the empty prompt (classifier-free-guidance dropout in training).
-        PG conditions on ``references·(1 − reference_masks)`` for ``reference_rows``.
+        PG conditions on ``references·(1 − reference_masks)`` for ``reference_rows``. The
+        references' latents are only for inference's z_T initialisation: training passes
+        ``encode_reference=False`` and saves a VAE encode per step.
         """
         latent_size = (images.shape[-2] // self.model.vae_scale_factor, images.shape[-1] // self.model.vae_scale_factor)
         product = images * masks
@@ -279,7 +365,8 @@ class BackdropPipeline:
         if references is not None and reference_rows and self.model.pg is not None:
             cond.pg_rows = torch.tensor(list(reference_rows), device=images.device)
             cond.pg_image = references * (1 - reference_masks)
-            cond.reference_latents = self.encode_images(references)
+            if encode_reference:
+                cond.reference_latents = self.encode_images(references)
         return cond
 
     def initial_latents(self, requests, cond: Conditioning, scheduler, reference_init: bool) -> torch.Tensor:
@@ -292,10 +379,20 @@ class BackdropPipeline:
         ]).to(self.model.device, self.model.dtype)
         latents = noise * scheduler.init_noise_sigma
         if reference_init and cond.pg_rows is not None:
-            rows = cond.pg_rows
+            rows = cond.pg_rows if cond.pg_gate is None else cond.pg_rows[cond.pg_gate]
             t0 = scheduler.timesteps[:1]
-            latents[rows] = scheduler.add_noise(cond.reference_latents, noise[rows], t0)
+            refs = cond.reference_latents if cond.pg_gate is None else cond.reference_latents[cond.pg_gate]
+            latents[rows] = scheduler.add_noise(refs, noise[rows], t0)
         return latents
+
+    def loops(self, requests: list[GenerationRequest]) -> list[list[int]]:
+        """Which requests share a denoising loop: same generation size, at most ``batch_bucket``
+        of them, in request order."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(self.generation_size(r.image.size), []).append(i)
+        b = self.batch_bucket
+        return [members[k:k + b] for members in groups.values() for k in range(0, len(members), b)]
 
     # --- the loop -------------------------------------------------------------------
     @torch.no_grad()
@@ -306,28 +403,30 @@ class BackdropPipeline:
         progress=None,
     ) -> list[Image.Image]:
         config.validate()
-        if not requests:
-            return []
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, r in enumerate(requests):
-            groups.setdefault(self.generation_size(r.image.size), []).append(i)
-        if len(groups) > 1:  # one loop per generation size; the runtime groups before calling
-            out: list[Image.Image | None] = [None] * len(requests)
-            for members in groups.values():
-                for i, image in zip(members, self([requests[i] for i in members], config, progress)):
-                    out[i] = image
-            return out  # type: ignore[return-value]
-        cond = self.prepare(requests)
-        scheduler = DDIMScheduler.from_config(self.model.scheduler.config)
+        out: list[Image.Image | None] = [None] * len(requests)
+        for members in self.loops(requests):
+            for i, image in zip(members, self.denoise([requests[i] for i in members], config, progress)):
+                out[i] = image
+        return out  # type: ignore[return-value]
+
+    def denoise(self, requests: list[GenerationRequest], config: InferenceConfig, progress=None) -> list[Image.Image]:
+        """One denoising loop over at most ``batch_bucket`` requests of one generation size,
+        padded to exactly ``batch_bucket`` rows (the padding's outputs are dropped)."""
+        n = len(requests)
+        padded = requests + [requests[-1]] * (self.batch_bucket - n)
+        cond = self.prepare(padded)
+        scheduler = make_scheduler(config.scheduler, self.model.scheduler.config)
         scheduler.set_timesteps(config.num_inference_steps, device=self.model.device)
-        latents = self.initial_latents(requests, cond, scheduler, config.reference_init)
+        latents = self.initial_latents(padded, cond, scheduler, config.reference_init)
 
         guided = config.guidance_scale > 1.0
         step_cond = cond.with_guidance(Conditioning(
-            cond.product_mask, cond.masked_latents, cond.cg_image, *self.unconditional(len(requests))
+            cond.product_mask, cond.masked_latents, cond.cg_image, *self.unconditional(len(padded))
         )) if guided else cond
 
         for i, t in enumerate(scheduler.timesteps):
+            if self.compiled:  # CUDA graphs: this step's outputs may reuse the last step's memory
+                torch.compiler.cudagraph_mark_step_begin()
             x = torch.cat([latents, latents]) if guided else latents
             x = scheduler.scale_model_input(x, t)
             eps = predict_noise(self.model, x, t.expand(len(x)), step_cond)
@@ -338,7 +437,7 @@ class BackdropPipeline:
             if progress is not None:
                 progress(i + 1, len(scheduler.timesteps))
 
-        generated = self.decode_latents(latents)
+        generated = self.decode_latents(latents)[:n]  # the padded shape here too
         return [paste_product(g, r.image, r.mask) for g, r in zip(generated, requests)]
 
 
