@@ -27,6 +27,12 @@ class BackdropError(Exception):
         self._message = value
 
 
+class RegistryError(BackdropError):
+    """A model reference that cannot be resolved, or a refused promotion."""
+
+    code = "unknown_model"
+
+
 class InvalidInputError(BackdropError, ValueError):
     """An input (image, mask, category, parameter) that cannot be used as given."""
 

@@ -24,7 +24,8 @@ class GeneratorPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         params = params or {}
-        config = runtime.inference(int(params.get("steps", 50)), float(params.get("guidance", 2.0)))
+        config = runtime.inference(int(params.get("steps", 50)), float(params.get("guidance", 2.0)),
+                                   scheduler=params.get("scheduler"))
         requests = [fetch_product(r).requests([int(r.get("seed", 0) or 0)])[0]
                     for r in model_input.to_dict("records")]
         out = []

@@ -27,7 +27,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from . import settings, storage
-from .errors import BackdropError
+from .errors import BackdropError, RegistryError  # noqa: F401 - RegistryError: part of this module's API
 from .settings import backdrop_home, embedded_tracking_uri, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -35,12 +35,6 @@ log = logging.getLogger(__name__)
 GENERATOR_ARTIFACT = "generator"
 DEFAULT_EXPERIMENT = "backdrop"
 CHAMPION = "champion"
-
-
-class RegistryError(BackdropError):
-    """A model reference that cannot be resolved, or a refused promotion."""
-
-    code = "unknown_model"
 
 
 def configure() -> str:
@@ -135,9 +129,7 @@ def parse_reference(ref: str) -> tuple[str, str | None, str | None]:
 def resolve(ref: str) -> ResolvedModel:
     """Resolve a model reference to a loadable generator location and its lineage."""
     if not ref.startswith("models:/"):
-        if not storage.exists(storage.join(ref, "backdrop.json")) and not storage.exists(storage.join(ref, "unet")):
-            raise RegistryError(f"no saved generator at {ref}")
-        return ResolvedModel(ref, name=ref, version=path_fingerprint(ref), path=ref)
+        return ResolvedModel(ref, name=ref, version=storage.saved_generator_version(ref), path=ref)
     name, version = _registered_version(ref)
     return ResolvedModel(ref, name=name, version=version, path=download_version(name, version))
 
@@ -174,19 +166,6 @@ def download_version(name: str, version: str) -> str:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
     return generator
-
-
-def path_fingerprint(uri: str) -> str:
-    """A version string for an unregistered path: a hash of its config and file sizes."""
-    fs, path = storage.filesystem(uri)
-    h = hashlib.sha256()
-    for f in sorted(fs.find(path, detail=True).items()):
-        h.update(f"{os.path.relpath(f[0], path)}:{f[1].get('size')}".encode())
-    try:
-        h.update(storage.read_bytes(storage.join(uri, "backdrop.json")))
-    except BackdropError:
-        pass
-    return "path-" + h.hexdigest()[:12]
 
 
 def version_metrics(name: str, version: str) -> dict[str, float]:

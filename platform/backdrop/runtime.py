@@ -15,7 +15,14 @@ candidates under a QA scorer (``backdrop.quality.qa``).
 :func:`generate` isolates failures: the whole batch runs as one denoising loop, and when that
 fails it is retried request by request so only the culprit fails; the results say which, as
 :class:`~backdrop.errors.Failure` data (stage, code, message), never as strings to parse.
-Importing this module does not import torch; :func:`load` and :func:`generate` do.
+Importing this module does not import torch; :func:`load` and :func:`generate` do. Nor does it
+import the tracking library: only a ``models:/`` reference needs MLflow, so an inference-only
+image that serves a saved path does not carry it.
+
+Speed (``compile``): on a GPU the networks are compiled with CUDA graphs for the pipeline's
+fixed shapes (``batch_bucket`` rows x the generation sizes) and warmed up inside :func:`load`,
+off the request path, with inductor's cache on local disk (``$BACKDROP_HOME/compile-cache``),
+so a replica or actor restart reuses the kernels. The CPU default stays eager.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import TYPE_CHECKING, Callable
 
 from PIL import Image
 
-from . import registry, storage
+from . import storage
 from .categories import CategoryMap
 from .errors import GENERATE, BackdropError, Failure
 from .limits import DEFAULT_LIMITS, Limits
@@ -57,6 +64,8 @@ class LoadedGenerator:
     version: str
     reference: str
     loaded_at: float = field(default_factory=time.time)
+    compiled: bool = False
+    warmup_s: float = 0.0  # compile + warm-up time spent in load()
 
     @property
     def model(self):
@@ -77,6 +86,8 @@ class LoadedGenerator:
             "qa_scorer": m.qa_state is not None,
             "device": str(m.device),
             "dtype": str(m.dtype).replace("torch.", ""),
+            "batch_bucket": self.pipe.batch_bucket,
+            "compiled": self.compiled,
             "loaded_at": self.loaded_at,
         }
 
@@ -86,35 +97,85 @@ def display_name(reference: str) -> str:
     return reference.rstrip("/").rsplit("/", 1)[-1] or reference
 
 
-def load(reference: str, device: str = "auto", threads: int | None = None) -> LoadedGenerator:
+COMPILE_MODES = ("auto", "on", "off")
+
+
+def load(reference: str, device: str = "auto", threads: int | None = None, *, compile: str = "auto",
+         batch_bucket: int | None = None, warm_sizes: list[tuple[int, int]] | None = None,
+         warm_config: InferenceConfig | None = None) -> LoadedGenerator:
     """Resolve any model reference (path, ``s3://``, ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``)
     and load it onto ``device`` once.
 
     ``device="auto"`` picks CUDA in half precision when there is a GPU, else the CPU in float32.
-    ``threads`` sets torch's intra-op threads for CPU inference.
+    ``threads`` sets torch's intra-op threads for CPU inference. ``compile``: ``auto`` compiles
+    on CUDA only, ``on`` everywhere, ``off`` never; a compiled generator is warmed up here on
+    ``warm_sizes`` (default: every generation size the model can meet) with and without a
+    reference. ``batch_bucket``: rows per denoising loop (default: 8 on CUDA, 4 on a CPU).
     """
     import torch
 
     from .models.generator import BackdropModel
     from .pipeline import BackdropPipeline
 
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if threads and str(device) == "cpu":
         torch.set_num_threads(threads)
     dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
-    resolved = registry.resolve(reference)
-    model = BackdropModel.from_pretrained(resolved.path, device=device, torch_dtype=dtype)
-    name = resolved.name if reference.startswith("models:/") else display_name(reference)
-    log.info("loaded %s v%s on %s", name, resolved.version, device)
-    return LoadedGenerator(BackdropPipeline(model), name, resolved.version, reference)
+    path, name, version = resolve(reference)
+    model = BackdropModel.from_pretrained(path, device=device, torch_dtype=dtype)
+    gen = LoadedGenerator(BackdropPipeline(model, batch_bucket), name, version, reference)
+    if compile == "on" or (compile == "auto" and str(device).startswith("cuda")):
+        warm_up(gen, warm_sizes, warm_config)
+    log.info("loaded %s v%s on %s (batch bucket %d%s)", name, version, device, gen.pipe.batch_bucket,
+             f", compiled and warmed up in {gen.warmup_s:.1f} s" if gen.compiled else "")
+    return gen
 
 
-def wrap(model, name: str = "in-memory", version: str = "local") -> LoadedGenerator:
+def resolve(reference: str) -> tuple[str, str, str]:
+    """(local or s3:// path, display name, version) of a model reference. The registry (and
+    so MLflow) is imported for ``models:/`` references only."""
+    if reference.startswith("models:/"):
+        from . import registry
+
+        resolved = registry.resolve(reference)
+        return resolved.path, resolved.name, resolved.version
+    return reference, display_name(reference), storage.saved_generator_version(reference)
+
+
+def warm_up(gen: LoadedGenerator, sizes: list[tuple[int, int]] | None = None,
+            config: InferenceConfig | None = None) -> None:
+    """Compile the networks and run every shape a request can meet once, so no request pays
+    for a compile: ``batch_bucket`` rows at each generation size, CG alone and CG+PG."""
+    import numpy as np
+    from PIL import Image
+
+    from . import settings
+    from .pipeline import GenerationRequest, InferenceConfig
+
+    settings.use_compile_cache()
+    start = time.perf_counter()
+    gen.pipe.compile()
+    gen.compiled = True
+    config = config or InferenceConfig(num_inference_steps=2)
+    category = gen.categories.names[0] if gen.categories.names else None
+    for w, h in sizes or gen.pipe.generation_sizes():
+        image = Image.new("RGB", (w, h), (128, 128, 128))
+        mask = np.zeros((h, w), np.float32)
+        mask[h // 4:h // 2, w // 4:w // 2] = 1
+        for reference in (None, image):
+            if category is not None:
+                gen.pipe([GenerationRequest(image, mask, category, reference=reference)], config)
+    gen.warmup_s = time.perf_counter() - start
+
+
+def wrap(model, name: str = "in-memory", version: str = "local", batch_bucket: int | None = None) -> LoadedGenerator:
     """A generator already in memory (training, evaluation, tests) under the same runtime."""
     from .pipeline import BackdropPipeline
 
-    return LoadedGenerator(BackdropPipeline(model), name, version, reference=name)
+    return LoadedGenerator(BackdropPipeline(model, batch_bucket), name, version, reference=name)
 
 
 def generate_all(gen: LoadedGenerator, requests: list[GenerationRequest], config: InferenceConfig,
@@ -130,12 +191,15 @@ def generate_all(gen: LoadedGenerator, requests: list[GenerationRequest], config
     return out
 
 
-def inference(steps: int = 50, guidance: float = 2.0, limits: Limits = DEFAULT_LIMITS) -> InferenceConfig:
-    """A denoising configuration checked against the one set of limits."""
+def inference(steps: int = 50, guidance: float = 2.0, limits: Limits = DEFAULT_LIMITS,
+              scheduler: str | None = None) -> InferenceConfig:
+    """A denoising configuration checked against the one set of limits (``scheduler`` None: the
+    default, DDIM)."""
     from .pipeline import InferenceConfig
 
     return InferenceConfig(num_inference_steps=limits.check_steps(steps),
-                           guidance_scale=limits.check_guidance(guidance))
+                           guidance_scale=limits.check_guidance(guidance),
+                           scheduler=limits.check_scheduler(scheduler))
 
 
 def row_seed(base_seed: int, product_id: str) -> int:
@@ -198,17 +262,15 @@ def generate_measured(gen: LoadedGenerator, requests: list[GenerationRequest], c
                       progress: Progress | None = None) -> list[Generated | Failure]:
     """One :class:`Generated` or one :class:`Failure` per request, in order.
 
-    Requests are grouped by generation size (placements of other aspects need other latent
-    shapes) and each group runs as one denoising loop (the pipeline groups prompts and applies
-    PG only to rows with a reference). A group that fails as a whole is retried request by
-    request, so only the culprit fails. :class:`Cancelled` (raised by ``progress``) ends the
+    Requests are grouped as the pipeline's loops are (one generation size, at most
+    ``batch_bucket`` rows, padded to exactly that: a row's pixels are the same whichever
+    requests share its loop), so device-seconds are measured per loop. A loop that fails as a
+    whole is retried request by request, so only the culprit fails. :class:`Cancelled` (raised by ``progress``) ends the
     call at once.
     """
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, r in enumerate(requests):
-        groups.setdefault(gen.pipe.generation_size(r.image.size), []).append(i)
     results: list[Generated | Failure] = [None] * len(requests)  # type: ignore[list-item]
-    for size, members in groups.items():
+    for members in gen.pipe.loops(requests):
+        size = gen.pipe.generation_size(requests[members[0]].image.size)
         for i, result in zip(members, _generate_group(gen, [requests[i] for i in members], config, progress, size)):
             results[i] = result
     return results

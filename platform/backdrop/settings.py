@@ -54,6 +54,16 @@ def forwarded_env() -> dict[str, str]:
     return {**env, "BACKDROP_HOME": backdrop_home()}
 
 
+def use_compile_cache() -> str:
+    """Keep torch.compile's kernels (inductor's FX graph cache) on local disk under
+    ``$BACKDROP_HOME/compile-cache``, so a restarted replica or actor loads them instead of
+    compiling again. An explicit ``TORCHINDUCTOR_CACHE_DIR`` wins."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(backdrop_home(), "compile-cache"))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.makedirs(os.environ["TORCHINDUCTOR_CACHE_DIR"], exist_ok=True)
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
 def configure_logging(verbose: bool = False) -> None:
     """The one logging set-up of every front door (jobs, CLI): stderr, timestamps, quiet clients."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,

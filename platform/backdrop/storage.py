@@ -19,7 +19,9 @@ from typing import Iterator
 
 import fsspec
 
-from .errors import FetchError, ImageTooLargeError
+import hashlib
+
+from .errors import BackdropError, FetchError, ImageTooLargeError, RegistryError
 from .settings import ENDPOINT_ENV_VARS
 
 TMP_MARKER = ".tmp-"  # local writes without a staging dir go to "<name>.tmp-<uuid>" first, then are renamed
@@ -192,3 +194,20 @@ def local_copy(uri: str) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="backdrop-") as tmp:
         download_dir(uri, tmp)
         yield tmp
+
+
+def saved_generator_version(uri: str) -> str:
+    """The version an unregistered saved generator is known by: a hash of its file names and
+    sizes and its ``backdrop.json`` (cheap to compute, changes when a file is replaced by one of
+    another size or the config changes). A path that holds no generator is a ``RegistryError``."""
+    if not exists(join(uri, "backdrop.json")) and not exists(join(uri, "unet")):
+        raise RegistryError(f"no saved generator at {uri}")
+    fs, path = filesystem(uri)
+    h = hashlib.sha256()
+    for f in sorted(fs.find(path, detail=True).items()):
+        h.update(f"{os.path.relpath(f[0], path)}:{f[1].get('size')}".encode())
+    try:
+        h.update(read_bytes(join(uri, "backdrop.json")))
+    except BackdropError:
+        pass
+    return "path-" + h.hexdigest()[:12]

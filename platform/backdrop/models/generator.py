@@ -132,7 +132,12 @@ class BackdropModel:
         if device is None and dtype is None:
             return self
         for net in self.networks().values():
-            net.to(device=device, dtype=dtype)
+            if dtype is not None and not getattr(net, "_keep_in_fp32_modules", None):
+                # diffusers warns on every cast that "modules ... should be kept in float32: []"
+                # even when that list is empty; nothing is to be kept here, so cast quietly.
+                torch.nn.Module.to(net, device=device, dtype=dtype)
+            else:
+                net.to(device=device, dtype=dtype)
         return self
 
     def eval(self) -> "BackdropModel":
