@@ -61,8 +61,9 @@ from backdrop.errors import (
     UnsupportedImageError,
 )
 from backdrop.limits import DEFAULT_LIMITS, Limits
-from backdrop.registry import RegistryError, describe_registered
+from backdrop.errors import RegistryError
 from backdrop.runtime import LoadedGenerator
+from backdrop.schedulers import SCHEDULERS
 from backdrop.serving.auth import ApiKeys
 from backdrop.serving.jobs import Generated, Job, check_job, load_job, run_jobs
 from backdrop.serving.models import ModelNotAllowed, ModelSelector
@@ -212,12 +213,21 @@ class AppArgs(BaseModel):
                                                                   "cluster has a GPU, else 0")
     generator_num_cpus: float = Field(0.5, gt=0)
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per generator")
+    schedulers: list[str] = Field(list(SCHEDULERS), min_length=1,
+                                  description="denoising schedulers a request may ask for (422 otherwise)")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the networks (CUDA graphs on a GPU); auto: on CUDA only. A compiled "
+                            "replica loads and warms up its default model at start, off the request path")
+    batch_bucket: int | None = Field(None, ge=1, description="rows per denoising loop, padded so a row's pixels "
+                                                             "never depend on its batch mates (default 8 on "
+                                                             "CUDA, 4 on a CPU)")
     hold_dir: str | None = Field(None, description="tests only (TestHold): batches wait while <dir>/hold exists")
 
     @property
     def limits(self) -> Limits:
         return Limits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels,
-                      max_steps=self.max_steps, max_images=self.max_images, max_candidates=self.max_candidates)
+                      max_steps=self.max_steps, max_images=self.max_images, max_candidates=self.max_candidates,
+                      schedulers=tuple(self.schedulers))
 
 
 def _ingress():
@@ -281,13 +291,17 @@ class TestHold:
 class Generator:
     """Holds models (one per registry version) and runs batched denoising loops."""
 
-    def __init__(self, device: str = "auto", torch_threads: int | None = None, hold_dir: str | None = None) -> None:
+    def __init__(self, device: str = "auto", torch_threads: int | None = None, hold_dir: str | None = None,
+                 compile: str = "auto", batch_bucket: int | None = None, preload: str | None = None) -> None:
         if torch_threads:
             import torch
 
             torch.set_num_threads(torch_threads)
-        self.device = device
+        self.device, self.compile, self.batch_bucket = device, compile, batch_bucket
         self.hold = TestHold(hold_dir) if hold_dir else None
+        self.warm: dict[str, LoadedGenerator] = {}
+        if preload and self._compiles():
+            self._preload(preload)
         self.loaded: weakref.WeakValueDictionary[str, LoadedGenerator] = weakref.WeakValueDictionary()
         self.waiting = 0
         self.queue_depth = Gauge("backdrop_generator_queue_depth",
@@ -302,9 +316,28 @@ class Generator:
         self.generate_batch.set_max_batch_size(int(config.get("max_batch_size", 8)))
         self.generate_batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.05)))
 
+    def _compiles(self) -> bool:
+        import torch
+
+        cuda = self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
+        return self.compile == "on" or (self.compile == "auto" and cuda)
+
+    def _preload(self, reference: str) -> None:
+        """Load, compile and warm up the default model before the replica takes requests (a
+        compile takes minutes on SD-size networks: no request may wait for it). A reference
+        that does not resolve yet (no champion) is left to the first request."""
+        try:
+            gen = runtime.load(reference, self.device, compile=self.compile, batch_bucket=self.batch_bucket)
+        except Exception as e:  # noqa: BLE001 - the service starts anyway; requests load lazily
+            logger.warning("could not preload %s: %s", reference, e)
+            return
+        model_id = reference if not reference.startswith("models:/") else f"models:/{gen.name}/{gen.version}"
+        self.warm[model_id] = gen
+
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_model(self, model_id: str) -> LoadedGenerator:
-        model = await asyncio.to_thread(runtime.load, model_id, self.device)
+        model = self.warm.pop(model_id, None) or await asyncio.to_thread(
+            runtime.load, model_id, self.device, compile=self.compile, batch_bucket=self.batch_bucket)
         self.loaded[model_id] = model
         return model
 
@@ -531,6 +564,8 @@ class Backdrop:
         if self.settings.model_path:
             registry = {"name": default["name"], "aliases": {}, "versions": [default["version"]]}
         else:
+            from backdrop.registry import describe_registered  # MLflow only where the registry is used
+
             registry = await asyncio.to_thread(describe_registered, self.settings.model_name)
             offered = self.models  # only what callers may ask for
             registry["aliases"] = {a: v for a, v in registry["aliases"].items() if a in offered.aliases}
@@ -696,5 +731,6 @@ def build_app(args: AppArgs) -> serve.Application:
         num_gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
     generator = Generator.options(
         ray_actor_options={"num_cpus": args.generator_num_cpus, "num_gpus": num_gpus},
-    ).bind(device=args.device, torch_threads=args.torch_threads, hold_dir=args.hold_dir)
+    ).bind(device=args.device, torch_threads=args.torch_threads, hold_dir=args.hold_dir, compile=args.compile,
+           batch_bucket=args.batch_bucket, preload=args.model_path or f"models:/{args.model_name}@{args.default_alias}")
     return Backdrop.bind(generator, args.model_dump())

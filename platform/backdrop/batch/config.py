@@ -32,12 +32,15 @@ class BackfillConfig:
     categories: tuple[str, ...] = ()  # only these (all when empty)
     steps: int = 50
     guidance: float = 2.0
+    scheduler: str | None = None  # a name of backdrop.schedulers.SCHEDULERS (None: DDIM)
     seed: int = 0
     batch_size: int = 16
     concurrency: int = 1  # actors: the pool scales between 1 and this
     num_gpus: float = 0.0  # per actor; > 0 runs the generator on CUDA in float16
     cpus_per_actor: float | None = None  # None: 0.5 on clusters of <= 4 CPUs, else 1
     threads_per_actor: int | None = None  # CPU inference; None: the node's cores / concurrency
+    compile: str = "auto"  # runtime.COMPILE_MODES: auto compiles (and warms up) on CUDA only
+    batch_bucket: int | None = None  # rows per denoising loop; None: 8 on CUDA, 4 on a CPU
     image_format: str = "png"
     quality: int = 95
     limit: int | None = None  # the first N rows (after the category filter) in catalog order
@@ -63,6 +66,11 @@ class BackfillConfig:
         # Refused before any model is resolved or row is read, as the HTTP service refuses it.
         self.limits.check_steps(self.steps)
         self.limits.check_guidance(self.guidance)
+        object.__setattr__(self, "scheduler", self.limits.check_scheduler(self.scheduler))
+        if self.compile not in ("auto", "on", "off"):
+            raise InvalidParameterError(f"compile must be auto, on or off, got {self.compile!r}")
+        if self.batch_bucket is not None and not (isinstance(self.batch_bucket, int) and self.batch_bucket >= 1):
+            raise InvalidParameterError(f"batch_bucket must be a positive integer, got {self.batch_bucket!r}")
         names = tuple(p.name for p in parse_placements(list(self.placements), self.limits)) \
             if self.placements and tuple(self.placements) != (PHOTO,) else ()
         object.__setattr__(self, "placements", names)
@@ -81,7 +89,7 @@ class BackfillConfig:
     def inference(self):
         from .. import runtime
 
-        return runtime.inference(self.steps, self.guidance, self.limits)
+        return runtime.inference(self.steps, self.guidance, self.limits, self.scheduler)
 
     def output_config(self) -> OutputConfig:
         return OutputConfig(self.image_format, self.quality)

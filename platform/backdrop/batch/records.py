@@ -34,6 +34,7 @@ from ..categories import CategoryMap
 from ..errors import GENERATE, LOAD, WRITE, Failure
 from ..inputs import Product, fetch_product
 from ..limits import DEFAULT_LIMITS, Limits
+from ..schedulers import DEFAULT_SCHEDULER
 from . import fingerprint, keys
 
 if TYPE_CHECKING:
@@ -65,7 +66,10 @@ def params_hash(inference: InferenceConfig, output: OutputConfig, seed: int, res
     """Identifies everything besides the model version (its QA scorer included) and the
     record's placement that decides an output's pixels and verdict. Best-of-N settings enter
     only when not the default, so outputs made before they existed keep their hash."""
-    fields = {"inference": asdict(inference), "output": asdict(output), "seed": seed, "resolution": resolution}
+    denoise = asdict(inference)
+    if denoise.get("scheduler") == DEFAULT_SCHEDULER:  # outputs made before schedulers were a choice
+        del denoise["scheduler"]
+    fields = {"inference": denoise, "output": asdict(output), "seed": seed, "resolution": resolution}
     if candidates != 1:
         fields["candidates"] = candidates
     if qa_threshold is not None:

@@ -43,7 +43,7 @@ from .lease import Lease
 from .manifest import Target
 from .plan import Plan, plan_rows, write_rejected
 from .records import OK, RunContext, params_hash
-from .stages import GeneratorActor, actor_stage, build_dataset, cpu_threads, run_local
+from .stages import GeneratorActor, actor_stage, build_dataset, cpu_threads, generator_kwargs, run_local
 
 log = logging.getLogger(__name__)
 
@@ -302,11 +302,8 @@ def _execute(config: BackfillConfig, resolved: Resolved, plan: Plan, ctx: RunCon
     """Run the stages (Ray Data, or in this process), stream the records back and time them."""
     t = time.perf_counter()
     if config.executor == "local":
-        stage_kwargs = dict(model_ref=resolved.pinned, tracking_uri=registry.tracking_uri(),
-                            inference=config.inference(), seed=config.seed,
-                            device="cuda" if config.num_gpus else "cpu",
-                            threads=cpu_threads(config.threads_per_actor, 1), max_actors=1,
-                            candidates=config.candidates, qa_threshold=config.qa_threshold)
+        stage_kwargs = generator_kwargs(config, resolved.pinned, registry.tracking_uri(),
+                                        cpu_threads(config.threads_per_actor, 1), 1)
         batches, stats = run_local(config, plan, ctx, resolved.info.categories,
                                    (generator_cls or GeneratorActor)(**stage_kwargs)), None
     else:

@@ -164,9 +164,11 @@ class GeneratorActor:
 
     def __init__(self, model_ref: str, tracking_uri: str, inference, seed: int, device: str = "cpu",
                  threads: int | None = None, max_actors: int = 1, candidates: int = 1,
-                 qa_threshold: float | None = None):
+                 qa_threshold: float | None = None, compile: str = "auto", batch_bucket: int | None = None):
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-        self.generator = runtime.load(model_ref, device, cpu_threads(threads, max_actors) if device == "cpu" else None)
+        # a compiled generator is warmed up here, at actor start, before the first batch arrives
+        self.generator = runtime.load(model_ref, device, cpu_threads(threads, max_actors) if device == "cpu" else None,
+                                      compile=compile, batch_bucket=batch_bucket)
         self.inference, self.seed = inference, seed
         self.candidates, self.qa_threshold = candidates, qa_threshold
 
@@ -205,10 +207,17 @@ def actor_stage(config: BackfillConfig, model_ref: str, tracking_uri: str, cls: 
     if cpus is None:
         small = ray.cluster_resources().get("CPU", 0) <= SMALL_CLUSTER_CPUS
         cpus = 0.5 if small and not config.num_gpus else 1.0
-    kwargs = dict(model_ref=model_ref, tracking_uri=tracking_uri, inference=config.inference(), seed=config.seed,
-                  device="cuda" if config.num_gpus else "cpu", threads=config.threads_per_actor,
-                  max_actors=config.concurrency, candidates=config.candidates, qa_threshold=config.qa_threshold)
+    kwargs = generator_kwargs(config, model_ref, tracking_uri, config.threads_per_actor, config.concurrency)
     return ActorStage(cls or GeneratorActor, kwargs, cpus, config.num_gpus, config.concurrency)
+
+
+def generator_kwargs(config: BackfillConfig, model_ref: str, tracking_uri: str, threads: int | None,
+                     max_actors: int) -> dict:
+    """:class:`GeneratorActor`'s arguments, for the actor pool and the in-process executor alike."""
+    return dict(model_ref=model_ref, tracking_uri=tracking_uri, inference=config.inference(), seed=config.seed,
+                device="cuda" if config.num_gpus else "cpu", threads=threads, max_actors=max_actors,
+                candidates=config.candidates, qa_threshold=config.qa_threshold, compile=config.compile,
+                batch_bucket=config.batch_bucket)
 
 
 def build_dataset(config: BackfillConfig, plan: Plan, ctx: RunContext, categories: CategoryMap,

@@ -5,7 +5,7 @@
 * the generator replica rejects a job its model cannot serve (:func:`check_job`: an unknown
   category, best-of-N without a QA scorer) before it joins a dynamic batch, and
   :func:`run_jobs` puts a whole batch through the runtime, one call per group of jobs that can
-  share a denoising loop (same steps and guidance; the runtime runs one loop per placement
+  share a denoising loop (same steps, guidance and scheduler; the runtime runs one loop per placement
   size within it), every image with its placement, device-seconds and QA scores.
 
 Nothing here imports Ray or a web framework; torch is imported only where the model runs.
@@ -82,7 +82,7 @@ def check_job(gen: LoadedGenerator, job: Job) -> None:
 
 
 def run_jobs(gen: LoadedGenerator, jobs: list[Job]) -> list[Generated | Failure]:
-    """Generate every job of a dynamic batch, one denoising loop per (steps, guidance) group.
+    """Generate every job of a dynamic batch, one denoising loop per (steps, guidance, scheduler) group.
 
     Returns one entry per job, in order: its :class:`Generated`, or the :class:`Failure` of its
     first failed image. The runtime isolates failures within a loop; a loop whose callers all
@@ -91,13 +91,13 @@ def run_jobs(gen: LoadedGenerator, jobs: list[Job]) -> list[Generated | Failure]
     from ..pipeline import InferenceConfig  # the ingress checked steps and guidance against the limits
     from ..quality.qa import generate_scored
 
-    groups: dict[tuple[int, float], list[int]] = defaultdict(list)
+    groups: dict[tuple[int, float, str], list[int]] = defaultdict(list)
     for i, job in enumerate(jobs):
         groups[job.params.loop_key].append(i)
 
     results: list[Generated | Failure] = [None] * len(jobs)  # type: ignore[list-item]
     for number, members in enumerate(groups.values(), start=1):
-        steps, guidance = jobs[members[0]].params.loop_key
+        steps, guidance, scheduler = jobs[members[0]].params.loop_key
         requests, names, counts = [], [], []
         for i in members:
             for placement, product in jobs[i].outputs:
@@ -112,7 +112,7 @@ def run_jobs(gen: LoadedGenerator, jobs: list[Job]) -> list[Generated | Failure]
 
         t = time.perf_counter()
         try:
-            images = generate_scored(gen, requests, InferenceConfig(steps, guidance), counts,
+            images = generate_scored(gen, requests, InferenceConfig(steps, guidance, scheduler=scheduler), counts,
                                      progress=stop_if_abandoned)
         except Cancelled as e:
             for i in members:
