@@ -211,3 +211,23 @@ def test_bad_inputs_are_typed(tiny_model):
         pipe([GenerationRequest(img, mask, "mug")], InferenceConfig(num_inference_steps=0))
     with pytest.raises(InvalidParameterError):
         pipe([GenerationRequest(img, mask, "mug")], InferenceConfig(guidance_scale=-1))
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm++", "unipc"])
+def test_every_scheduler_keeps_the_models_noise_schedule(name):
+    """A scheduler changes how the reverse process is integrated, never the betas the networks
+    were trained with (the saved scheduler config's); DDIM is the saved scheduler itself."""
+    from diffusers import DDIMScheduler
+
+    from backdrop.models.presets import build_scheduler
+    from backdrop.schedulers import make_scheduler
+
+    saved = build_scheduler()
+    made = make_scheduler(name, saved.config)
+    torch.testing.assert_close(made.alphas_cumprod, saved.alphas_cumprod, rtol=0, atol=0)
+    assert made.config.steps_offset == saved.config.steps_offset
+    if name == "ddim":
+        def public(config):
+            return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+        assert public(made.config) == public(DDIMScheduler.from_config(saved.config).config)

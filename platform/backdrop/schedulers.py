@@ -39,10 +39,12 @@ DEFAULT_SCHEDULER = "ddim"
 def make_scheduler(name: str, saved_config):
     """A fresh scheduler ``name`` on the saved noise schedule (multistep schedulers keep state
     across steps, so every denoising loop gets its own)."""
+    import inspect
+
     import diffusers
 
     spec = SCHEDULERS[name]
     cls = getattr(diffusers, spec.class_name)
-    known = set(cls.__init__.__code__.co_varnames)  # from_config warns about the others
+    known = set(inspect.signature(cls.__init__).parameters)  # from_config warns about the others
     base = {k: v for k, v in dict(saved_config).items() if k in known}
     return cls.from_config({**base, **spec.overrides})

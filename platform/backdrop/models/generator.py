@@ -131,13 +131,14 @@ class BackdropModel:
     def to(self, device=None, dtype=None) -> "BackdropModel":
         if device is None and dtype is None:
             return self
+        where = {k: v for k, v in {"device": device, "dtype": dtype}.items() if v is not None}
         for net in self.networks().values():
-            if dtype is not None and not getattr(net, "_keep_in_fp32_modules", None):
-                # diffusers warns on every cast that "modules ... should be kept in float32: []"
-                # even when that list is empty; nothing is to be kept here, so cast quietly.
-                torch.nn.Module.to(net, device=device, dtype=dtype)
+            if dtype is not None and getattr(net, "_keep_in_fp32_modules", None):
+                net.to(**where)  # diffusers keeps those modules in float32
             else:
-                net.to(device=device, dtype=dtype)
+                # diffusers' own .to() warns "modules ... should be kept in float32: []" whenever a
+                # dtype argument is present, even None and even with nothing to keep: cast quietly.
+                torch.nn.Module.to(net, **where)
         return self
 
     def eval(self) -> "BackdropModel":
