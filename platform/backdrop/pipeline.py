@@ -180,17 +180,19 @@ class BackdropPipeline:
         self._text_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.compiled = False
 
-    def compile(self) -> None:
+    def compile(self, backend: str = "inductor") -> None:
         """Compile the UNet and the ControlNets for fixed shapes (``dynamic=False``: every loop
         has ``batch_bucket`` rows and one of ``generation_sizes()``). On CUDA with CUDA graphs
         (``reduce-overhead``): at small batches a step is ~2,600 kernel launches, and the graph
-        replays them as one. The VAE and text encoder run a few times per image and stay eager."""
+        replays them as one. The VAE and text encoder run a few times per image and stay eager.
+        ``backend="eager"`` traces without generating kernels (a fast check of the plumbing)."""
         cuda = self.model.device.type == "cuda"
         shapes = 2 * len(self.generation_sizes())  # CG alone and CG+PG per size
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * shapes)
         for net in (self.model.unet, self.model.cg, self.model.pg):
             if net is not None:
-                net.compile(mode="reduce-overhead" if cuda else "default", dynamic=False)
+                mode = ("reduce-overhead" if cuda else "default") if backend == "inductor" else None
+                net.compile(backend=backend, mode=mode, dynamic=False)
         self.compiled = True
 
     # --- text -----------------------------------------------------------------------

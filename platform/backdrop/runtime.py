@@ -146,7 +146,7 @@ def resolve(reference: str) -> tuple[str, str, str]:
 
 
 def warm_up(gen: LoadedGenerator, sizes: list[tuple[int, int]] | None = None,
-            config: InferenceConfig | None = None) -> None:
+            config: InferenceConfig | None = None, backend: str = "inductor") -> None:
     """Compile the networks and run every shape a request can meet once, so no request pays
     for a compile: ``batch_bucket`` rows at each generation size, CG alone and CG+PG."""
     import numpy as np
@@ -157,7 +157,7 @@ def warm_up(gen: LoadedGenerator, sizes: list[tuple[int, int]] | None = None,
 
     settings.use_compile_cache()
     start = time.perf_counter()
-    gen.pipe.compile()
+    gen.pipe.compile(backend)
     gen.compiled = True
     config = config or InferenceConfig(num_inference_steps=2)
     category = gen.categories.names[0] if gen.categories.names else None

@@ -104,3 +104,26 @@ def build_tiny_base(p: TinyPreset = TinyPreset(), seed: int = 0) -> dict:
         "tokenizer": tokenizer,
         "scheduler": build_scheduler(),
     }
+
+
+def build_sd15_inpainting_base(max_tokens: int = 77, seed: int = 0) -> dict:
+    """Untrained base components with Stable Diffusion 1.5 inpainting's shapes (UNet 859.5 M,
+    VAE 83.7 M, CLIP text 123.1 M parameters): what a user's real weights look like to every
+    code path and to the GPU, without a download. The tokenizer is the offline one (SD's
+    vocabulary cannot be fetched here), padded to SD's 77 tokens."""
+    torch.manual_seed(seed)
+    tokenizer = build_tiny_tokenizer(model_max_length=max_tokens)
+    return {
+        "vae": AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        ),
+        "unet": UNet2DConditionModel(in_channels=9, out_channels=4, sample_size=64, cross_attention_dim=768),
+        "text_encoder": CLIPTextModel(CLIPTextConfig(
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+            num_attention_heads=12, max_position_embeddings=max_tokens, hidden_act="quick_gelu",
+            projection_dim=768)),
+        "tokenizer": tokenizer,
+        "scheduler": build_scheduler(),
+    }

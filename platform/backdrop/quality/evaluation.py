@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 class EvalConfig:
     steps: int = 20  # the spike measured no gain from 50 over 20 DDIM steps at 64 px
     guidance: float = 2.0
+    scheduler: str = "ddim"  # backdrop.schedulers.SCHEDULERS
     per_category: int = 12
     pairs: int = 32
     palette_rows: int = 400
@@ -64,7 +65,7 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
     """Category consistency, product leak, reference similarity (+ablations), copy-paste."""
     t0 = time.perf_counter()
     gen = runtime.wrap(model)
-    infer = InferenceConfig(cfg.steps, cfg.guidance)
+    infer = InferenceConfig(cfg.steps, cfg.guidance, scheduler=cfg.scheduler)
     heldout = [r for r in read_catalog(catalog["heldout"]).to_pylist() if r["category"] in model.categories]
     real = [_request(r, row_seed(cfg.seed, r["product_id"])) for r in heldout]
     cats = [r["category"] for r in heldout]
@@ -117,8 +118,8 @@ def _reference_eval(gen: LoadedGenerator, pairs_uri: str, cfg: EvalConfig, cente
     alone = [GenerationRequest(q.image, q.mask, q.category, seed=q.seed) for q in with_ref]
     ref_bg = [fetch_reference(r["reference_uri"], r.get("reference_mask_uri")) for r in rows]
 
-    full = InferenceConfig(cfg.steps, cfg.guidance, reference_init=True)
-    no_init = InferenceConfig(cfg.steps, cfg.guidance, reference_init=False)
+    full = InferenceConfig(cfg.steps, cfg.guidance, reference_init=True, scheduler=cfg.scheduler)
+    no_init = InferenceConfig(cfg.steps, cfg.guidance, reference_init=False, scheduler=cfg.scheduler)
     out_full = runtime.generate_all(gen, with_ref, full, cfg.batch_size)
     out_noinit = runtime.generate_all(gen, with_ref, no_init, cfg.batch_size)
     out_alone = runtime.generate_all(gen, alone, full, cfg.batch_size)
