@@ -100,6 +100,18 @@ def test_the_openapi_body_is_the_model_with_the_configured_limits():
 
 
 # --- the input scope -------------------------------------------------------------------------------
+def test_scheduler_is_chosen_per_request_within_the_configured_ones():
+    assert GenerateParams.from_fields({"category": "mug"}).loop_key[2] == "ddim"
+    assert GenerateParams.from_fields({"category": "mug", "scheduler": " DPM++ "}).loop_key == (50, 2.0, "dpm++")
+    only = Limits(schedulers=("ddim", "unipc"))
+    with pytest.raises(InvalidParameterError, match="scheduler must be one of ddim, unipc, got 'dpm\\+\\+'"):
+        GenerateParams.from_fields({"category": "mug", "scheduler": "dpm++"}, only)
+    with pytest.raises(InvalidParameterError, match="scheduler must be one of"):
+        GenerateParams.from_fields({"category": "mug", "scheduler": "euler; rm -rf /"})
+    schema = body_schema(only, binary=False)["properties"]["scheduler"]
+    assert schema["anyOf"][0]["enum"] == ["ddim", "unipc"]
+
+
 def test_scope_matches_whole_segments_and_only_canonical_uris():
     scope = UriScope(["s3://brand", "s3://shared/in/"])
     assert scope.admit("s3://brand/a/b.png") == "s3://brand/a/b.png"
