@@ -642,6 +642,7 @@ class Backdrop:
             "seed": params.seed,
             "steps": params.steps,
             "guidance": params.guidance,
+            "scheduler": params.loop_key[2],
             "batch_size": result.batch_requests,
             "timing_ms": {"generate": round(result.generate_s * 1000, 1), "total": round(total_ms, 1)},
             "request_id": _request_id(request),

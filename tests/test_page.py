@@ -87,6 +87,7 @@ def test_upload_product_and_reference_and_see_the_result(page, files):
     page.select_option("#category", "lamp")
     page.fill("#prompt", "soft morning light")
     page.fill("#steps", "2")
+    page.select_option("#scheduler", "dpm++")
     page.fill("#seed", "5")
     page.click("#generate")
 
@@ -102,7 +103,7 @@ def test_upload_product_and_reference_and_see_the_result(page, files):
     out = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
     keep = np.asarray(product_rgba())[..., 3] >= 128
     assert np.array_equal(out[keep], np.asarray(product_rgba())[..., :3][keep])  # product untouched
-    assert page.inner_text("#meta").startswith("generator, version path-") and "2 steps" in page.inner_text("#meta")
+    assert page.inner_text("#meta").startswith("generator, version path-") and "2 dpm++ steps" in page.inner_text("#meta")
     page.screenshot(path=SCREENSHOT, full_page=True)
 
 

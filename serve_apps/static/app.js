@@ -117,7 +117,8 @@ async function generate(event) {
     if (file) form.append(field, file);
   }
   for (const [id, field] of [["category", "category"], ["prompt", "prompt"], ["num-images", "num_images"],
-                             ["steps", "steps"], ["guidance", "guidance"], ["seed", "seed"]]) {
+                             ["steps", "steps"], ["guidance", "guidance"], ["scheduler", "scheduler"],
+                             ["seed", "seed"]]) {
     const value = $(id).value.trim();
     if (value) form.append(field, value);
   }
@@ -150,7 +151,7 @@ async function generate(event) {
     $("meta").textContent = `${answer.model.name}, version ${version}` +
       ` · ${answer.device_seconds.toFixed(2)} device-s` +
       (answer.model.alias ? ` (${answer.model.alias})` : "") +
-      ` · ${answer.steps} steps · ${answer.timing_ms.total} ms · batched with ${answer.batch_size - 1} other request(s)`;
+      ` · ${answer.steps} ${answer.scheduler} steps · ${answer.timing_ms.total} ms · batched with ${answer.batch_size - 1} other request(s)`;
   } catch (err) {
     showError(`The service could not be reached: ${err.message}`);
   } finally {
