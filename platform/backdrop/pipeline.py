@@ -49,7 +49,7 @@ MAX_ASPECT = 4.0  # the most elongated generation (long side / short side); limi
 # latent shapes (compiled kernels and CUDA graphs per shape, warmed up once) and placements of
 # similar aspects share a denoising loop.
 ASPECT_BUCKETS = (1.0, 5 / 4, 4 / 3, 3 / 2, 16 / 9, 2.0, 3.0, 4.0)
-TEXT_CACHE_SIZE = 4096  # prompt embeddings kept per pipeline (least recently used dropped first)
+TEXT_CACHE_SIZE = 256  # prompt embeddings per pipeline, least recently used dropped (SD size: 118 KB each)
 
 
 def default_batch_bucket(device) -> int:
