@@ -36,7 +36,11 @@ def parse_args(argv=None) -> DistributedTrainConfig:
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32, help="per worker")
     p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
+                   help="with --use-gpu: frozen networks in this dtype, trained weights in fp32")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: less memory, ~1/3 more compute")
+    p.add_argument("--learning-rate", default="", help="per stage, e.g. cg=1e-5 (default: the model preset's)")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
@@ -47,16 +51,21 @@ def parse_args(argv=None) -> DistributedTrainConfig:
     p.add_argument("--registered-model-name", default="backdrop", help="'' to skip registration")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    return DistributedTrainConfig(
-        catalog=a.catalog, storage_path=a.storage_path, name=a.name,
-        stages=tuple(s for s in a.stages.split(",") if s), minutes=parse_budgets(a.minutes),
-        steps={k: int(v) for k, v in parse_budgets(a.steps).items()}, init=a.init, resolution=a.resolution,
-        batch_size=a.batch_size, grad_accum=a.grad_accum, mixed_precision=a.mixed_precision,
-        num_workers=a.num_workers, use_gpu=a.use_gpu, cpus_per_worker=a.cpus_per_worker,
-        placement_strategy=a.placement_strategy, max_failures=a.max_failures,
-        checkpoint_every=a.checkpoint_every, log_images_every=a.log_images_every,
-        registered_model_name=a.registered_model_name or None, seed=a.seed,
-    )
+    try:
+        return DistributedTrainConfig(
+            catalog=a.catalog, storage_path=a.storage_path, name=a.name,
+            stages=tuple(s for s in a.stages.split(",") if s), minutes=parse_budgets(a.minutes),
+            steps={k: int(v) for k, v in parse_budgets(a.steps).items()}, init=a.init, resolution=a.resolution,
+            batch_size=a.batch_size, grad_accum=a.grad_accum, mixed_precision=a.mixed_precision,
+            gradient_checkpointing=a.gradient_checkpointing,
+            learning_rates=parse_budgets(a.learning_rate, "learning rate"),
+            num_workers=a.num_workers, use_gpu=a.use_gpu, cpus_per_worker=a.cpus_per_worker,
+            placement_strategy=a.placement_strategy, max_failures=a.max_failures,
+            checkpoint_every=a.checkpoint_every, log_images_every=a.log_images_every,
+            registered_model_name=a.registered_model_name or None, seed=a.seed,
+        )
+    except ValueError as e:  # a flag that cannot be used: say which, no traceback
+        p.error(str(e))
 
 
 def main(argv=None) -> int:

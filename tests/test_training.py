@@ -136,3 +136,60 @@ def test_timestep_sampling_estimates_the_same_weighted_loss(sampling):
 def test_unknown_timestep_sampling_is_refused():
     with pytest.raises(ValueError, match="timestep_sampling"):
         StageConfig("cg", timestep_sampling="sometimes")
+
+
+def test_default_learning_rate_follows_the_model_preset(data, caplog):
+    """SD-size networks are pretrained: the tiny preset's from-nothing rates would wreck them."""
+    from backdrop.training.loop import DEFAULT_LR
+
+    model = BackdropModel.tiny(sorted(set(data["categories"])))
+    with caplog.at_level("INFO", logger="backdrop.training.loop"):
+        tiny = StageTrainer(model, StageConfig("cg"))
+        model.config.preset = "sd-inpainting"
+        sd = StageTrainer(model, StageConfig("cg"))
+        given = StageTrainer(model, StageConfig("pg", learning_rate=3e-5))
+    assert tiny.learning_rate == DEFAULT_LR["tiny"]["cg"] == 1e-3
+    assert sd.learning_rate == DEFAULT_LR["sd-inpainting"]["cg"] == 1e-5
+    assert given.learning_rate == 3e-5
+    assert [t.optimizer.param_groups[0]["lr"] for t in (tiny, sd, given)] == [1e-3, 1e-5, 3e-5]
+    said = caplog.text
+    assert "cg: learning rate 0.001 (the tiny preset's default)" in said
+    assert "cg: learning rate 1e-05 (the sd-inpainting preset's default)" in said
+    assert "pg: learning rate 3e-05 (given)" in said
+    model.config.preset = "sdxl"
+    with pytest.raises(ValueError, match="no default learning rate for preset 'sdxl'"):
+        StageTrainer(model, StageConfig("cg"))
+
+
+def test_the_learning_rate_used_is_logged_and_saved(catalog):
+    model, results = train_generator(catalog["train"], None, stages=("vae",), steps={"vae": 1}, minutes={},
+                                     batch_size=4, learning_rates={"vae": 2e-4})
+    assert results[0].learning_rate == 2e-4 and results[0].history[0]["lr"] == 2e-4
+    assert model.config.extra["training"][-1]["learning_rate"] == 2e-4
+    with pytest.raises(ValueError, match="unknown stage"):
+        train_generator(catalog["train"], None, stages=("cg",), learning_rates={"cgg": 1e-5})
+
+
+def test_a_stage_after_another_ignores_where_the_schedule_moved(data):
+    """CG then PG in one process crashed on CUDA: CG's add_noise moved the model's
+    ``alphas_cumprod`` to the GPU, and PG's timestep sampler, built from it, met its CPU
+    generator. The meta device stands in for the GPU on any machine."""
+    model = BackdropModel.tiny(sorted(set(data["categories"])))
+    train_stage(model, random_batches(data, 2), StageConfig("cg", max_steps=1, batch_size=2))
+    model.scheduler.alphas_cumprod = model.scheduler.alphas_cumprod.to("meta")  # what a CUDA step leaves
+    trainer = StageTrainer(model, StageConfig("pg", max_steps=1, batch_size=2, log_every=1))
+    assert trainer.timesteps.weights.device.type == "cpu"
+    result = train_stage(model, random_batches(data, 2), trainer.cfg, trainer=trainer)
+    assert result.steps == 1 and np.isfinite(result.final_loss)
+    assert model.scheduler.alphas_cumprod.device.type == "meta"  # training leaves the model's schedule alone
+
+
+def test_a_pg_step_encodes_no_reference_latents(data, monkeypatch):
+    """The loss never reads the references' latents (they only start inference's z_T)."""
+    model = BackdropModel.tiny(sorted(set(data["categories"])))
+    encoded = []
+    encode = model.vae.encode
+    monkeypatch.setattr(model.vae, "encode", lambda x, *a, **k: encoded.append(len(x)) or encode(x, *a, **k))
+    trainer = StageTrainer(model, StageConfig("pg", batch_size=2))
+    trainer.step([next(random_batches(data, 2))])
+    assert encoded == [2, 2]  # the masked product (UNet input) and the target; nothing else

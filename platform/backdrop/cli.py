@@ -4,6 +4,7 @@
                       [--style-seed S]                      ... with style families drawn from S
     backdrop synth    --prior --rows N --output runs/prior  the broad prior the base is trained on
     backdrop train    --catalog runs/catalog/train.parquet --output runs/model
+                      [--device auto|cpu|cuda --mixed-precision no|bf16|fp16 --gradient-checkpointing]
     backdrop generate --model runs/model --catalog runs/catalog/heldout.parquet --output runs/out   in-process
     backdrop qa-fit   --model runs/model --catalog runs/catalog/train.parquet   the QA scorer best-of-N needs
     backdrop demo                                            all of the above, small and fast
@@ -42,19 +43,30 @@ def cmd_synth(args) -> int:
 
 def cmd_train(args) -> int:
     from .training import STAGES, parse_budgets, train_generator
+    from .training.loop import learning_rates_by_stage, training_device
 
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise SystemExit(f"unknown stage(s) {bad}; choose from {','.join(STAGES)}")
-    minutes = parse_budgets(args.minutes) or None
-    steps = {k: int(v) for k, v in parse_budgets(args.steps).items()} or None
+    try:  # refused before any data is read, in words
+        minutes = parse_budgets(args.minutes) or None
+        steps = {k: int(v) for k, v in parse_budgets(args.steps).items()} or None
+        learning_rates = learning_rates_by_stage(parse_budgets(args.learning_rate, "learning rate"))
+        device = training_device(args.device, args.mixed_precision)
+    except ValueError as e:
+        raise SystemExit(f"backdrop train: {e}")
+    print(f"training on {device} (mixed precision: {args.mixed_precision}"
+          f"{', gradient checkpointing' if args.gradient_checkpointing else ''})")
     model, results = train_generator(
         args.catalog, args.output, stages=stages, minutes=minutes, steps=steps, init=args.init,
-        batch_size=args.batch_size, resolution=args.resolution, seed=args.seed,
+        batch_size=args.batch_size, resolution=args.resolution, seed=args.seed, device=device,
+        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+        learning_rates=learning_rates,
     )
     for r in results:
-        print(f"  {r.stage:5s} {r.steps:6d} steps {r.seconds / 60:5.1f} min  final loss {r.final_loss:.4f}")
+        print(f"  {r.stage:5s} {r.steps:6d} steps {r.seconds / 60:5.1f} min  lr {r.learning_rate:g}  "
+              f"final loss {r.final_loss:.4f}")
     print(f"saved generator to {args.output}")
     return 0
 
@@ -159,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--resolution", type=int, default=64)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--learning-rate", help="per stage, e.g. cg=1e-5 (default: the model preset's, "
+                   "tiny cg=1e-3, sd-inpainting cg=1e-5)")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when torch sees a GPU")
+    t.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
+                   help="CUDA only: autocast, frozen networks in this dtype, trained weights in fp32")
+    t.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: less memory, ~1/3 more compute")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="generate a catalog in this process (the backfill without Ray: "

@@ -31,7 +31,7 @@ from ..inputs import Product, fetch_pair
 from ..errors import InvalidInputError
 from ..gallery import contact_sheet, masked_product
 from ..models.generator import BackdropModel
-from .loop import StageConfig, StageTrainer, starting_model, train_stage
+from .loop import StageConfig, StageTrainer, learning_rates_by_stage, starting_model, train_stage
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ class DistributedTrainConfig:
     resolution: int = 64
     batch_size: int = 32  # per worker
     grad_accum: int = 1
-    mixed_precision: str = "no"  # bf16 / fp16 on GPU
+    mixed_precision: str = "no"  # bf16 / fp16, with use_gpu only
+    gradient_checkpointing: bool = False
+    learning_rates: dict = field(default_factory=dict)  # stage -> rate; missing: the preset's default
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -79,12 +81,19 @@ class DistributedTrainConfig:
 
         self.catalog, self.storage_path, self.init = map(absolute, (self.catalog, self.storage_path, self.init))
         self.stages = tuple(self.stages)
+        self.learning_rates = learning_rates_by_stage(self.learning_rates)
+        # the workers' devices are not visible from the driver: the combination is what is checked
+        if self.mixed_precision != "no" and not self.use_gpu:
+            raise ValueError(f"mixed precision {self.mixed_precision} needs GPU workers (--use-gpu); "
+                             "CPU workers train in fp32 (--mixed-precision no)")
 
     def stage_config(self, index: int, rank: int) -> StageConfig:
         stage = self.stages[index]
         return StageConfig(stage, max_steps=int(self.steps.get(stage, 100_000)),
                            max_minutes=self.minutes.get(stage), batch_size=self.batch_size,
                            grad_accum=self.grad_accum, mixed_precision=self.mixed_precision,
+                           gradient_checkpointing=self.gradient_checkpointing,
+                           learning_rate=self.learning_rates.get(stage),
                            seed=self.seed + 101 * index + 7919 * rank, log_every=self.log_every)
 
 

@@ -5,6 +5,10 @@ pretrained weights on our machines), then ``cg`` and ``pg`` as in the paper. Eac
 one network and freezes the rest. The diffusion loss is the paper's Eq. 1 with an optional
 high-noise weight ``w = 1 + min(1/SNR, cap)``: a measured spike found that with plain ε-MSE the
 category style, which is decided at high noise, is never learned in a CPU budget.
+
+The loop is device-agnostic: the model's device decides where the networks run, and every
+random draw comes from the trainer's CPU generator (so a run is the same draw for draw on any
+machine) and is then moved to the model's device.
 """
 
 from __future__ import annotations
@@ -28,18 +32,56 @@ from ..pipeline import BackdropPipeline, Conditioning, predict_noise
 log = logging.getLogger(__name__)
 
 
-def parse_budgets(text: str | None) -> dict[str, float]:
-    """Per-stage budgets from the command line: ``'vae=5,base=4'`` -> ``{'vae': 5.0, 'base': 4.0}``."""
+def parse_budgets(text: str | None, what: str = "budget") -> dict[str, float]:
+    """Per-stage numbers from the command line (budgets, learning rates):
+    ``'vae=5,base=4'`` -> ``{'vae': 5.0, 'base': 4.0}``."""
     out = {}
     for part in filter(None, (text or "").split(",")):
         stage, sep, value = part.partition("=")
         if not sep:
-            raise ValueError(f"budget {part!r}: expected STAGE=NUMBER, e.g. cg=10")
+            raise ValueError(f"{what} {part!r}: expected STAGE=NUMBER, e.g. cg=10")
         out[stage.strip()] = float(value)
     return out
 
 STAGES = ("vae", "base", "cg", "pg")
-DEFAULT_LR = {"vae": 1e-3, "base": 1e-3, "cg": 1e-3, "pg": 5e-4}
+# The learning rate when none is given, per model preset (ModelConfig.preset) and stage. The
+# tiny preset trains from nothing and takes big steps; an SD-size network is pretrained, and its
+# ControlNets fine-tune near 1e-5 (the ControlNet paper's rate): the tiny rates wreck it.
+DEFAULT_LR = {
+    "tiny": {"vae": 1e-3, "base": 1e-3, "cg": 1e-3, "pg": 5e-4},
+    "sd-inpainting": {"vae": 1e-5, "base": 1e-5, "cg": 1e-5, "pg": 1e-5},
+}
+MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_learning_rate(preset: str, stage: str) -> float:
+    if preset not in DEFAULT_LR:
+        raise ValueError(f"no default learning rate for preset {preset!r} (known: {', '.join(DEFAULT_LR)}); "
+                         f"give the {stage} stage one")
+    return DEFAULT_LR[preset][stage]
+
+
+def training_device(device: str | torch.device = "auto", mixed_precision: str = "no") -> torch.device:
+    """The device a front door asked for, or a ValueError that says what cannot run.
+
+    Refused up front, before any data is read: CUDA where torch sees none, and mixed precision
+    off a GPU (the loop would run it, autocast exists on the CPU, but slower than fp32 there).
+    """
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"mixed precision {mixed_precision!r}: choose from {', '.join(MIXED_PRECISION)}")
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+        raise ValueError(f"device {device} asked for, but torch ({torch.__version__}, {build}) sees no CUDA GPU; "
+                         "use --device cpu (or auto)")
+    if mixed_precision != "no" and device.type != "cuda":
+        raise ValueError(f"mixed precision {mixed_precision} needs a CUDA GPU; on {device.type} training runs "
+                         "in fp32 (--mixed-precision no)")
+    if mixed_precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16; use --mixed-precision fp16")
+    return device
 
 
 @dataclass
@@ -48,7 +90,7 @@ class StageConfig:
     max_steps: int = 100_000
     max_minutes: float | None = None
     batch_size: int = 32
-    learning_rate: float | None = None  # None: DEFAULT_LR[stage]
+    learning_rate: float | None = None  # None: DEFAULT_LR[the model's preset][stage]
     loss_weighting: str = "high-noise"  # or "none" (plain ε-MSE, the paper's Eq. 1)
     snr_cap: float = 100.0
     # "importance": draw t in proportion to the loss weight and average unweighted (the same
@@ -61,7 +103,12 @@ class StageConfig:
     # SD does (the Table-1 revisit of benchmarks/quality_bar.py --table1).
     base_caption: str = "a photo"
     grad_accum: int = 1
-    mixed_precision: str = "no"  # "bf16" / "fp16" autocast on GPU; trainable weights stay fp32
+    # "bf16" / "fp16": autocast, the frozen networks cast to that dtype for the stage; the trained
+    # weights stay fp32 (fp16 with a gradient scaler). Front doors allow it on CUDA only.
+    mixed_precision: str = "no"
+    # Recompute activations in the backward pass instead of keeping them: less memory for a
+    # bigger batch at SD size, about a third more compute per step.
+    gradient_checkpointing: bool = False
     perturbation: Perturbation = field(default_factory=Perturbation)
     seed: int = 0
     log_every: int = 25
@@ -69,12 +116,24 @@ class StageConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; stages are {', '.join(STAGES)}")
-        if self.learning_rate is None:
-            self.learning_rate = DEFAULT_LR[self.stage]
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; "
+                             f"choose from {', '.join(MIXED_PRECISION)}")
         if self.loss_weighting not in ("high-noise", "none"):
             raise ValueError(f"unknown loss_weighting {self.loss_weighting!r}")
         if self.timestep_sampling not in ("importance", "uniform"):
             raise ValueError(f"unknown timestep_sampling {self.timestep_sampling!r}")
+
+
+def learning_rates_by_stage(rates: dict[str, float] | None) -> dict[str, float]:
+    """Given learning rates, checked up front as each stage's config will check them: a typo'd
+    stage would otherwise train silently at the default, a bad rate fail after hours."""
+    rates = dict(rates or {})
+    for stage, rate in rates.items():
+        StageConfig(stage, learning_rate=rate)
+    return rates
 
 
 STAGE_ATTRIBUTE = {"vae": "vae", "base": "unet", "cg": "cg", "pg": "pg"}
@@ -112,7 +171,8 @@ class TimestepSampler:
 
     def __init__(self, scheduler, cfg: StageConfig):
         self.importance = cfg.timestep_sampling == "importance" and cfg.loss_weighting != "none"
-        self.weights = loss_weights(scheduler, torch.arange(scheduler.config.num_train_timesteps), cfg).float()
+        # on the CPU with the generator that samples them, wherever the schedule's tensors are
+        self.weights = loss_weights(scheduler, torch.arange(scheduler.config.num_train_timesteps), cfg).float().cpu()
 
     def __call__(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.importance:
@@ -134,6 +194,37 @@ def random_keep_masks(n: int, size: int, generator: torch.Generator) -> torch.Te
     return masks
 
 
+class FrozenCast:
+    """The frozen networks of a stage in the compute dtype (bf16/fp16), their weights kept aside.
+
+    Cast, they take half the memory and autocast stops re-casting their weights at every op.
+    What was there before is kept on the CPU and put back by :meth:`restore` for a checkpoint,
+    a sample or the stage's end: casting down and back up would round a pretrained network's
+    weights for good, and they would be saved that way.
+    """
+
+    def __init__(self, nets: list[torch.nn.Module], dtype: torch.dtype):
+        self.nets, self.dtype, self.kept = nets, dtype, None
+
+    @staticmethod
+    def _tensors(net: torch.nn.Module):
+        yield from net.named_parameters()
+        yield from net.named_buffers()
+
+    def cast(self) -> None:
+        self.kept = [{name: t.detach().to("cpu", copy=True) for name, t in self._tensors(net)} for net in self.nets]
+        for net in self.nets:
+            torch.nn.Module.to(net, dtype=self.dtype)  # quietly, as BackdropModel.to does
+
+    def restore(self) -> None:
+        if self.kept is None:
+            return
+        for net, kept in zip(self.nets, self.kept):
+            for name, t in self._tensors(net):
+                t.data = kept[name].to(t.device)
+        self.kept = None
+
+
 class StageTrainer:
     """Owns the optimizer of one stage and turns a batch into a loss."""
 
@@ -147,19 +238,35 @@ class StageTrainer:
         self.unwrapped = trainable_network(model, cfg.stage)
         for net in model.networks().values():
             net.requires_grad_(False).eval()
-        self.unwrapped.requires_grad_(True)
+        self.unwrapped.requires_grad_(True)  # before wrap: DDP only reduces what requires grad
+        if any(p.dtype != torch.float32 for p in self.unwrapped.parameters()):
+            self.unwrapped.float()  # AdamW's small updates vanish in 16 bits; the scaler refuses fp16 grads
+        self.compute_dtype = MIXED_PRECISION[cfg.mixed_precision]
+        self.frozen = FrozenCast([net for net in model.networks().values() if net is not self.unwrapped],
+                                 self.compute_dtype) if self.compute_dtype is not None else None
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
+        self.scaler = torch.amp.GradScaler(model.device.type, enabled=cfg.mixed_precision == "fp16")
         self.network = wrap(self.unwrapped) if wrap else self.unwrapped
         self.activate()
+        given = cfg.learning_rate is not None
+        self.learning_rate = cfg.learning_rate if given else default_learning_rate(model.config.preset, cfg.stage)
+        log.info("%s: learning rate %g (%s)", cfg.stage, self.learning_rate,
+                 "given" if given else f"the {model.config.preset} preset's default")
         self.optimizer = torch.optim.AdamW(
-            [p for p in self.network.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0
+            [p for p in self.network.parameters() if p.requires_grad], lr=self.learning_rate, weight_decay=0.0
         )
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.scheduler = model.scheduler
+        # The trainer's own copy of the noise schedule: add_noise moves a scheduler's tensors to
+        # the latents' device, and the model's scheduler is shared with inference and with the
+        # next stage's trainer (whose CPU-generator sampler then met CUDA weights).
+        self.scheduler = type(model.scheduler).from_config(model.scheduler.config)
         self.timesteps = TimestepSampler(self.scheduler, cfg)
         self.step_count = 0
 
     # --- losses ---------------------------------------------------------------------
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        device = self.model.device
+        batch = {**batch, "images": batch["images"].to(device), "masks": batch["masks"].to(device)}
         if self.cfg.stage == "vae":
             return self._vae_loss(batch)
         return self._diffusion_loss(batch)
@@ -168,15 +275,14 @@ class StageTrainer:
         # Through forward() (not encode/decode) so a DDP wrapper sees the pass. The KL term of
         # SD's VAE recipe is dropped: at its usual 1e-6 weight it does not matter, and the
         # latent scale is calibrated after the stage anyway.
-        x = batch["images"].to(self.model.device) * 2 - 1
+        x = batch["images"] * 2 - 1
         rec = self.network(x, sample_posterior=True).sample
-        mse = F.mse_loss(rec, x)
+        mse = F.mse_loss(rec.float(), x)
         psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-10))  # images span [-1, 1]
-        return mse + 0.1 * F.l1_loss(rec, x), {"mse": mse.item(), "psnr": psnr}
+        return mse + 0.1 * F.l1_loss(rec.float(), x), {"mse": mse.item(), "psnr": psnr}
 
     def _conditioning(self, batch) -> Conditioning:
-        images = batch["images"].to(self.model.device)
-        masks = batch["masks"].to(self.model.device)
+        images, masks = batch["images"], batch["masks"]
         n = len(images)
         drop = torch.rand(n, generator=self.generator) < self.cfg.prompt_dropout
         if self.cfg.stage == "base":
@@ -198,53 +304,77 @@ class StageTrainer:
         return self.pipe.conditioning(
             images, masks, batch["categories"], batch.get("prompts"),
             references=refs, reference_masks=ref_masks, reference_rows=rows, drop_prompt=drop,
+            encode_reference=False,  # the references' latents only start inference's z_T
         )
 
     def _diffusion_loss(self, batch):
         cond = self._conditioning(batch)
-        latents = self.pipe.encode_images(batch["images"].to(self.model.device))
+        # fp32 whatever the VAE's dtype: the target ε and the noised latents are not rounded
+        latents = self.pipe.encode_images(batch["images"]).float()
         n = len(latents)
-        noise = torch.randn(latents.shape, generator=self.generator).to(latents)
+        noise = torch.randn(latents.shape, generator=self.generator).to(latents.device)
         t, w = self.timesteps(n, self.generator)
-        noisy = self.scheduler.add_noise(latents, noise, t.to(latents.device))
-        eps = predict_noise(self.model, noisy, t.to(latents.device), cond)
-        per_sample = F.mse_loss(eps.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+        t = t.to(latents.device)
+        noisy = self.scheduler.add_noise(latents, noise, t)
+        eps = predict_noise(self.model, noisy, t, cond)
+        per_sample = F.mse_loss(eps.float(), noise, reduction="none").mean(dim=(1, 2, 3))
         return (w.to(per_sample) * per_sample).mean(), {"mse": per_sample.mean().item()}
 
     # --- one optimizer step ---------------------------------------------------------
     def step(self, micro_batches: list[dict]) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
         total, extra = 0.0, {}
-        device_type = self.model.device.type
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.mixed_precision)
+        dtype = self.compute_dtype
         for batch in micro_batches:
-            with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None and device_type == "cuda"):
+            with torch.autocast(self.model.device.type, dtype=dtype, enabled=dtype is not None):
                 loss, extra = self.loss(batch)
-            (loss / len(micro_batches)).backward()
+            self.scaler.scale(loss / len(micro_batches)).backward()
             total += loss.item() / len(micro_batches)
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(self.unwrapped.parameters(), 1.0)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped (and the scale lowered) when fp16 overflowed
+        self.scaler.update()
         self.step_count += 1
         return {"loss": total, **extra}
 
     @contextmanager
     def unwrapped_model(self):
-        """Temporarily put the bare network back (to save or sample while training)."""
+        """Temporarily put the bare network back, and the frozen ones in their own precision
+        (to save or sample while training)."""
         attr = STAGE_ATTRIBUTE[self.cfg.stage]
         setattr(self.model, attr, self.unwrapped)
+        if self.frozen:
+            self.frozen.restore()
         try:
             yield self.model
         finally:
+            if self.frozen:
+                self.frozen.cast()
             setattr(self.model, attr, self.network)
+
+    def _checkpointed(self) -> list[torch.nn.Module]:
+        """The networks whose activations the backward pass keeps: the trained one and, for CG
+        and PG, the frozen UNet their residuals flow through."""
+        return [self.unwrapped] + ([self.model.unet] if self.cfg.stage in ("cg", "pg") else [])
 
     def activate(self) -> None:
         """(Re)enter training: the trained network (or its wrapper) on the model, train mode."""
         self.unwrapped.requires_grad_(True).train()
         setattr(self.model, STAGE_ATTRIBUTE[self.cfg.stage], self.network)
+        if self.frozen and self.frozen.kept is None:
+            self.frozen.cast()
+        if self.cfg.gradient_checkpointing:
+            for net in self._checkpointed():
+                net.enable_gradient_checkpointing()
 
     def finish(self) -> None:
         """Put the bare network back on the model and freeze everything again."""
         setattr(self.model, STAGE_ATTRIBUTE[self.cfg.stage], self.unwrapped)
+        if self.frozen:
+            self.frozen.restore()
+        if self.cfg.gradient_checkpointing:
+            for net in self._checkpointed():
+                net.disable_gradient_checkpointing()
         for net in self.model.networks().values():
             net.requires_grad_(False).eval()
 
@@ -256,6 +386,7 @@ class StageResult:
     seconds: float
     samples: int
     history: list[dict] = field(default_factory=list)
+    learning_rate: float | None = None
 
     @property
     def final_loss(self) -> float:
@@ -283,7 +414,7 @@ def train_stage(
     trainer.activate()
     it = iter(batches)
     start = time.perf_counter() - elapsed_before
-    result = StageResult(cfg.stage, 0, 0.0, 0)
+    result = StageResult(cfg.stage, 0, 0.0, 0, learning_rate=trainer.learning_rate)
     window_start, window_samples = time.perf_counter(), 0
     while True:
         out_of_time = cfg.max_minutes is not None and time.perf_counter() - start > cfg.max_minutes * 60
@@ -300,7 +431,7 @@ def train_stage(
         if trainer.step_count % cfg.log_every == 0 or trainer.step_count == 1:
             now = time.perf_counter()
             metrics.update(
-                stage=cfg.stage, step=trainer.step_count, lr=cfg.learning_rate,
+                stage=cfg.stage, step=trainer.step_count, lr=trainer.learning_rate,
                 samples_per_s=window_samples / max(now - window_start, 1e-9), elapsed_s=now - start,
             )
             window_start, window_samples = now, 0
@@ -400,28 +531,39 @@ def train_generator(
     resolution: int = 64,
     seed: int = 0,
     on_log: Callable[[dict], None] | None = None,
+    device: str | torch.device = "cpu",
+    mixed_precision: str = "no",
+    gradient_checkpointing: bool = False,
+    learning_rates: dict[str, float] | None = None,
 ) -> tuple[BackdropModel, list[StageResult]]:
     """Train the listed stages in order on one process, then save (the tiny-preset recipe).
 
     ``init`` continues from a saved generator (its category ids are kept; new categories are
     appended); without it a fresh tiny preset is built, which needs the ``vae`` and ``base``
-    stages before ``cg`` makes sense.
+    stages before ``cg`` makes sense. ``device`` may be ``"auto"``; see :func:`training_device`
+    for what is refused. A stage missing from ``learning_rates`` takes the preset's default.
     """
     from ..catalog import load_training_arrays
 
+    device = training_device(device, mixed_precision)
+    learning_rates = learning_rates_by_stage(learning_rates)
     budgets = stage_budgets(stages, minutes, steps)
     data = load_training_arrays(catalog_uri, resolution)
     categories = sorted(set(data.categories))
-    model = starting_model(init, categories, stages, resolution, seed)
+    model = starting_model(init, categories, stages, resolution, seed).to(device)
     results = []
     for i, stage in enumerate(stages):
         max_steps, max_minutes = budgets[stage]
-        cfg = StageConfig(stage, max_minutes=max_minutes, max_steps=max_steps, batch_size=batch_size, seed=seed + i)
-        log.info("stage %s: up to %s min / %s steps on %d rows", stage, cfg.max_minutes, cfg.max_steps, len(data.images))
+        cfg = StageConfig(stage, max_minutes=max_minutes, max_steps=max_steps, batch_size=batch_size, seed=seed + i,
+                          learning_rate=learning_rates.get(stage), mixed_precision=mixed_precision,
+                          gradient_checkpointing=gradient_checkpointing)
+        log.info("stage %s: up to %s min / %s steps on %d rows (%s)", stage, cfg.max_minutes, cfg.max_steps,
+                 len(data.images), device)
         results.append(train_stage(model, random_batches(data.as_dict(), batch_size, seed + i), cfg, on_log))
     history = model.config.extra.setdefault("training", [])
     history.extend({"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 1),
-                    "final_loss": r.final_loss, "catalog": catalog_uri} for r in results)
+                    "final_loss": r.final_loss, "learning_rate": r.learning_rate, "catalog": catalog_uri}
+                   for r in results)
     if any(stage in ("cg", "pg") for stage in stages):
         from ..quality.qa import attach_scorer
 
