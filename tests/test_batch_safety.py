@@ -485,3 +485,57 @@ def test_chaos_kill_rerun_then_nightly_after_edits(where, home, model_dir, good_
     assert images == sorted(r["output_uri"] for r in after.values() if r["status"] == "ok")
     assert not storage.list_dir(storage.join(output, "_incomplete"))
     assert not storage.exists(storage.join(output, "_lease.json"))
+
+
+# --------------------------------------------------------------------------- issue #22: isolation
+
+MALFORMED_URIS = {
+    "bad-bucket": "s3://Bad_Bucket!/x.png",
+    "unknown-scheme": "gopher://example/x.png",
+    "nul-byte": "/tmp/a\x00b.png",
+    "huge-uri": "s3://bucket/" + "k" * 10_000,
+    "unicode": "s3://bücket/日本.png",
+    "empty-bucket": "s3:///x.png",
+}
+
+
+def test_malformed_uris_and_vanishing_masks_fail_their_row_only(home, model_dir, good_rows, tmp_path):
+    """One malformed URI, or a cut-out whose mask leaves no background at the model's size, is
+    one failed row: its batch mates are done, in the backfill (with best-of-2 QA scoring) and in
+    the nightly planner."""
+    import numpy as np
+    from PIL import Image
+
+    from backdrop.batch import fingerprint
+    from backdrop.batch.nightly import plan_nightly
+    from backdrop.batch.run import run_backfill
+    from backdrop.models.generator import BackdropModel
+    from backdrop.quality.qa import attach_scorer
+
+    model = BackdropModel.from_pretrained(model_dir)
+    attach_scorer(model, _catalog(good_rows, tmp_path / "train.parquet"))
+    scored = str(tmp_path / "scored-model")
+    model.save_pretrained(scored)
+
+    cutout = np.full((328, 400, 4), 200, np.uint8)
+    cutout[..., 3] = 255
+    cutout[0, :3, 3] = 0  # a handful of transparent pixels: background at full size, none at 64 px
+    Image.fromarray(cutout, "RGBA").save(tmp_path / "cutout.png")
+    mug = good_rows[0]
+    rows = good_rows[:1] + [{**mug, "product_id": pid, "image_uri": uri} for pid, uri in MALFORMED_URIS.items()] \
+        + [{**mug, "product_id": "opaque-cutout", "image_uri": str(tmp_path / "cutout.png"), "mask_uri": None}] \
+        + good_rows[1:3]
+    assert all(fingerprint.object_identity(uri).startswith(("missing", "unreadable:"))
+               for uri in MALFORMED_URIS.values())
+    config = _config(_catalog(rows, tmp_path / "catalog.parquet"), scored, str(tmp_path / "out"),
+                     candidates=2, batch_size=8)
+    plan = plan_nightly(config)  # the planner fingerprints every row: it must not raise either
+    assert plan is not None
+    result = run_backfill(config)
+    _assert_accounted(result, len(rows))
+    records = _manifest(config.output)
+    assert {records[r["product_id"]]["status"] for r in good_rows[:3]} == {"ok"}
+    assert all(records[pid]["status"] == "failed" and records[pid]["error_stage"] == "load"
+               for pid in MALFORMED_URIS)
+    assert records["opaque-cutout"]["error_code"] == "full_mask"
+    assert "no background at the model's generation size" in records["opaque-cutout"]["error_message"]

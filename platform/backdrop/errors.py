@@ -124,10 +124,12 @@ class LeaseLostError(BackdropError):
 
 
 # The stages a row goes through; a failure names the one that failed it. ``select``: the
-# planner refused the row itself (a duplicate or missing product_id) before any fetch.
-SELECT, LOAD, GENERATE, WRITE = "select", "load", "generate", "write"
-STAGES = (SELECT, LOAD, GENERATE, WRITE)
-UNEXPECTED = {SELECT: "select_error", LOAD: "load_error", GENERATE: "generation_error", WRITE: "write_error"}
+# planner refused the row itself (a duplicate or missing product_id) before any fetch; ``qa``:
+# scoring a candidate (best-of-N, review flags) failed.
+SELECT, LOAD, GENERATE, QA, WRITE = "select", "load", "generate", "qa", "write"
+STAGES = (SELECT, LOAD, GENERATE, QA, WRITE)
+UNEXPECTED = {SELECT: "select_error", LOAD: "load_error", GENERATE: "generation_error", QA: "qa_error",
+              WRITE: "write_error"}
 DUPLICATE_ID, MISSING_ID = "duplicate_product_id", "missing_product_id"
 
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .categories import build_prompts, plain_prompt
-from .errors import InvalidParameterError
+from .errors import FullMaskError, InvalidParameterError
 from .imaging import validate_mask
 from .limits import SCHEDULER_MAX_STEPS
 from .models.attention import mask_at
@@ -315,9 +315,11 @@ class BackdropPipeline:
                               np.float32)
                 for r in requests
             ], size, fit=True)
+        masks = self._masks_to_tensor([r.mask for r in requests], size)
+        self._check_background(masks, size)
         cond = self.conditioning(
             self._to_tensor([r.image for r in requests], size),
-            self._masks_to_tensor([r.mask for r in requests], size),
+            masks,
             [r.category for r in requests],
             [r.prompt for r in requests],
             references=refs,
@@ -370,6 +372,17 @@ class BackdropPipeline:
             if encode_reference:
                 cond.reference_latents = self.encode_images(references)
         return cond
+
+    def _check_background(self, masks: torch.Tensor, size: tuple[int, int]) -> None:
+        """A mask that keeps background at full resolution can leave none at the model's size
+        (a near-opaque cut-out): nothing to generate, a typed ``full_mask`` failure of that row
+        (the runtime retries a failed loop row by row), not a blank image or a crash later."""
+        latent = (size[1] // self.model.vae_scale_factor, size[0] // self.model.vae_scale_factor)
+        full = mask_at(masks, latent).flatten(1).min(1).values >= 0.5
+        if bool(full.any()):
+            raise FullMaskError(
+                f"the mask leaves no background at the model's generation size ({size[0]}x{size[1]}, "
+                f"a {latent[1]}x{latent[0]} latent): enlarge the background or crop the photo")
 
     def initial_latents(self, requests, cond: Conditioning, scheduler, reference_init: bool) -> torch.Tensor:
         """Per-row seeded noise (so a row's output does not depend on its batch mates)."""

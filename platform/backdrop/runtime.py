@@ -38,7 +38,7 @@ from PIL import Image
 
 from . import storage
 from .categories import CategoryMap
-from .errors import GENERATE, BackdropError, Failure
+from .errors import GENERATE, QA, BackdropError, Failure
 from .limits import DEFAULT_LIMITS, Limits
 
 if TYPE_CHECKING:
@@ -328,7 +328,8 @@ def generate_best(gen: LoadedGenerator, requests: list[GenerationRequest], confi
     by size). The kept :class:`Generated` carries every candidate's seed, scores and
     device-seconds, its ``device_seconds`` is the sum over its candidates (what the output
     cost), and ``qa_passed`` says whether its ``qa_score`` reaches ``threshold`` (default: the
-    scorer's own ``threshold``; an output below it is still an output, flagged for review). A request fails only when all its
+    scorer's own ``threshold``; an output below it is still an output, flagged for review). A
+    candidate whose scoring raises fails alone (stage ``qa``); a request fails only when all its
     candidates fail (with the first candidate's failure).
     """
     counts = list(n_candidates) if isinstance(n_candidates, (list, tuple)) else [n_candidates] * len(requests)
@@ -349,18 +350,25 @@ def generate_best(gen: LoadedGenerator, requests: list[GenerationRequest], confi
     start = 0
     for request, n in zip(requests, counts):
         mine, start = made[start:start + n], start + n
-        candidates, best = [], None
+        candidates, best, failures = [], None, []
         for cand in mine:
             if isinstance(cand, Failure):
+                failures.append(cand)
                 candidates.append({"seed": None, "error": cand.line, "device_seconds": 0.0, "kept": False})
                 continue
-            cand.scores = scorer(request, cand.image)
+            try:
+                cand.scores = scorer(request, cand.image)
+            except Exception as e:  # noqa: BLE001 - this candidate's failure, never its batch mates'
+                failures.append(Failure.of(QA, e))
+                candidates.append({"seed": cand.seed, "error": failures[-1].line,
+                                   "device_seconds": cand.device_seconds, "kept": False})
+                continue
             candidates.append({"seed": cand.seed, "scores": cand.scores, "device_seconds": cand.device_seconds,
                                "kept": False})
             if best is None or cand.scores["qa_score"] > best[1].scores["qa_score"]:
                 best = (len(candidates) - 1, cand)
-        if best is None:
-            out.append(mine[0])
+        if best is None:  # every candidate failed: the first one's failure
+            out.append(failures[0])
             continue
         index, kept = best
         candidates[index]["kept"] = True

@@ -30,14 +30,19 @@ STAT_THREADS = 16  # S3 HEADs are latency-bound: a few in flight keep a large pl
 
 
 def object_identity(uri: str | None) -> str | None:
-    """ETag (S3) or size + mtime + inode (local) of ``uri``; ``missing`` when it cannot be stat'ed."""
+    """ETag (S3) or size + mtime + inode (local) of ``uri``; ``missing`` when there is no such
+    object, ``unreadable:<error>`` when the URI cannot even be asked about (a malformed bucket
+    name, an unknown scheme, a NUL byte...). Never raises: one bad URI must not abort the batch
+    or the nightly plan it sits in; the load stage then fails that row with its reason."""
     if not uri:
         return None
-    fs, path = storage.filesystem(uri)
     try:
+        fs, path = storage.filesystem(uri)
         info = fs.info(path)
-    except (OSError, ValueError):
+    except (FileNotFoundError, NotADirectoryError):
         return "missing"
+    except Exception as e:  # noqa: BLE001 - botocore's ParamValidationError, ValueError, OSError, ...
+        return f"unreadable:{type(e).__name__}"
     etag = info.get("ETag") or info.get("etag")
     if etag:
         return f"etag:{str(etag).strip(chr(34))}:{info.get('size')}"

@@ -173,14 +173,15 @@ def load_items(rows: list[dict], categories: CategoryMap | None = None,
     for row in rows:
         pid = str(row["product_id"])
         if pid not in loaded:
-            product = failure = None
+            product = failure = fp = None
             try:
+                fp = fingerprint.of_row(row)
                 if categories is not None:
                     categories.id_of(row["category"])
                 product = fetch_product(row, limits)
             except Exception as e:  # noqa: BLE001 - an unexpected failure is still this row's failure
                 failure = Failure.of(LOAD, e)
-            loaded[pid] = (fingerprint.of_row(row), product, failure)
+            loaded[pid] = (fp, product, failure)
         fp, product, failure = loaded[pid]
         item = WorkItem({**row, "input_fingerprint": fp}, failure=failure)
         if product is not None:
