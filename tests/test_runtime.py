@@ -74,3 +74,25 @@ def test_one_by_one_retry_makes_the_same_pixels(tiny_model, monkeypatch):
     assert isinstance(retried[2], Failure)
     for a, b in zip(together, retried[:2] + retried[3:]):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_scoring_error_fails_that_candidate_only(tiny_model):
+    """Best-of-N: a scorer that raises on one request's candidates fails that request (stage
+    qa, its reason kept), and its batch mates are scored and kept as usual."""
+    from PIL import Image
+
+    gen = runtime.wrap(tiny_model)
+    mask = np.zeros((64, 64), np.float32)
+    mask[10:30, 12:40] = 1
+    requests = [GenerationRequest(Image.new("RGB", (64, 64), (30 * i, 90, 160)), mask, "mug", seed=i)
+                for i in range(3)]
+
+    def scorer(request, image):
+        if request.seed == 1:
+            raise ValueError("no background pixels to describe")
+        return {"qa_score": float(np.asarray(image).mean()) / 255}
+
+    out = runtime.generate_best(gen, requests, InferenceConfig(num_inference_steps=1), 2, scorer)
+    assert isinstance(out[1], Failure) and (out[1].stage, out[1].code) == ("qa", "qa_error")
+    assert "no background pixels" in out[1].message
+    assert all(isinstance(out[i], runtime.Generated) and out[i].qa_passed is not None for i in (0, 2))
