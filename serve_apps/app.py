@@ -61,7 +61,7 @@ from backdrop.errors import (
     UnsupportedImageError,
 )
 from backdrop.limits import DEFAULT_LIMITS, Limits
-from backdrop.errors import RegistryError
+from backdrop.errors import RegistryError, RegistryUnavailableError
 from backdrop.runtime import LoadedGenerator
 from backdrop.schedulers import SCHEDULERS
 from backdrop.serving.auth import ApiKeys
@@ -125,6 +125,7 @@ STATUS: list[tuple[type[BaseException], int, str]] = [
     (UnsupportedMediaType, 415, "unsupported_media_type"),
     (CorruptImageError, 415, CorruptImageError.code),
     (UnsupportedImageError, 415, UnsupportedImageError.code),
+    (RegistryUnavailableError, 503, RegistryUnavailableError.code),  # never 404: it says nothing of the model
     (RegistryError, 404, "unknown_model"),
     (InvalidInputError, 422, InvalidInputError.code),  # masks, category, parameters, URIs
     (RequestValidationError, 422, "invalid_request"),
@@ -681,6 +682,9 @@ class Backdrop:
     async def _choose(self, version: str | None, alias: str | None):
         try:
             return await asyncio.to_thread(self.models.select, version, alias)
+        except RegistryUnavailableError as e:
+            logger.warning("registry unavailable: %s", e.detail)  # the detail (URLs, errors) stays in the log
+            raise
         except RegistryError as e:
             if version or alias:
                 raise

@@ -256,8 +256,50 @@ def test_losing_the_champion_keeps_its_metric_as_the_baseline(gate):
     report = registry.promote(gate, "3")
     assert (report["previous_version"], report["previous"], report["baseline"]) == ("1", 0.5, "backdrop.last_champion")
     assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "3")
-    with pytest.raises(registry.RegistryError, match="v3's 0.6000 \\(alias\\)"):
+    with pytest.raises(registry.RegistryError, match="v3's 0.6000 \\(alias; higher is better\\)"):
         registry.promote(gate, "2")  # the live alias is the baseline again
+
+
+def test_a_lower_is_better_metric_gates_the_right_way(gate):
+    """product_leak: a version that leaks more is worse, never better (the gate used to compare
+    every metric as higher-is-better)."""
+    for version, leak in (("1", 0.30), ("2", 0.40), ("3", 0.20)):
+        registry.record_metrics(gate, version, {"product_leak": leak})
+    registry.promote(gate, "1", metric="product_leak", allow_no_baseline=True)
+    with pytest.raises(registry.RegistryError, match="0.4000 is worse than v1's 0.3000 .*lower is better"):
+        registry.promote(gate, "2", metric="product_leak")
+    assert registry.promote(gate, "3", metric="product_leak")["previous"] == 0.30
+
+
+def test_an_unreachable_registry_is_never_absence(home, monkeypatch):
+    """A registry that cannot answer is RegistryUnavailableError (a 503 over HTTP, never a 404)
+    with a generic message; the gate refuses instead of promoting with no baseline."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(registry.RegistryUnavailableError) as err:
+        registry.resolve_version("models:/backdrop@champion")
+    assert str(err.value.message) == "the model registry is unavailable; retry later"
+    assert "127.0.0.1:9" in err.value.detail  # the detail is for the log
+    with pytest.raises(registry.RegistryUnavailableError):
+        registry.promote("backdrop", "1", allow_no_baseline=True)
+
+
+def test_promote_refuses_when_the_alias_moved_meanwhile(gate, monkeypatch):
+    """Compare-and-set: the alias is re-read just before it is moved."""
+    registry.record_metrics(gate, "3", {"category_consistency": 0.9})
+    registry.promote(gate, "1", allow_no_baseline=True)
+    real = registry._baseline
+
+    def racing(client, name, alias, metric):
+        seen = real(client, name, alias, metric)
+        MlflowClient().set_registered_model_alias(name, alias, "2")  # another promotion lands now
+        return seen
+
+    monkeypatch.setattr(registry, "_baseline", racing)
+    with pytest.raises(registry.RegistryError, match="moved to v2 while v3 was being gated against v1"):
+        registry.promote(gate, "3")
+    assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "2")
 
 
 def test_promote_by_a_zero_padded_version_is_the_same_version(gate):

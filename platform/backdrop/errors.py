@@ -33,6 +33,18 @@ class RegistryError(BackdropError):
     code = "unknown_model"
 
 
+class RegistryUnavailableError(RegistryError):
+    """The registry could not answer (unreachable, refused, erroring): says nothing about whether
+    the model exists, so callers must not treat it as "not found". Its message is generic; the
+    registry's own words (URLs, exceptions) are in ``detail``, for the log only."""
+
+    code = "registry_unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("the model registry is unavailable; retry later")
+        self.detail = detail
+
+
 class InvalidInputError(BackdropError, ValueError):
     """An input (image, mask, category, parameter) that cannot be used as given."""
 

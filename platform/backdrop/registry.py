@@ -27,7 +27,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from . import settings, storage
-from .errors import BackdropError, RegistryError  # noqa: F401 - RegistryError: part of this module's API
+from .errors import BackdropError, RegistryError, RegistryUnavailableError  # noqa: F401 - part of this module's API
 from .settings import backdrop_home, embedded_tracking_uri, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -139,11 +139,29 @@ def _registered_version(ref: str) -> tuple[str, str]:
     configure()
     name, version, alias = parse_reference(ref)
     client = MlflowClient()
-    try:
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    except mlflow.exceptions.MlflowException as e:
-        raise RegistryError(f"cannot resolve {ref}: {e.message}") from None
+    mv = _lookup(lambda: client.get_model_version_by_alias(name, alias) if alias else
+                 client.get_model_version(name, version), f"cannot resolve {ref}")
     return name, str(mv.version)
+
+
+# The registry's answers that mean "there is no such model, version or alias". Anything else
+# (a network error, a 403, a 5xx) means the registry could not say, which is not absence.
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def _lookup(call, what: str, missing_ok: bool = False):
+    """``call()``; "not found" is a ``RegistryError`` (``None`` with ``missing_ok``), any other
+    failure a :class:`RegistryUnavailableError`."""
+    try:
+        return call()
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code in NOT_FOUND:
+            if missing_ok:
+                return None
+            raise RegistryError(f"{what}: {e.message}") from None
+        raise RegistryUnavailableError(f"{what}: {e.error_code}: {e.message}") from None
+    except Exception as e:  # noqa: BLE001 - connection errors, timeouts, ...
+        raise RegistryUnavailableError(f"{what}: {type(e).__name__}: {e}") from None
 
 
 def download_version(name: str, version: str) -> str:
@@ -221,17 +239,12 @@ def _baseline(client: MlflowClient, name: str, alias: str, metric: str) -> tuple
     recorded by the last ``promote`` in ``backdrop.last_<alias>`` stands in, so losing the
     champion never turns into "no baseline, anything passes".
     """
-    try:
-        current = client.get_model_version_by_alias(name, alias)
-    except mlflow.exceptions.MlflowException:
-        current = None
+    current = _lookup(lambda: client.get_model_version_by_alias(name, alias), f"{name}@{alias}", missing_ok=True)
     if current is not None:
         version = str(current.version)
         return version, gate_metric(name, version, metric, (current.tags or {}).get(f"eval.{metric}")), "alias"
-    try:
-        raw = (client.get_registered_model(name).tags or {}).get(last_holder_tag(alias))
-    except mlflow.exceptions.MlflowException:
-        raw = None
+    model = _lookup(lambda: client.get_registered_model(name), name, missing_ok=True)
+    raw = (model.tags or {}).get(last_holder_tag(alias)) if model is not None else None
     if not raw:
         return None, None, "none"
     try:
@@ -241,12 +254,15 @@ def _baseline(client: MlflowClient, name: str, alias: str, metric: str) -> tuple
     except (ValueError, KeyError, TypeError, AttributeError, RegistryError):
         raise RegistryError(f"{name}: unreadable {last_holder_tag(alias)} tag {raw[:120]!r}; "
                             f"fix or delete it, or use --force") from None
-    try:  # the version may still exist (alias removed by hand): its tags are the truth
-        tags = client.get_model_version(name, version).tags or {}
-        value = tags.get(f"eval.{metric}", value)
-    except mlflow.exceptions.MlflowException:
-        pass
+    # the version may still exist (alias removed by hand): its tags are the truth
+    held = _lookup(lambda: client.get_model_version(name, version), f"{name} v{version}", missing_ok=True)
+    if held is not None:
+        value = (held.tags or {}).get(f"eval.{metric}", value)
     return version, gate_metric(name, version, metric, value), last_holder_tag(alias)
+
+
+# Metrics where a smaller number is the better model; any other metric gates higher-is-better.
+LOWER_IS_BETTER = frozenset({"product_leak", "copy_paste", "fid"})
 
 
 def promote(name: str, version: str, *, alias: str = CHAMPION, metric: str = "category_consistency",
@@ -264,10 +280,8 @@ def promote(name: str, version: str, *, alias: str = CHAMPION, metric: str = "ca
     configure()
     client = MlflowClient()
     version = normalize_version(version)
-    try:
-        mv = client.get_model_version(name, version)
-    except mlflow.exceptions.MlflowException as e:
-        raise RegistryError(f"cannot promote {name} v{version}: {e.message}") from None
+    mv = _lookup(lambda: client.get_model_version(name, version), f"cannot promote {name} v{version}")
+    lower = metric in LOWER_IS_BETTER
     refusals: list[RegistryError] = []
     try:
         new = gate_metric(name, version, metric, (mv.tags or {}).get(f"eval.{metric}"))
@@ -291,15 +305,23 @@ def promote(name: str, version: str, *, alias: str = CHAMPION, metric: str = "ca
             refusals.append(RegistryError(
                 f"{name}@{alias}'s holder v{old_version} ({source}) has no '{metric}' evaluation to compare "
                 f"with; evaluate it, or use --allow-first (or --force)"))
-        elif old is not None and new < old - tolerance:
+        elif old is not None and (new > old + tolerance if lower else new < old - tolerance):
             refusals.append(RegistryError(
                 f"refusing to move {alias}: {name} v{version} {metric}={new:.4f} is worse than "
-                f"v{old_version}'s {old:.4f} ({source}) (use --force to override)"))
+                f"v{old_version}'s {old:.4f} ({source}; {'lower' if lower else 'higher'} is better) "
+                f"(use --force to override)"))
     if refusals and not force:
         raise refusals[0]
     report = {"name": name, "alias": alias, "version": version, "metric": metric, "new": new,
               "previous_version": old_version, "previous": old, "baseline": source, "forced": force,
               "overridden": [str(e) for e in refusals]}
+    # Compare-and-set, as far as MLflow allows (it has no conditional update): the alias must
+    # still point where the gate read it, or another promotion won the race.
+    now = _lookup(lambda: client.get_model_version_by_alias(name, alias), f"{name}@{alias}", missing_ok=True)
+    now_version = str(now.version) if now is not None else None
+    if not force and now_version != (old_version if source == "alias" else None):
+        raise RegistryError(f"{name}@{alias} moved to v{now_version} while v{version} was being gated "
+                            f"against v{old_version}; promote again")
     client.set_registered_model_alias(name, alias, version)
     metrics = {metric: new} if new is not None else {}
     client.set_registered_model_tag(name, last_holder_tag(alias), json.dumps({"version": version, "metrics": metrics}))
@@ -328,10 +350,7 @@ def describe_registered(name: str) -> dict:
     """A registered model's aliases (alias -> version) and its versions, newest first."""
     configure()
     client = MlflowClient()
-    try:
-        model = client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException as e:
-        raise RegistryError(f"no registered model {name!r}: {e.message}") from None
+    model = _lookup(lambda: client.get_registered_model(name), f"no registered model {name!r}")
     versions = client.search_model_versions(f"name = '{name}'")
     return {
         "name": name,
