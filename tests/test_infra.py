@@ -492,3 +492,20 @@ def test_the_schema_check_can_fail():
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
                                       "template": broken}, K8S_VERSION, strict=True)
+
+
+def test_no_secret_travels_in_a_ray_runtime_env(monkeypatch):
+    """Ray shows a runtime env on its dashboard and keeps it in job metadata: the environment a
+    script forwards to its workers carries settings, never credentials (workers read those from
+    their node's environment, as the manifests give it: secretKeyRef)."""
+    from backdrop.settings import FORWARDED_ENV, forwarded_env
+
+    secrets = {"MLFLOW_TRACKING_PASSWORD": "p", "MLFLOW_TRACKING_TOKEN": "t", "AWS_SECRET_ACCESS_KEY": "s",
+               "AWS_SESSION_TOKEN": "st", "RAY_AUTH_TOKEN": "r", "BACKDROP_API_KEYS": "k"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    env = forwarded_env()
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert not set(env) & set(secrets) and not set(FORWARDED_ENV) & set(secrets)
+    assert not set(env.values()) & set(secrets.values())

@@ -16,9 +16,12 @@ ENDPOINT_ENV_VARS = ("BACKDROP_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_END
 
 # The settings backdrop reads from the environment: a script that starts or joins a cluster
 # passes them on to its workers (a submitted job gets them from its runtime env instead).
-FORWARDED_ENV = ("BACKDROP_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                 "BACKDROP_MLFLOW_ARTIFACT_ROOT",
+# Never a secret: Ray keeps a runtime env in its job metadata and shows it on the dashboard, so
+# credentials reach workers from the node's own environment or a mounted secret file (MLflow
+# reads ~/.mlflow/credentials; AWS its shared credentials file), never through Ray.
+FORWARDED_ENV = ("BACKDROP_HOME", "MLFLOW_TRACKING_URI", "BACKDROP_MLFLOW_ARTIFACT_ROOT",
                  *ENDPOINT_ENV_VARS, "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+SECRET_MARKERS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL", "KEY")
 
 NOISY_LOGGERS = ("httpx", "urllib3", "botocore", "s3fs", "fsspec", "alembic")
 
@@ -50,7 +53,8 @@ def tracking_uri() -> str:
 
 def forwarded_env() -> dict[str, str]:
     """The environment a launched cluster's workers need (``BACKDROP_HOME`` always resolved)."""
-    env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+    env = {name: os.environ[name] for name in FORWARDED_ENV
+           if os.environ.get(name) and not any(m in name for m in SECRET_MARKERS)}
     return {**env, "BACKDROP_HOME": backdrop_home()}
 
 
