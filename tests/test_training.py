@@ -193,3 +193,70 @@ def test_a_pg_step_encodes_no_reference_latents(data, monkeypatch):
     trainer = StageTrainer(model, StageConfig("pg", batch_size=2))
     trainer.step([next(random_batches(data, 2))])
     assert encoded == [2, 2]  # the masked product (UNet input) and the target; nothing else
+
+
+# --- the prepared catalog: streamed to disk once, latents once per VAE ------------------------------
+
+def test_prepared_catalog_streams_rows_to_disk_once_and_leaves_out_bad_rows(catalog, tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from backdrop.catalog import read_catalog
+    from backdrop.training import prepared
+    from backdrop.training.prepared import PreparedCatalog
+
+    rows = read_catalog(catalog["train"]).to_pylist()
+    rows.insert(3, {**rows[0], "product_id": "broken", "image_uri": str(tmp_path / "missing.png")})
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), str(path))
+    made = PreparedCatalog.prepare(str(path), 64, str(tmp_path / "cache"), chunk_rows=5)
+    assert made.rows == len(rows) - 1 and "broken" in made.skipped
+    assert made.images.shape == (made.rows, 3, 64, 64) and made.masks.shape == (made.rows, 1, 64, 64)
+    assert isinstance(made.images, np.memmap)  # read from disk, not held in memory
+    expected = load_training_arrays(str(path), 64)
+    assert made.product_ids == expected.product_ids
+    assert np.array_equal(made.images, expected.images.numpy()) and np.array_equal(made.masks, expected.masks.numpy())
+
+    def no_fetch(*_a, **_k):
+        raise AssertionError("a prepared catalog is not decoded again")
+
+    monkeypatch.setattr(prepared, "fetch_pair", no_fetch)
+    again = PreparedCatalog.prepare(str(path), 64, str(tmp_path / "cache"))
+    assert again.root == made.root and again.rows == made.rows
+
+
+def test_cached_latents_give_the_loss_of_live_encoding(catalog, tmp_path):
+    """CG and PG read latents encoded once per VAE; a step's loss is the live-encoding loss
+    (to fp16 rounding), and a changed VAE gets latents of its own."""
+    from backdrop.pipeline import BackdropPipeline
+    from backdrop.training.prepared import PreparedCatalog, vae_key
+
+    model = BackdropModel.tiny(["c0", "c1", "c2"])
+    model.categories.extend(sorted(set(load_training_arrays(catalog["train"], 64).categories)))
+    data = PreparedCatalog.prepare(catalog["train"], 64, str(tmp_path / "cache"))
+    latents = data.latents(BackdropPipeline(model))
+    assert latents[0].dtype == np.float16 and len(latents[0]) == data.rows
+    for stage in ("cg", "pg"):
+        cached = next(data.batches(4, seed=1, latents=latents))
+        live = {k: v for k, v in cached.items() if k not in ("latents", "masked_latents")}
+        wrong = {**cached, "latents": cached["latents"].roll(1, 0),  # other rows' latents
+                 "masked_latents": cached["masked_latents"].roll(1, 0)}
+        losses = []
+        for batch in (cached, live, wrong):
+            trainer = StageTrainer(model, StageConfig(stage, seed=3))
+            with torch.no_grad():
+                losses.append(float(trainer.loss(batch)[0]))
+        assert losses[0] == pytest.approx(losses[1], rel=1e-5), stage
+        assert losses[2] != pytest.approx(losses[1], rel=1e-6), stage  # the trainer reads them
+    with torch.no_grad():  # and they are the rows' own latents
+        pipe = BackdropPipeline(model)
+        x = torch.from_numpy(np.asarray(data.images[:4])).float().div(255)
+        m = torch.from_numpy(np.asarray(data.masks[:4])).float()
+        for cached_latents, live_latents in ((latents[0][:4], pipe.encode_images(x)),
+                                             (latents[1][:4], pipe.encode_images(x * m))):
+            torch.testing.assert_close(torch.from_numpy(np.asarray(cached_latents)).float(), live_latents,
+                                       atol=2e-3, rtol=2e-3)
+    key = vae_key(model.vae)
+    with torch.no_grad():
+        model.vae.decoder.conv_out.bias.add_(1.0)  # the decoder alone: the encoder's latents are the same ...
+    assert vae_key(model.vae) != key  # ... but a VAE that changed at all is another VAE

@@ -343,6 +343,7 @@ class BackdropPipeline:
         drop_prompt: torch.Tensor | None = None,
         use_cg: bool = True,
         encode_reference: bool = True,
+        masked_latents: torch.Tensor | None = None,
     ) -> Conditioning:
         """Tensor-level conditioning, shared by inference and training.
 
@@ -350,7 +351,8 @@ class BackdropPipeline:
         ``drop_prompt`` get the empty prompt (classifier-free-guidance dropout in training).
         PG conditions on ``references·(1 − reference_masks)`` for ``reference_rows``. The
         references' latents are only for inference's z_T initialisation: training passes
-        ``encode_reference=False`` and saves a VAE encode per step.
+        ``encode_reference=False`` and saves a VAE encode per step. ``masked_latents``: the
+        VAE latents of ``images·masks`` when the caller has them already (training's latent cache).
         """
         latent_size = (images.shape[-2] // self.model.vae_scale_factor, images.shape[-1] // self.model.vae_scale_factor)
         product = images * masks
@@ -361,7 +363,8 @@ class BackdropPipeline:
             full[drop_prompt], split[drop_prompt] = empty_full, empty_split
         cond = Conditioning(
             product_mask=mask_at(masks, latent_size),
-            masked_latents=self.encode_images(product),
+            masked_latents=self.encode_images(product) if masked_latents is None
+            else masked_latents.to(images.device, self.model.vae.dtype),
             cg_image=product if use_cg else None,
             unet_context=full,
             cg_context=split,

@@ -266,7 +266,8 @@ class StageTrainer:
     # --- losses ---------------------------------------------------------------------
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         device = self.model.device
-        batch = {**batch, "images": batch["images"].to(device), "masks": batch["masks"].to(device)}
+        batch = {**batch, **{k: batch[k].to(device) for k in ("images", "masks", "latents", "masked_latents")
+                             if k in batch}}
         if self.cfg.stage == "vae":
             return self._vae_loss(batch)
         return self._diffusion_loss(batch)
@@ -305,12 +306,13 @@ class StageTrainer:
             images, masks, batch["categories"], batch.get("prompts"),
             references=refs, reference_masks=ref_masks, reference_rows=rows, drop_prompt=drop,
             encode_reference=False,  # the references' latents only start inference's z_T
+            masked_latents=batch.get("masked_latents"),  # prepared.PreparedCatalog's cache, when given
         )
 
     def _diffusion_loss(self, batch):
         cond = self._conditioning(batch)
         # fp32 whatever the VAE's dtype: the target ε and the noised latents are not rounded
-        latents = self.pipe.encode_images(batch["images"]).float()
+        latents = batch["latents"].float() if "latents" in batch else self.pipe.encode_images(batch["images"]).float()
         n = len(latents)
         noise = torch.randn(latents.shape, generator=self.generator).to(latents.device)
         t, w = self.timesteps(n, self.generator)
@@ -535,6 +537,7 @@ def train_generator(
     mixed_precision: str = "no",
     gradient_checkpointing: bool = False,
     learning_rates: dict[str, float] | None = None,
+    cache_dir: str | None = None,
 ) -> tuple[BackdropModel, list[StageResult]]:
     """Train the listed stages in order on one process, then save (the tiny-preset recipe).
 
@@ -542,13 +545,15 @@ def train_generator(
     appended); without it a fresh tiny preset is built, which needs the ``vae`` and ``base``
     stages before ``cg`` makes sense. ``device`` may be ``"auto"``; see :func:`training_device`
     for what is refused. A stage missing from ``learning_rates`` takes the preset's default.
+    The catalog is prepared once on local disk (``cache_dir``, default under ``BACKDROP_HOME``;
+    :mod:`.prepared`) and streamed from there, so memory does not grow with the catalog.
     """
-    from ..catalog import load_training_arrays
+    from .prepared import PreparedCatalog
 
     device = training_device(device, mixed_precision)
     learning_rates = learning_rates_by_stage(learning_rates)
     budgets = stage_budgets(stages, minutes, steps)
-    data = load_training_arrays(catalog_uri, resolution)
+    data = PreparedCatalog.prepare(catalog_uri, resolution, cache_dir)
     categories = sorted(set(data.categories))
     model = starting_model(init, categories, stages, resolution, seed).to(device)
     results = []
@@ -558,8 +563,11 @@ def train_generator(
                           learning_rate=learning_rates.get(stage), mixed_precision=mixed_precision,
                           gradient_checkpointing=gradient_checkpointing)
         log.info("stage %s: up to %s min / %s steps on %d rows (%s)", stage, cfg.max_minutes, cfg.max_steps,
-                 len(data.images), device)
-        results.append(train_stage(model, random_batches(data.as_dict(), batch_size, seed + i), cfg, on_log))
+                 data.rows, device)
+        # CG and PG read their targets' and masked products' latents, encoded once by the frozen
+        # VAE as it is now (after any VAE stage above); the VAE and base stages encode live.
+        latents = data.latents(BackdropPipeline(model)) if stage in ("cg", "pg") else None
+        results.append(train_stage(model, data.batches(batch_size, seed + i, latents), cfg, on_log))
     history = model.config.extra.setdefault("training", [])
     history.extend({"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 1),
                     "final_loss": r.final_loss, "learning_rate": r.learning_rate, "catalog": catalog_uri}
