@@ -271,6 +271,16 @@ def _stop_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def small_catalog(tmp_path_factory, num_categories: int, train_per_category: int,
+                  heldout_per_category: int = 1) -> dict[str, str]:
+    """A small synthetic catalog (split -> Parquet URI) in a fresh temporary directory."""
+    from backdrop.demo.synthetic import SyntheticConfig, make_catalog
+
+    return make_catalog(str(tmp_path_factory.mktemp("catalog")), SyntheticConfig(
+        num_categories=num_categories, train_per_category=train_per_category,
+        heldout_per_category=heldout_per_category, pairs_per_category=1))
+
+
 def save_tiny_generator(tmp_path_factory, categories: list[str]) -> str:
     """A fresh (untrained, seeded) tiny generator over ``categories``, saved to a temp directory."""
     import torch

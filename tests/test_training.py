@@ -5,16 +5,14 @@ import pytest
 import torch
 
 from backdrop.catalog import load_training_arrays
-from backdrop.demo.synthetic import SyntheticConfig, make_catalog
+from conftest import small_catalog
 from backdrop.models.generator import BackdropModel
 from backdrop.training import StageConfig, StageTrainer, random_batches, train_generator, train_stage
 
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
-    out = tmp_path_factory.mktemp("catalog")
-    return make_catalog(str(out), SyntheticConfig(num_categories=3, train_per_category=8,
-                                                  heldout_per_category=2, pairs_per_category=1))
+    return small_catalog(tmp_path_factory, 3, 8, 2)
 
 
 @pytest.fixture(scope="module")

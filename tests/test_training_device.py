@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from backdrop.catalog import load_training_arrays
-from backdrop.demo.synthetic import SyntheticConfig, make_catalog
+from conftest import small_catalog
 from backdrop.models.generator import BackdropModel
 from backdrop.training import StageConfig, StageTrainer, random_batches, train_stage
 
@@ -17,9 +17,7 @@ PRECISIONS = [("bf16", torch.bfloat16), ("fp16", torch.float16)]
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
-    out = tmp_path_factory.mktemp("catalog")
-    return make_catalog(str(out), SyntheticConfig(num_categories=2, train_per_category=4,
-                                                  heldout_per_category=1, pairs_per_category=1))
+    return small_catalog(tmp_path_factory, 2, 4)
 
 
 @pytest.fixture(scope="module")
