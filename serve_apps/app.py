@@ -511,6 +511,8 @@ class Backdrop:
                                 tag_keys=("route", "status"))
         self.latency = Histogram("backdrop_request_latency_ms", boundaries=LATENCY_BUCKETS_MS,
                                  description="HTTP request latency.", tag_keys=("route",))
+        self._readiness: asyncio.Future | None = None  # the one readiness check in flight
+        self._ready: tuple[float, int, dict] | None = None  # (when, status, body) of the last one
         if not self.api_keys:
             logger.warning("no API keys configured: every /v1 request will get 401 (set api_key_sha256 "
                            "in the config or %s in the environment)", self.settings.api_keys_env)
@@ -538,22 +540,39 @@ class Backdrop:
     async def readyz(self) -> JSONResponse:
         """``ready``; ``degraded`` (still 200: the replica serves the default alias's last known
         version, so a load balancer should keep it); or 503 with a code. Never a path or an
-        exception's text: no key is needed here (the reason goes to the log)."""
+        exception's text: no key is needed here (the reason goes to the log).
+
+        Probes share one check: concurrent probes wait for the check in flight, and its answer
+        is reused for ``alias_ttl_s`` (what a moved alias may take to be seen anyway), so a
+        flood of unauthenticated probes costs the generator's queue one call, not one each."""
+        if self._ready and time.monotonic() - self._ready[0] < self.settings.alias_ttl_s:
+            _, status, body = self._ready
+        else:
+            if self._readiness is None or self._readiness.done():
+                self._readiness = asyncio.ensure_future(self._check_readiness())
+            status, body = await asyncio.shield(self._readiness)
+        headers = {"Retry-After": "5"} if status == 503 else None
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    async def _check_readiness(self) -> tuple[int, dict]:
         try:
             choice = await self._choose(None, None)
             info = await asyncio.wait_for(
                 self.generator.options(multiplexed_model_id=choice.model_id).describe.remote(), 10)
         except asyncio.TimeoutError:
-            return JSONResponse({"status": "loading", "code": "model_loading"}, status_code=503,
-                                headers={"Retry-After": "5"})
+            answer = 503, {"status": "loading", "code": "model_loading"}
         except Exception as e:  # noqa: BLE001 - not ready: a code for the caller, the reason for the log
             code = "no_model" if isinstance(_cause(e), ModelUnavailable) else "model_error"
             logger.warning("not ready (%s): %s: %s", code, type(_cause(e)).__name__, _cause(e))
-            return JSONResponse({"status": "not_ready", "code": code}, status_code=503, headers={"Retry-After": "5"})
-        if choice.stale:
-            return JSONResponse({"status": "degraded", "code": "alias_unresolved", "model": info["name"],
-                                 "version": info["version"]})
-        return JSONResponse({"status": "ready", "model": info["name"], "version": info["version"]})
+            answer = 503, {"status": "not_ready", "code": code}
+        else:
+            if choice.stale:
+                answer = 200, {"status": "degraded", "code": "alias_unresolved", "model": info["name"],
+                               "version": info["version"]}
+            else:
+                answer = 200, {"status": "ready", "model": info["name"], "version": info["version"]}
+        self._ready = (time.monotonic(), *answer)
+        return answer
 
     # --- the API ---------------------------------------------------------------------------
     @api.get("/v1/models", summary="What is served: the default model, its categories, aliases, "
