@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     p.add_argument("--compile-backend", default="inductor", help="eager: trace only (the CPU smoke run)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--fast-scheduler", default="dpm++")
-    p.add_argument("--fast-steps", type=int, default=20, help="the recommended fewer-step setting (README)")
+    p.add_argument("--fast-steps", type=int, default=5, help="the recommended fewer-step setting (README)")
     p.add_argument("--train-batch", type=int, default=16, help="0: skip the training steps")
     p.add_argument("--output", help="JSON path (default benchmarks/results/gpu-<size>-<device>.json)")
     args = p.parse_args(argv)
