@@ -165,6 +165,23 @@ def test_download_cache_is_reused(home):
     assert not [p for p in cache.rglob("*.tmp-*")]  # no half-downloads left behind
 
 
+def test_download_cache_keeps_the_recently_used_versions_within_its_bytes(home, monkeypatch):
+    """LRU by bytes: with room for one version, downloading v2 deletes v1's copy; using v2
+    again and then downloading v1 deletes v2's (the one in use is never deleted)."""
+    cache = home.home / "model-cache"
+    for version in ("1", "2"):
+        registry.resolve(f"models:/backdrop/{version}")
+    one = max(registry._tree_bytes(str(p)) for p in cache.glob("*/backdrop/[12]"))
+    monkeypatch.setenv("BACKDROP_MODEL_CACHE_BYTES", str(one + one // 2))
+    registry.resolve("models:/backdrop/2")  # v2 used last
+    v1_copy = str(next(cache.glob("*/backdrop/1")))
+    assert registry.evict_model_cache() == [v1_copy]
+    assert [p.name for p in cache.glob("*/backdrop/*")] == ["2"]
+    v1 = registry.resolve("models:/backdrop/1")  # downloaded again; v2 goes
+    assert [p.name for p in cache.glob("*/backdrop/*")] == ["1"]
+    assert Path(v1.path, "backdrop.json").exists()
+
+
 # --------------------------------------------------------------------------- promotion gate
 
 

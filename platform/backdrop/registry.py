@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from . import settings, storage
 from .errors import BackdropError, RegistryError, RegistryUnavailableError  # noqa: F401 - part of this module's API
-from .settings import backdrop_home, embedded_tracking_uri, tracking_uri
+from .settings import backdrop_home, embedded_tracking_uri, model_cache_bytes, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -165,12 +166,17 @@ def _lookup(call, what: str, missing_ok: bool = False):
 
 
 def download_version(name: str, version: str) -> str:
-    """Local copy of a registered version's generator, cached per (store, name, version)."""
+    """Local copy of a registered version's generator, cached per (store, name, version).
+
+    The cache is bounded (``settings.model_cache_bytes``): every use marks a version's access
+    time, and after a download the least recently used other versions are deleted until the
+    cache fits (a process that already loaded one keeps its weights in memory)."""
     version = normalize_version(version)
     store = hashlib.sha256(tracking_uri().encode()).hexdigest()[:10]
     dest = os.path.join(backdrop_home(), "model-cache", store, name, version)
     generator = os.path.join(dest, "artifacts", GENERATOR_ARTIFACT)
     if os.path.exists(os.path.join(generator, "backdrop.json")):
+        _mark_used(dest)
         return generator
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
@@ -183,7 +189,40 @@ def download_version(name: str, version: str) -> str:
         os.rename(tmp, dest)  # atomic; concurrent downloaders race harmlessly
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+    _mark_used(dest)
+    evict_model_cache(keep=dest)
     return generator
+
+
+def _mark_used(path: str) -> None:
+    """Access time = last use (the modification time, and so the cache's contents, unchanged)."""
+    os.utime(path, (time.time(), os.stat(path).st_mtime))
+
+
+def _tree_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def evict_model_cache(keep: str | None = None, limit: int | None = None) -> list[str]:
+    """Delete the least recently used cached versions until the cache is at most ``limit``
+    bytes (default ``settings.model_cache_bytes()``), never ``keep``; returns what was deleted."""
+    import glob
+
+    limit = model_cache_bytes() if limit is None else limit
+    root = os.path.join(backdrop_home(), "model-cache")
+    versions = [p for p in glob.glob(os.path.join(root, "*", "*", "*")) if os.path.isdir(p) and ".tmp-" not in p]
+    sizes = {p: _tree_bytes(p) for p in versions}
+    total, deleted = sum(sizes.values()), []
+    for path in sorted(versions, key=lambda p: os.stat(p).st_atime):
+        if total <= limit:
+            break
+        if keep is not None and os.path.samefile(path, keep):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        total -= sizes[path]
+        deleted.append(path)
+        log.info("model cache over %d bytes: deleted %s", limit, path)
+    return deleted
 
 
 def version_metrics(name: str, version: str) -> dict[str, float]:

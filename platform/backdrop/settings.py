@@ -58,6 +58,17 @@ def forwarded_env() -> dict[str, str]:
     return {**env, "BACKDROP_HOME": backdrop_home()}
 
 
+MODEL_CACHE_BYTES_ENV = "BACKDROP_MODEL_CACHE_BYTES"
+DEFAULT_MODEL_CACHE_BYTES = 20 * 2**30  # an SD-size generator is ~5 GB: a few versions per node
+
+
+def model_cache_bytes() -> int:
+    """How much the local copies of registered versions may take before the least recently used
+    are deleted (``$BACKDROP_MODEL_CACHE_BYTES``)."""
+    raw = os.environ.get(MODEL_CACHE_BYTES_ENV, "").strip()
+    return int(raw) if raw else DEFAULT_MODEL_CACHE_BYTES
+
+
 def use_compile_cache() -> str:
     """Keep torch.compile's kernels (inductor's FX graph cache) on local disk under
     ``$BACKDROP_HOME/compile-cache``, so a restarted replica or actor loads them instead of
