@@ -383,7 +383,24 @@ def test_the_kuberay_autoscaler_sidecar_is_hardened_and_authenticated():
         assert {"cpu", "memory"} <= set(options["resources"]["limits"]), name
         env = _env(options)
         assert env["RAY_AUTH_MODE"]["value"] == "token", name
-        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "backdrop-ray-token", name
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == RAY_TOKEN[kind_of(name)], name
+
+
+# One Ray token per cluster: code running in an internet-facing Serve replica must not be able
+# to submit jobs to the batch cluster (read-write S3, the MLflow user that moves aliases).
+RAY_TOKEN = {"RayService": "backdrop-ray-token-serve", "RayCluster": "backdrop-ray-token",
+             "RayJob": "backdrop-ray-token", "CronJob": "backdrop-ray-token"}
+
+
+def kind_of(name: str) -> str:
+    return next(d["kind"] for n, d in DOCS if n == name and d.get("kind") in RAY_TOKEN)
+
+
+def test_the_serve_cluster_and_the_batch_cluster_have_different_ray_tokens():
+    secrets = {d["metadata"]["name"]: d["stringData"] for n, d in DOCS
+               if n == "secrets.example.yaml" and d.get("kind") == "Secret"}
+    assert secrets["backdrop-ray-token"]["token"] != secrets["backdrop-ray-token-serve"]["token"]
+    assert len(set(RAY_TOKEN.values())) == 2
 
 
 def test_every_ray_node_and_submitter_uses_token_auth_from_the_secret():
@@ -397,7 +414,7 @@ def test_every_ray_node_and_submitter_uses_token_auth_from_the_secret():
                 where = f"{name} {doc['kind']} {part} {c['name']}"
                 assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", where
                 ref = env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef", {})
-                assert (ref.get("name"), ref.get("key")) == ("backdrop-ray-token", "token"), where
+                assert (ref.get("name"), ref.get("key")) == (RAY_TOKEN[doc["kind"]], "token"), where
                 checked += 1
         cluster = doc["spec"].get("rayClusterConfig") or (doc["spec"] if doc["kind"] == "RayCluster" else None)
         if cluster:
