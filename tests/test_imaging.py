@@ -506,3 +506,14 @@ def test_encode_jpeg_drops_alpha_and_rejects_bad_parameters():
     assert str(e.value).startswith("invalid_parameter: ")
     with pytest.raises(InvalidParameterError):
         encode_image(rgba, "jpeg", quality=0)
+
+
+def test_an_undecodable_input_never_quotes_its_bytes():
+    """Whatever the job could read ends in the manifest or an HTTP answer: never its content."""
+    from backdrop.imaging import decode_image
+
+    secret = b"AWS_SECRET_ACCESS_KEY=hunter2\nMLFLOW_TRACKING_PASSWORD=swordfish\n"
+    with pytest.raises(CorruptImageError) as err:
+        decode_image(secret)
+    assert "hunter2" not in str(err.value) and "AWS_" not in str(err.value) and "b'" not in str(err.value)
+    assert f"{len(secret):,} bytes" in str(err.value)

@@ -165,8 +165,9 @@ def _unidentified(data: bytes, what: str) -> Exception:
         accepted = ", ".join(_allowed_formats())
         return UnsupportedImageError(f"{what} is in the {fmt} format, which is not accepted "
                                      f"(accepted: {accepted})")
-    return CorruptImageError(f"{what} is not a decodable image ({len(data):,} bytes, "
-                             f"starting {bytes(data[:8])!r})")
+    # Never the bytes themselves: an input can be any file the job can read (a secret, a
+    # /proc file), and the message lands in the manifest and the HTTP answer.
+    return CorruptImageError(f"{what} is not a decodable image ({len(data):,} bytes in no accepted format)")
 
 
 def _grey16_to_l(img: Image.Image, what: str) -> Image.Image:
