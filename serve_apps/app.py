@@ -209,6 +209,13 @@ class AppArgs(BaseModel):
                                                               "rate applies")
     max_concurrent_per_key: int | None = Field(None, ge=1, description="429 past this many requests of one "
                                                                        "key in progress")
+    max_request_work: float = Field(DEFAULT_LIMITS.max_request_work, gt=0,
+                                    description="422 over this price of one request: output megapixels x "
+                                                "candidates x steps (the answer says the figure)")
+    work_per_key_per_s: float | None = Field(None, gt=0, description="429 past this average work per key "
+                                             "(megapixel-steps/s): a token bucket weighted by each request's price")
+    work_burst_per_key: float | None = Field(None, gt=0, description="work a key may spend at once before "
+                                             "work_per_key_per_s applies (default: max_request_work)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_gpus: float | Literal["auto"] = Field("auto", description="per generator replica; auto: 1 if the "
                                                                   "cluster has a GPU, else 0")
@@ -228,7 +235,7 @@ class AppArgs(BaseModel):
     def limits(self) -> Limits:
         return Limits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels,
                       max_steps=self.max_steps, max_images=self.max_images, max_candidates=self.max_candidates,
-                      schedulers=tuple(self.schedulers))
+                      schedulers=tuple(self.schedulers), max_request_work=self.max_request_work)
 
 
 def _ingress():
@@ -507,6 +514,9 @@ class Backdrop:
         self.scope = UriScope(self.settings.allowed_uri_prefixes, self.settings.uri_prefixes_by_key)
         self.quota = KeyQuota(self.settings.rate_per_key_per_s, self.settings.burst_per_key,
                               self.settings.max_concurrent_per_key)
+        self.work_quota = KeyQuota(self.settings.work_per_key_per_s,
+                                   self.settings.work_burst_per_key or self.settings.max_request_work,
+                                   unit="megapixel-steps")
         self.requests = Counter("backdrop_requests", description="HTTP requests by route and status.",
                                 tag_keys=("route", "status"))
         self.latency = Histogram("backdrop_request_latency_ms", boundaries=LATENCY_BUCKETS_MS,
@@ -632,6 +642,7 @@ class Backdrop:
         params = GenerateParams.from_fields(fields, self.limits)
         request.state.seed = params.seed
         job = await asyncio.to_thread(load_job, params, limits=self.limits, **files)
+        self.work_quota.acquire(request.state.key_id, cost=job.work, hold=False)  # 429: over its work rate
         choice = await self._choose(x_backdrop_model_version, x_backdrop_model_alias)
         request.state.model_version = choice.version
         handle = self.generator.options(multiplexed_model_id=choice.model_id)
@@ -645,6 +656,7 @@ class Backdrop:
             "X-Backdrop-Model-Version": result.model_version,
             "X-Backdrop-Seed": str(params.seed),
             "X-Backdrop-Batch-Size": str(result.batch_requests),
+            "X-Backdrop-Work": f"{job.work:.1f}",  # the request's price in megapixel-steps
             "Server-Timing": f"generate;dur={result.generate_s * 1000:.1f}, total;dur={total_ms:.1f}",
             "Cache-Control": "no-store",
         }

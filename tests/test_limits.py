@@ -72,3 +72,11 @@ def test_a_150_step_request_is_refused_by_generate_the_backfill_and_http(tmp_pat
     with pytest.raises(InvalidParameterError, match="steps"):
         GenerateParams.from_fields({"category": "mug", "steps": 150})
     assert GenerateParams.from_fields({"category": "mug", "steps": 100}).steps == 100
+
+
+def test_work_is_output_megapixels_times_candidates_times_steps():
+    from backdrop.errors import RequestTooLargeError
+
+    assert Limits().check_work(12.0, 1, 50) == 600.0  # a camera photo, plain generation
+    with pytest.raises(RequestTooLargeError, match="1,600 megapixel-steps .* over the limit of 1,000"):
+        Limits(max_request_work=1000).check_work(8.0, 4, 50)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from backdrop.errors import (
+    RequestTooLargeError,
     CorruptImageError,
     FullMaskError,
     ImageTooLargeError,
@@ -45,7 +46,7 @@ def test_params_parse_form_strings_and_json_values_alike():
     a = GenerateParams.from_fields({"category": " Mug ", "steps": "20", "guidance": "2.5", "seed": "3",
                                     "num_images": "2"})
     b = GenerateParams.from_fields({"category": "Mug", "steps": 20, "guidance": 2.5, "seed": 3, "num_images": 2})
-    assert a == b and a.format == "json" and a.seeds == [3, 4] and a.loop_key == (20, 2.5)
+    assert a == b and a.format == "json" and a.seeds == [3, 4] and a.loop_key == (20, 2.5, "ddim")
     one = GenerateParams.from_fields({"category": "mug", "prompt": "  "})
     assert one.format == "png" and one.prompt is None and one.steps == 50 and 0 <= one.seed < 2**31
 
@@ -143,6 +144,26 @@ def test_load_job_takes_the_mask_from_alpha_and_checks_the_reference():
         load_job(params, image=png(product()), reference=png(ref), reference_mask=png(Image.new("L", (40, 40))))
     with pytest.raises(FullMaskError, match="reference"):
         load_job(params, image=png(product()), reference=png(ref), reference_mask=png(Image.new("L", (48, 40), 255)))
+
+
+def test_a_request_over_its_work_budget_is_refused_with_the_figure():
+    """Issue #22: a 37 KB PNG of 2800x2800 with 8 placements x 4 images x 8 candidates is about
+    100,000 megapixel-steps; it is refused before anything is generated, saying so, and the
+    same product in a small request passes."""
+    big = Image.new("RGBA", (2800, 2800), (0, 0, 0, 0))
+    big.paste((200, 40, 30, 255), (1000, 1000, 1800, 1800))
+    data = png(big)
+    assert len(data) < 64 * 1024
+    eight = "1:1,4:5,16:9,9:16,3:2,2:3,1:2,2:1"
+    params = GenerateParams.from_fields({"category": "mug", "num_images": "4", "placements": eight,
+                                         "candidates": "8", "format": "json"})
+    with pytest.raises(RequestTooLargeError) as err:
+        load_job(params, image=data)
+    message = err.value.message
+    assert "megapixel-steps of work" in message and "x 8 candidates x 50 steps" in message
+    assert "over the limit of 20,000" in message
+    small = load_job(GenerateParams.from_fields({"category": "mug", "steps": "20"}), image=data)
+    assert small.work == pytest.approx(2800 * 2800 / 1e6 * 20)
 
 
 def test_reference_masks_from_file_alpha_or_none():

@@ -176,6 +176,25 @@ def test_token_bucket_refuses_past_the_burst_and_says_when_to_come_back():
     quota.acquire("a")  # one token back after 1/rate seconds
 
 
+def test_a_work_weighted_bucket_charges_each_request_its_price():
+    """Megapixel-steps, not requests: one big request spends what many small ones would, and
+    the key's small requests pass again once the bucket refills; other keys are untouched."""
+    clock = Clock()
+    work = KeyQuota(rate_per_s=100, burst=1000, clock=clock, unit="megapixel-steps")
+    work.acquire("a", cost=950, hold=False)
+    with pytest.raises(QuotaExceeded, match="100 megapixel-steps/s") as e:
+        work.acquire("a", cost=100, hold=False)
+    assert e.value.retry_after_s == pytest.approx(0.5)
+    work.acquire("b", cost=100, hold=False)
+    clock.now += 0.5
+    work.acquire("a", cost=100, hold=False)
+    assert work.active("a") == 0  # a charge holds no concurrency slot
+    clock.now += 100
+    work.acquire("a", cost=5000, hold=False)  # over the whole burst: needs (and empties) a full bucket
+    with pytest.raises(QuotaExceeded):
+        work.acquire("a", cost=1, hold=False)
+
+
 def test_concurrency_per_key_is_released_when_a_request_ends():
     quota = KeyQuota(max_concurrent=2, clock=Clock())
     quota.acquire("a")

@@ -84,6 +84,12 @@ class MaskSizeError(InvalidInputError):
     code = "mask_size_mismatch"
 
 
+class RequestTooLargeError(InvalidInputError):
+    """A request whose work (output megapixels x candidates x steps) is over the limit."""
+
+    code = "request_too_large"
+
+
 class EmptyMaskError(InvalidInputError):
     """The mask selects no product pixel: there is nothing to keep."""
 

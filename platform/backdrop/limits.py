@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import InvalidParameterError
+from .errors import InvalidParameterError, RequestTooLargeError
 from .schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 
 # DDIM with SD's steps_offset cannot take one step per training timestep (1000): a hard
@@ -36,6 +36,9 @@ class Limits:
     max_aspect_ratio: float = 4.0  # a placement's long side over its short side
     max_candidates: int = 8  # best-of-N: candidates generated (and scored) per output
     schedulers: tuple[str, ...] = tuple(SCHEDULERS)  # the denoising schedulers a request may name
+    # What one request may cost, in output megapixels x candidates x steps: the full-size
+    # canvases best-of-N holds at once, times the denoising work (a 12 MP photo, 50 steps: 600).
+    max_request_work: float = 20_000.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_steps <= SCHEDULER_MAX_STEPS:
@@ -67,6 +70,16 @@ class Limits:
                 not 1 <= candidates <= self.max_candidates:
             raise InvalidParameterError(f"candidates must be an integer in 1..{self.max_candidates}, got {candidates!r}")
         return candidates
+
+    def check_work(self, megapixels: float, candidates: int, steps: int) -> float:
+        """The request's price (see ``max_request_work``), or a ``RequestTooLargeError`` with it."""
+        work = megapixels * candidates * steps
+        if work > self.max_request_work:
+            raise RequestTooLargeError(
+                f"this request is {work:,.0f} megapixel-steps of work ({megapixels:,.1f} output megapixels x "
+                f"{candidates} candidates x {steps} steps), over the limit of {self.max_request_work:,.0f}; "
+                "ask for fewer placements, images, candidates or steps")
+        return work
 
     def check_prompt(self, prompt: str | None) -> str | None:
         if prompt and len(prompt) > self.max_prompt_chars:

@@ -35,6 +35,7 @@ class Job:
     params: GenerateParams
     cancelled: bool = field(default=False, compare=False)  # set when its caller gives up
     placed: list[tuple[str, Product]] = field(default_factory=list)  # (placement, product on its canvas)
+    work: float = 0.0  # its price: output megapixels x candidates x steps (Limits.check_work)
 
     @property
     def outputs(self) -> list[tuple[str, Product]]:
@@ -45,12 +46,16 @@ class Job:
 def load_job(params: GenerateParams, *, image: bytes | None = None, mask: bytes | None = None,
              reference: bytes | None = None, reference_mask: bytes | None = None,
              limits: Limits = DEFAULT_LIMITS) -> Job:
-    """Decode and validate a request's files (product mask from ``mask`` or the alpha) and lay
-    the product on each placement asked for (a canvas over the limits is refused here)."""
+    """Decode and validate a request's files (product mask from ``mask`` or the alpha), lay
+    the product on each placement asked for (a canvas over the limits is refused here) and price
+    the whole request (over ``max_request_work`` it is refused with its figure)."""
     product = decode_product(params.category, image, mask, reference=reference, reference_mask=reference_mask,
                              prompt=params.prompt, limits=limits)
     placed = [(p.name, product.placed(p, limits=limits)) for p in params.placement_list(limits)]
-    return Job(product, params, placed=placed)
+    job = Job(product, params, placed=placed)
+    megapixels = params.num_images * sum(p.image.width * p.image.height for _, p in job.outputs) / 1e6
+    job.work = limits.check_work(megapixels, params.candidates, params.steps)
+    return job
 
 
 @dataclass

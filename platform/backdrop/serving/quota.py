@@ -38,16 +38,19 @@ class KeyQuota:
 
     def __init__(self, rate_per_s: float | None = None, burst: int | None = None,
                  max_concurrent: int | None = None, *, clock: Callable[[], float] = time.monotonic,
-                 max_keys: int = 10_000) -> None:
-        self.rate = rate_per_s or None
+                 max_keys: int = 10_000, unit: str = "requests") -> None:
+        self.rate, self.unit = rate_per_s or None, unit
         self.burst = float(burst or max(1, math.ceil(rate_per_s or 1)))
         self.max_concurrent = max_concurrent or None
         self.clock, self.max_keys = clock, max_keys
         self._keys: OrderedDict[str, _Bucket] = OrderedDict()
         self._lock = threading.Lock()
 
-    def acquire(self, key: str) -> None:
-        """Admit one request for ``key`` or raise :class:`QuotaExceeded`; pair with :meth:`release`."""
+    def acquire(self, key: str, cost: float = 1.0, hold: bool = True) -> None:
+        """Admit one request for ``key`` costing ``cost`` tokens or raise :class:`QuotaExceeded`;
+        with ``hold`` it counts as in progress until :meth:`release`. A work-weighted bucket
+        charges a request's price (``cost``) instead of 1; a cost over the whole burst needs (and
+        empties) a full bucket, so it waits for its turn instead of never passing."""
         now = self.clock()
         with self._lock:
             b = self._keys.get(key)
@@ -66,11 +69,13 @@ class KeyQuota:
             if self.rate:
                 b.tokens = min(self.burst, b.tokens + (now - b.stamp) * self.rate)
                 b.stamp = now
-                if b.tokens < 1.0:
-                    raise QuotaExceeded(f"this API key is over its rate of {self.rate:g} requests/s",
-                                        (1.0 - b.tokens) / self.rate)
-                b.tokens -= 1.0
-            b.active += 1
+                need = min(cost, self.burst)
+                if b.tokens < need:
+                    raise QuotaExceeded(f"this API key is over its rate of {self.rate:g} {self.unit}/s",
+                                        (need - b.tokens) / self.rate)
+                b.tokens -= need
+            if hold:
+                b.active += 1
 
     def release(self, key: str) -> None:
         with self._lock:
