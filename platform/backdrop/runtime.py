@@ -157,8 +157,9 @@ def warm_up(gen: LoadedGenerator, sizes: list[tuple[int, int]] | None = None,
 
     settings.use_compile_cache()
     start = time.perf_counter()
-    gen.pipe.compile(backend)
-    gen.compiled = True
+    if not gen.compiled:  # compiled once; each new shape below compiles its own graphs
+        gen.pipe.compile(backend)
+        gen.compiled = True
     config = config or InferenceConfig(num_inference_steps=2)
     category = gen.categories.names[0] if gen.categories.names else None
     for w, h in sizes or gen.pipe.generation_sizes():
