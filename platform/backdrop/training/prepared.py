@@ -155,8 +155,8 @@ class PreparedCatalog:
         images, masks, device = self.images, self.masks, pipe.model.device
         made = None
         for start in range(0, self.rows, chunk_rows):
-            x = torch.from_numpy(np.asarray(images[start:start + chunk_rows])).float().div(255).to(device)
-            m = torch.from_numpy(np.asarray(masks[start:start + chunk_rows])).float().to(device)
+            x = torch.from_numpy(np.array(images[start:start + chunk_rows])).float().div(255).to(device)
+            m = torch.from_numpy(np.array(masks[start:start + chunk_rows])).float().to(device)
             target, masked = pipe.encode_images(x), pipe.encode_images(x * m)
             if made is None:
                 made = [np.lib.format.open_memmap(f"{p}.partial", "w+", np.float16, (self.rows, *target.shape[1:]))
