@@ -55,8 +55,7 @@ def test_same_seed_same_output_different_seed_differs(tiny_model):
     assert all(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, c))
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "dpm++"])
-@pytest.mark.parametrize("with_reference", [False, True])
+@pytest.mark.parametrize("scheduler,with_reference", [("ddim", True), ("dpm++", False)])
 def test_row_output_does_not_depend_on_batch_mates(tiny_model, scheduler, with_reference):
     """A row alone, and the same row inside mixed batches of 2, 5 and 8 (other categories,
     references on some mates, other positions): the same pixels, bit for bit."""

@@ -33,6 +33,9 @@ def test_config_yaml_is_a_valid_serve_config_with_valid_args():
     generator = next(d for d in app.deployments if d.name == "Generator")
     assert generator.max_ongoing_requests >= generator.user_config["max_batch_size"]
     assert generator.max_queued_requests > 0
+    # one key may hold at most half the generator's slots (running + queued): others still get in
+    slots = generator.max_ongoing_requests + generator.max_queued_requests
+    assert args.max_concurrent_per_key and args.max_concurrent_per_key * 2 <= slots
     assert build_app(args) is not None  # the builder accepts them (no cluster: CPU replicas)
 
 
