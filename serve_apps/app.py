@@ -308,7 +308,7 @@ class Generator:
         self.device, self.compile, self.batch_bucket = device, compile, batch_bucket
         self.hold = TestHold(hold_dir) if hold_dir else None
         self.warm: dict[str, LoadedGenerator] = {}
-        if preload and self._compiles():
+        if preload and runtime.compiles(compile, runtime.resolve_device(device)):
             self._preload(preload)
         self.loaded: weakref.WeakValueDictionary[str, LoadedGenerator] = weakref.WeakValueDictionary()
         self.waiting = 0
@@ -323,12 +323,6 @@ class Generator:
         """``user_config``: batch size and wait can change without restarting the replica."""
         self.generate_batch.set_max_batch_size(int(config.get("max_batch_size", 8)))
         self.generate_batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.05)))
-
-    def _compiles(self) -> bool:
-        import torch
-
-        cuda = self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
-        return self.compile == "on" or (self.compile == "auto" and cuda)
 
     def _preload(self, reference: str) -> None:
         """Load, compile and warm up the default model before the replica takes requests (a

@@ -189,9 +189,9 @@ class BackdropPipeline:
         cuda = self.model.device.type == "cuda"
         shapes = 2 * len(self.generation_sizes())  # CG alone and CG+PG per size
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * shapes)
+        mode = ("reduce-overhead" if cuda else "default") if backend == "inductor" else None
         for net in (self.model.unet, self.model.cg, self.model.pg):
             if net is not None:
-                mode = ("reduce-overhead" if cuda else "default") if backend == "inductor" else None
                 net.compile(backend=backend, mode=mode, dynamic=False)
         self.compiled = True
 
@@ -307,13 +307,12 @@ class BackdropPipeline:
         refs = ref_masks = None
         if any(has_reference):
             blank = Image.new("RGB", size)
-            refs = self._to_tensor([r.reference if r.reference is not None else blank for r in requests],
-                                   size, fit=True)
-            ref_masks = self._masks_to_tensor([
+            references = [r.reference if r.reference is not None else blank for r in requests]
+            refs = self._to_tensor(references, size, fit=True)
+            ref_masks = self._masks_to_tensor([  # no mask: the whole reference is background
                 r.reference_mask if r.reference is not None and r.reference_mask is not None
-                else np.zeros((size[1], size[0]) if r.reference is None else (r.reference.height, r.reference.width),
-                              np.float32)
-                for r in requests
+                else np.zeros((ref.height, ref.width), np.float32)
+                for r, ref in zip(requests, references)
             ], size, fit=True)
         masks = self._masks_to_tensor([r.mask for r in requests], size)
         self._check_background(masks, size)

@@ -100,35 +100,47 @@ def display_name(reference: str) -> str:
 COMPILE_MODES = ("auto", "on", "off")
 
 
+def resolve_device(device: str = "auto") -> str:
+    """``auto``: CUDA when there is a GPU, else the CPU; any other name as it is."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compiles(compile: str, device: str) -> bool:
+    """Whether a generator on ``device`` is compiled: ``auto`` on CUDA only, ``on`` everywhere."""
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
+    return compile == "on" or (compile == "auto" and str(device).startswith("cuda"))
+
+
 def load(reference: str, device: str = "auto", threads: int | None = None, *, compile: str = "auto",
-         batch_bucket: int | None = None, warm_sizes: list[tuple[int, int]] | None = None,
-         warm_config: InferenceConfig | None = None) -> LoadedGenerator:
+         batch_bucket: int | None = None) -> LoadedGenerator:
     """Resolve any model reference (path, ``s3://``, ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``)
     and load it onto ``device`` once.
 
     ``device="auto"`` picks CUDA in half precision when there is a GPU, else the CPU in float32.
     ``threads`` sets torch's intra-op threads for CPU inference. ``compile``: ``auto`` compiles
     on CUDA only, ``on`` everywhere, ``off`` never; a compiled generator is warmed up here on
-    ``warm_sizes`` (default: every generation size the model can meet) with and without a
-    reference. ``batch_bucket``: rows per denoising loop (default: 8 on CUDA, 4 on a CPU).
+    every generation size the model can meet, with and without a reference (:func:`warm_up`).
+    ``batch_bucket``: rows per denoising loop (default: 8 on CUDA, 4 on a CPU).
     """
     import torch
 
     from .models.generator import BackdropModel
     from .pipeline import BackdropPipeline
 
-    if compile not in COMPILE_MODES:
-        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     if threads and str(device) == "cpu":
         torch.set_num_threads(threads)
     dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
     path, name, version = resolve(reference)
     model = BackdropModel.from_pretrained(path, device=device, torch_dtype=dtype)
     gen = LoadedGenerator(BackdropPipeline(model, batch_bucket), name, version, reference)
-    if compile == "on" or (compile == "auto" and str(device).startswith("cuda")):
-        warm_up(gen, warm_sizes, warm_config)
+    if compiles(compile, device):
+        warm_up(gen)
     log.info("loaded %s v%s on %s (batch bucket %d%s)", name, version, device, gen.pipe.batch_bucket,
              f", compiled and warmed up in {gen.warmup_s:.1f} s" if gen.compiled else "")
     return gen
@@ -161,14 +173,12 @@ def warm_up(gen: LoadedGenerator, sizes: list[tuple[int, int]] | None = None,
         gen.pipe.compile(backend)
         gen.compiled = True
     config = config or InferenceConfig(num_inference_steps=2)
-    category = gen.categories.names[0] if gen.categories.names else None
-    for w, h in sizes or gen.pipe.generation_sizes():
+    for w, h in (sizes or gen.pipe.generation_sizes()) if gen.categories.names else ():
         image = Image.new("RGB", (w, h), (128, 128, 128))
         mask = np.zeros((h, w), np.float32)
         mask[h // 4:h // 2, w // 4:w // 2] = 1
         for reference in (None, image):
-            if category is not None:
-                gen.pipe([GenerationRequest(image, mask, category, reference=reference)], config)
+            gen.pipe([GenerationRequest(image, mask, gen.categories.names[0], reference=reference)], config)
     gen.warmup_s = time.perf_counter() - start
 
 

@@ -18,20 +18,18 @@ class SchedulerSpec:
 
     class_name: str
     overrides: dict = field(default_factory=dict)
-    summary: str = ""
 
 
 SCHEDULERS: dict[str, SchedulerSpec] = {
     # The paper's sampler and the default: SD's own schedule ("leading" spacing, steps_offset 1).
-    "ddim": SchedulerSpec("DDIMScheduler", {}, "DDIM (first order; the paper's, 50 steps)"),
+    "ddim": SchedulerSpec("DDIMScheduler", {}),  # DDIM, first order
     # Second-order multistep solvers for few steps. "trailing" spacing starts at t = 999, where
     # the category's colour and layout are decided (the leading spacing skips the noisiest 10 %
     # of the schedule at 10 steps); diffusers recommends it for low step counts.
-    "dpm++": SchedulerSpec("DPMSolverMultistepScheduler",
-                           {"algorithm_type": "dpmsolver++", "solver_order": 2, "timestep_spacing": "trailing"},
-                           "DPM-Solver++ (2M, multistep, second order)"),
-    "unipc": SchedulerSpec("UniPCMultistepScheduler", {"solver_order": 2, "timestep_spacing": "trailing"},
-                           "UniPC (multistep predictor-corrector, second order)"),
+    "dpm++": SchedulerSpec("DPMSolverMultistepScheduler",  # DPM-Solver++ 2M
+                           {"algorithm_type": "dpmsolver++", "solver_order": 2, "timestep_spacing": "trailing"}),
+    "unipc": SchedulerSpec("UniPCMultistepScheduler",  # UniPC, multistep predictor-corrector
+                           {"solver_order": 2, "timestep_spacing": "trailing"}),
 }
 DEFAULT_SCHEDULER = "ddim"
 

@@ -21,7 +21,7 @@ ENDPOINT_ENV_VARS = ("BACKDROP_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_END
 # reads ~/.mlflow/credentials; AWS its shared credentials file), never through Ray.
 FORWARDED_ENV = ("BACKDROP_HOME", "MLFLOW_TRACKING_URI", "BACKDROP_MLFLOW_ARTIFACT_ROOT",
                  *ENDPOINT_ENV_VARS, "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-SECRET_MARKERS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL", "KEY")
+
 
 NOISY_LOGGERS = ("httpx", "urllib3", "botocore", "s3fs", "fsspec", "alembic")
 
@@ -53,8 +53,7 @@ def tracking_uri() -> str:
 
 def forwarded_env() -> dict[str, str]:
     """The environment a launched cluster's workers need (``BACKDROP_HOME`` always resolved)."""
-    env = {name: os.environ[name] for name in FORWARDED_ENV
-           if os.environ.get(name) and not any(m in name for m in SECRET_MARKERS)}
+    env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
     return {**env, "BACKDROP_HOME": backdrop_home()}
 
 

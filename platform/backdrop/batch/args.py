@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from ..schedulers import SCHEDULERS
+from ..runtime import COMPILE_MODES
+from ..schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from ..settings import configure_logging
 
 
@@ -20,7 +21,7 @@ def add_generation_arguments(p) -> None:
     p.add_argument("--output", required=True, help="output directory or s3:// prefix (images + manifest)")
     p.add_argument("--category", action="append", default=[], help="only this category (repeatable)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    p.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS),
+    p.add_argument("--scheduler", default=DEFAULT_SCHEDULER, choices=list(SCHEDULERS),
                    help="denoising scheduler (default ddim; dpm++ and unipc need fewer steps, see the README)")
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance (default 2.0)")
     p.add_argument("--seed", type=int, default=0, help="base seed; each product's seed derives from it")
@@ -28,7 +29,7 @@ def add_generation_arguments(p) -> None:
     p.add_argument("--concurrency", type=int, default=1, help="generator actors (the pool scales 1..N)")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per generator actor (0: CPU)")
     p.add_argument("--cpus-per-actor", type=float, help="CPUs reserved per actor (default 0.5 on <= 4 CPUs, else 1)")
-    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+    p.add_argument("--compile", default="auto", choices=COMPILE_MODES,
                    help="torch.compile the networks (CUDA graphs on a GPU), warmed up at actor start; "
                         "auto: on CUDA only (default)")
     p.add_argument("--batch-bucket", type=int,

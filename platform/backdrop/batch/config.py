@@ -17,6 +17,7 @@ from ..categories import normalize
 from ..errors import InvalidParameterError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..placements import parse_placements
+from ..runtime import COMPILE_MODES
 from .keys import PHOTO
 from .records import OutputConfig
 
@@ -67,8 +68,8 @@ class BackfillConfig:
         self.limits.check_steps(self.steps)
         self.limits.check_guidance(self.guidance)
         object.__setattr__(self, "scheduler", self.limits.check_scheduler(self.scheduler))
-        if self.compile not in ("auto", "on", "off"):
-            raise InvalidParameterError(f"compile must be auto, on or off, got {self.compile!r}")
+        if self.compile not in COMPILE_MODES:
+            raise InvalidParameterError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if self.batch_bucket is not None and not (isinstance(self.batch_bucket, int) and self.batch_bucket >= 1):
             raise InvalidParameterError(f"batch_bucket must be a positive integer, got {self.batch_bucket!r}")
         names = tuple(p.name for p in parse_placements(list(self.placements), self.limits)) \
