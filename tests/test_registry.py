@@ -395,7 +395,9 @@ def test_evaluate_job_writes_table_and_records_eval_tags(home, tmp_path):
 
     report = json.loads(Path(f"{out}.json").read_text())
     assert (report["name"], report["version"]) == ("backdrop", "1")
-    assert 0.0 <= report["category_consistency"] <= 1.0 and report["chance"] == 0.5
+    # a 2-step untrained model has no quality to floor (tests/test_quality_floor.py does that for
+    # the shipped one); the judge's own control: it recognises the real held-out backgrounds
+    assert report["real_consistency"] >= 0.75 and report["chance"] == 0.5
     assert report["n_generated"] == 4 and report["product_bit_identical"] is True
     assert "ref_similarity_cg_pg" in report and "copy_paste_cg_pg" in report
     assert "| category_consistency |" in Path(f"{out}.md").read_text()
