@@ -40,17 +40,20 @@ COLUMNS = ["product_id", "category", "image_uri", "mask_uri"]
 META = "prepared.json"
 
 
-def catalog_key(catalog_uri: str, resolution: int) -> str:
-    """What identifies a prepared catalog: its rows, its files' identities and the resolution."""
+def catalog_key(catalog_uri: str, resolution: int) -> tuple[str, int]:
+    """(what identifies a prepared catalog: its rows, its files' identities and the resolution;
+    how many rows it has)."""
     h = hashlib.sha256(f"{resolution}".encode())
     fs, files = catalog_files(catalog_uri)
     for path in files:
         info = fs.get_file_info(path)
         h.update(f"{path}:{info.size}:{info.mtime_ns}".encode())
+    rows = 0
     for table in iter_catalog(catalog_uri, COLUMNS):
+        rows += table.num_rows
         for col in COLUMNS:
             h.update("\x1f".join(map(str, table.column(col).to_pylist())).encode())
-    return h.hexdigest()[:20]
+    return h.hexdigest()[:20], rows
 
 
 def vae_key(vae: torch.nn.Module) -> str:
@@ -88,14 +91,13 @@ class PreparedCatalog:
                 chunk_rows: int = 256) -> "PreparedCatalog":
         """The prepared catalog for ``catalog_uri`` at ``resolution``, built if absent (rows
         streamed ``chunk_rows`` at a time; bad rows left out and reported)."""
-        root = os.path.join(cache_dir or os.path.join(backdrop_home(), "training-cache"),
-                            catalog_key(catalog_uri, resolution))
+        key, total = catalog_key(catalog_uri, resolution)
+        root = os.path.join(cache_dir or os.path.join(backdrop_home(), "training-cache"), key)
         if os.path.exists(os.path.join(root, META)):
             return cls.open(root)
         partial = f"{root}.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
-        total = sum(t.num_rows for t in iter_catalog(catalog_uri, ["product_id"]))
         r = resolution
         images = np.lib.format.open_memmap(os.path.join(partial, "images.npy"), "w+", np.uint8, (total, 3, r, r))
         masks = np.lib.format.open_memmap(os.path.join(partial, "masks.npy"), "w+", np.uint8, (total, 1, r, r))
