@@ -8,6 +8,10 @@ Each component is in [0, 1], higher is better:
   Features: ``metrics.background_features`` (fixed, parameter-free; the tiny preset's own),
   or, when a local CLIP vision directory is configured, CLIP image embeddings of the image
   with its product pixels painted mid-grey.
+* ``pattern_fit``: P(requested category | texture) under ``pattern.PatternJudge`` (colour-blind,
+  interior texture statistics, or a local CLIP's embeddings of the grey image), fitted on the
+  same train rows. ``category_fit`` alone would pass an output that keeps the palette and
+  blurs the pattern away; scorers saved before the judge existed have no ``pattern_fit``.
 * ``seam``: ``exp(-max(0, g_ring / (g_rest + 0.01) - 1))``. ``g`` is the mean absolute colour
   difference (RGB in [0, 1], mean over channels) of 4-neighbour pixel pairs that are both
   background; ``g_ring`` over pairs with a pixel in the ring of background within ``w``
@@ -21,8 +25,8 @@ Each component is in [0, 1], higher is better:
   features of output and reference (centre: the mean train background), as in
   ``metrics.reference_similarity``.
 
-``qa_score`` is the weighted mean of the components present (weights ``category_fit`` 2, the
-others 1); an output passes when ``qa_score >= threshold`` (default 0.5).
+``qa_score`` is the weighted mean of the components present (weights ``category_fit`` and
+``pattern_fit`` 2, the others 1); an output passes when ``qa_score >= threshold`` (default 0.5).
 
 Independent of the judge: ``quality.evaluation``'s category consistency is nearest-centroid
 accuracy against centroids of the **held-out** split's real images. The scorer is a different
@@ -48,12 +52,14 @@ from ..catalog import read_catalog
 from ..errors import InvalidParameterError, NoScorerError
 from ..inputs import fetch_pair
 from . import metrics
+from .pattern import PatternJudge
+from .softmax import Softmax
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 DEFAULT_THRESHOLD = 0.5
-COMPONENT_WEIGHTS = {"category_fit": 2.0, "seam": 1.0, "leak": 1.0, "reference": 1.0}
+COMPONENT_WEIGHTS = {"category_fit": 2.0, "pattern_fit": 2.0, "seam": 1.0, "leak": 1.0, "reference": 1.0}
 
 
 # --- the fixed components ----------------------------------------------------------------
@@ -89,54 +95,20 @@ def _grey_product(image: Image.Image, mask: np.ndarray) -> Image.Image:
     return Image.fromarray(arr)
 
 
-@dataclass
-class _Softmax:
-    """Multinomial logistic regression on standardised features (numpy, full-batch descent)."""
-
-    names: list[str]
-    mean: np.ndarray
-    std: np.ndarray
-    weights: np.ndarray  # (D, K)
-    bias: np.ndarray  # (K,)
-
-    @classmethod
-    def fit(cls, x: np.ndarray, labels: list[str], l2: float = 1e-2, steps: int = 400, lr: float = 0.5) -> "_Softmax":
-        names = sorted(set(labels))
-        y = np.array([names.index(c) for c in labels])
-        mean, std = x.mean(0), x.std(0) + 1e-6
-        z = (x - mean) / std
-        onehot = np.eye(len(names))[y]
-        w = np.zeros((x.shape[1], len(names)))
-        b = np.zeros(len(names))
-        for _ in range(steps):
-            p = _softmax(z @ w + b)
-            g = (p - onehot) / len(z)
-            w -= lr * (z.T @ g + l2 * w)
-            b -= lr * g.sum(0)
-        return cls(names, mean, std, w, b)
-
-    def proba(self, x: np.ndarray) -> np.ndarray:
-        return _softmax(((x - self.mean) / self.std) @ self.weights + self.bias)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
 # --- the scorer ----------------------------------------------------------------------------
 
 @dataclass
 class QAScorer:
     """Scores one output for its request (the ``runtime.Scorer`` the platform ships)."""
 
-    classifier: _Softmax
+    classifier: Softmax
     palette: metrics.PaletteModel
     center: np.ndarray  # mean train background feature (for the reference component)
     features: str = "tiny"  # "tiny" (background_features) or "clip"
     threshold: float = DEFAULT_THRESHOLD
     fitted_on: dict = field(default_factory=dict)
     encoder: metrics.ImageEncoder | None = None  # set for "clip"
+    pattern: PatternJudge | None = None
 
     def _category_features(self, images: list[Image.Image], masks: list[np.ndarray]) -> np.ndarray:
         if self.features == "clip":
@@ -152,6 +124,9 @@ class QAScorer:
         if request.category in self.classifier.names:
             proba = self.classifier.proba(self._category_features([image], [mask]))[0]
             scores["category_fit"] = float(proba[self.classifier.names.index(request.category)])
+        if self.pattern is not None and request.category in self.pattern.classifier.names:
+            proba = self.pattern.proba([image], [mask])[0]
+            scores["pattern_fit"] = float(proba[self.pattern.classifier.names.index(request.category)])
         scores["seam"] = seam_score(image, mask)
         if request.category in self.palette.product:
             scores["leak"] = 1.0 - self.palette.leak(image, mask, request.category)
@@ -177,6 +152,7 @@ class QAScorer:
             "palette": {"bins": p.bins, "product": {k: v.tolist() for k, v in p.product.items()},
                         "background": {k: v.tolist() for k, v in p.background.items()}},
             "center": self.center.tolist(),
+            "pattern": self.pattern.state() if self.pattern is not None else None,
         }
 
     @classmethod
@@ -184,13 +160,13 @@ class QAScorer:
         if state.get("version") != STATE_VERSION:
             raise NoScorerError(f"QA scorer state version {state.get('version')!r}, expected {STATE_VERSION}")
         c, p = state["classifier"], state["palette"]
-        classifier = _Softmax(list(c["names"]), np.asarray(c["mean"]), np.asarray(c["std"]),
-                              np.asarray(c["weights"]), np.asarray(c["bias"]))
+        classifier = Softmax.from_state(c)
         palette = metrics.PaletteModel(int(p["bins"]), {k: np.asarray(v) for k, v in p["product"].items()},
                                        {k: np.asarray(v) for k, v in p["background"].items()})
         encoder = metrics.ImageEncoder(clip_model) if state["features"] == "clip" and clip_model else None
+        pattern = PatternJudge.from_state(state["pattern"], encoder) if state.get("pattern") else None
         return cls(classifier, palette, np.asarray(state["center"], np.float32), state["features"],
-                   float(state["threshold"]), dict(state.get("fitted_on", {})), encoder)
+                   float(state["threshold"]), dict(state.get("fitted_on", {})), encoder, pattern)
 
     def attach(self, model) -> None:
         """Keep this scorer in ``model`` so ``save_pretrained`` writes it with the weights."""
@@ -212,11 +188,12 @@ def fit_scorer(catalog_uri: str, model_dir: str | None = None, *, clip_model: st
     tiny = np.stack([metrics.background_features(im, m) for im, m in zip(images, masks)])
     encoder = metrics.ImageEncoder(clip_model) if clip_model else None
     feats = encoder([_grey_product(im, m) for im, m in zip(images, masks)]) if encoder else tiny
-    classifier = _Softmax.fit(feats, cats)
+    classifier = Softmax.fit(feats, cats)
     accuracy = float((np.asarray(classifier.names)[classifier.proba(feats).argmax(1)] == np.asarray(cats)).mean())
+    pattern = PatternJudge.fit(images, masks, cats, encoder=encoder, catalog=catalog_uri)
     scorer = QAScorer(classifier, metrics.PaletteModel.fit(images, masks, cats), tiny.mean(0),
                       "clip" if encoder else "tiny", threshold,
-                      {"catalog": catalog_uri, "rows": len(rows), "train_accuracy": round(accuracy, 4)}, encoder)
+                      {"catalog": catalog_uri, "rows": len(rows), "train_accuracy": round(accuracy, 4)}, encoder, pattern)
     log.info("QA scorer fitted on %d rows of %s (train accuracy %.3f)", len(rows), catalog_uri, accuracy)
     if model_dir is not None:
         from ..models.generator import QA_SCORER_NAME  # the path BackdropModel saves and loads
