@@ -1,7 +1,15 @@
 """Held-out evaluation of a generator: the numbers behind the quality bar and the promotion gate.
 
-Everything is computed with ``backdrop.metrics`` (fixed, parameter-free features) on the
-synthetic catalog's held-out split and reference pairs; see that module for definitions.
+Category consistency is judged twice:
+
+* by **colour** (``category_consistency``): nearest centroid of ``metrics.background_features``
+  (fixed, parameter-free) against the held-out split's real images;
+* by **pattern** (``pattern_consistency``): ``pattern.PatternJudge``, colour-blind texture
+  statistics, fitted on the train split's ads at odd row positions (the QA scorer's copy is
+  fitted on the even ones, so best-of-N does not pick by the very function it is judged by).
+
+Each comes with the same judge's score on the real held-out images (``real_consistency``,
+``real_pattern_consistency``): a model is compared with what its judge gives the truth.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from ..inputs import fetch_product, fetch_reference
 from ..pipeline import GenerationRequest, InferenceConfig
 from ..runtime import LoadedGenerator, row_seed
 from . import metrics
+from .pattern import PatternJudge
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +41,7 @@ class EvalConfig:
     per_category: int = 12
     pairs: int = 32
     palette_rows: int = 400
+    judge_rows: int = 640  # train ads the pattern judge is fitted on
     batch_size: int = 48
     seed: int = 0
     clip_model: str | None = None  # CLIP vision dir (local or s3://) for CLIP-sim and FID
@@ -72,11 +82,12 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
     real_feats = np.stack([metrics.background_features(q.image, q.mask) for q in real])
     centroids = metrics.CategoryCentroids.fit(real_feats, cats)
 
-    train_rows = read_catalog(catalog["train"]).to_pylist()
-    train_rows = train_rows[:: max(1, len(train_rows) // cfg.palette_rows)]
+    all_train = [r for r in read_catalog(catalog["train"]).to_pylist() if r["category"] in model.categories]
+    train_rows = all_train[:: max(1, len(all_train) // cfg.palette_rows)]
     train = [_request(r, 0) for r in train_rows]
     palette = metrics.PaletteModel.fit([q.image for q in train], [q.mask for q in train],
                                        [r["category"] for r in train_rows])
+    judge = fit_pattern_judge(all_train[1::2], cfg.judge_rows, catalog["train"], cfg.clip_model)
 
     picks = [i for c in model.categories.names for i in [j for j, x in enumerate(cats) if x == c][: cfg.per_category]]
     reqs = [real[i] for i in picks]
@@ -85,10 +96,14 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
     consistency = metrics.category_consistency(feats, [q.category for q in reqs], centroids)
     real_consistency = metrics.category_consistency(
         np.stack([metrics.background_features(q.image, q.mask) for q in reqs]), [q.category for q in reqs], centroids)
+    pattern = judge.consistency(outputs, [q.mask for q in reqs], [q.category for q in reqs])
+    real_pattern = judge.consistency([q.image for q in reqs], [q.mask for q in reqs], [q.category for q in reqs])
     m = {
         "category_consistency": consistency["category_consistency"],
+        "pattern_consistency": pattern["pattern_consistency"],
         "chance": consistency["chance"],
         "real_consistency": real_consistency["category_consistency"],
+        "real_pattern_consistency": real_pattern["pattern_consistency"],
         "product_leak": float(np.mean([palette.leak(o, q.mask, q.category) for o, q in zip(outputs, reqs)])),
         "real_product_leak": float(np.mean([palette.leak(q.image, q.mask, q.category) for q in reqs])),
         "n_generated": len(outputs),
@@ -107,7 +122,17 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
         m["fid"] = metrics.fid(encoder, outputs, [q.image for q in real])
     m["product_bit_identical"] = identical
     m["eval_seconds"] = round(time.perf_counter() - t0, 1)
-    return EvalResult(m, consistency["per_category"], grids)
+    per_category = {c: {"colour": v, "pattern": pattern["per_category"][c]} for c, v in consistency["per_category"].items()}
+    return EvalResult(m, per_category, grids)
+
+
+def fit_pattern_judge(rows: list[dict], max_rows: int, catalog_uri: str, clip_model: str | None = None) -> PatternJudge:
+    """The pattern judge fitted on up to ``max_rows`` of ``rows`` (train ads), spread evenly."""
+    rows = rows[:: max(1, -(-len(rows) // max_rows))]
+    ads = [_request(r, 0) for r in rows]
+    encoder = metrics.ImageEncoder(clip_model) if clip_model else None
+    return PatternJudge.fit([q.image for q in ads], [q.mask for q in ads], [q.category for q in ads],
+                            encoder=encoder, catalog=catalog_uri)
 
 
 def _reference_eval(gen: LoadedGenerator, pairs_uri: str, cfg: EvalConfig, center: np.ndarray):

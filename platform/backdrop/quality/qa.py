@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 DEFAULT_THRESHOLD = 0.5
+PATTERN_ROWS = 640  # train ads the pattern component is fitted on
 COMPONENT_WEIGHTS = {"category_fit": 2.0, "pattern_fit": 2.0, "seam": 1.0, "leak": 1.0, "reference": 1.0}
 
 
@@ -177,9 +178,11 @@ def fit_scorer(catalog_uri: str, model_dir: str | None = None, *, clip_model: st
                max_rows: int | None = None, threshold: float = DEFAULT_THRESHOLD) -> QAScorer:
     """Fit the scorer on a catalog's **train** split (a Parquet URI) and, with ``model_dir``,
     write it into that saved generator (``qa/scorer.json``), so it is versioned with it."""
-    rows = read_catalog(catalog_uri).to_pylist()
-    if max_rows and len(rows) > max_rows:
-        rows = rows[:: -(-len(rows) // max_rows)]
+    every = read_catalog(catalog_uri).to_pylist()
+    positions = list(range(len(every)))
+    if max_rows and len(positions) > max_rows:
+        positions = positions[:: -(-len(positions) // max_rows)]
+    rows = [every[i] for i in positions]
     if not rows:
         raise InvalidParameterError(f"catalog {catalog_uri} has no rows to fit a QA scorer on")
     pairs = [fetch_pair(r["image_uri"], r.get("mask_uri")) for r in rows]
@@ -190,7 +193,10 @@ def fit_scorer(catalog_uri: str, model_dir: str | None = None, *, clip_model: st
     feats = encoder([_grey_product(im, m) for im, m in zip(images, masks)]) if encoder else tiny
     classifier = Softmax.fit(feats, cats)
     accuracy = float((np.asarray(classifier.names)[classifier.proba(feats).argmax(1)] == np.asarray(cats)).mean())
-    pattern = PatternJudge.fit(images, masks, cats, encoder=encoder, catalog=catalog_uri)
+    # even catalog positions only: evaluation's pattern judge is fitted on the odd ones
+    even = [k for k, i in enumerate(positions) if i % 2 == 0][:PATTERN_ROWS]
+    pattern = PatternJudge.fit([images[k] for k in even], [masks[k] for k in even], [cats[k] for k in even],
+                               encoder=encoder, catalog=catalog_uri)
     scorer = QAScorer(classifier, metrics.PaletteModel.fit(images, masks, cats), tiny.mean(0),
                       "clip" if encoder else "tiny", threshold,
                       {"catalog": catalog_uri, "rows": len(rows), "train_accuracy": round(accuracy, 4)}, encoder, pattern)
