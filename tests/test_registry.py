@@ -187,19 +187,20 @@ def test_download_cache_keeps_the_recently_used_versions_within_its_bytes(home, 
 
 @pytest.fixture
 def gate(home):
-    """A fresh registered model ``NAME`` with v1 (consistency 0.5), v2 (0.4), v3 (no eval)."""
+    """A fresh registered model ``NAME`` with v1 (consistency 0.5 by colour and pattern), v2 (0.4), v3 (no eval)."""
     import uuid
 
     name = f"gate-{uuid.uuid4().hex[:8]}"
     for _ in range(3):  # versions of the already-logged generator: no new upload needed
         mlflow.register_model(home.v1.source, name)
-    registry.record_metrics(name, "1", {"category_consistency": 0.5, "product_leak": 0.1})
-    registry.record_metrics(name, "2", {"category_consistency": 0.4})
+    registry.record_metrics(name, "1", {"category_consistency": 0.5, "pattern_consistency": 0.5, "product_leak": 0.1})
+    registry.record_metrics(name, "2", {"category_consistency": 0.4, "pattern_consistency": 0.4})
     return name
 
 
 def test_promotion_gate(gate):
-    assert registry.version_metrics(gate, "1") == {"category_consistency": 0.5, "product_leak": 0.1}
+    assert registry.version_metrics(gate, "1") == {"category_consistency": 0.5, "pattern_consistency": 0.5,
+                                                   "product_leak": 0.1}
     with pytest.raises(registry.RegistryError, match="no current or recorded holder.*--allow-first"):
         registry.promote(gate, "1")  # nothing to compare with: not a silent pass
     assert registry.describe_registered(gate)["aliases"] == {}
@@ -259,7 +260,8 @@ def test_losing_the_champion_keeps_its_metric_as_the_baseline(gate):
     last holder recorded in ``backdrop.last_champion`` instead of passing anything."""
     registry.promote(gate, "1", allow_no_baseline=True)
     tags = MlflowClient().get_registered_model(gate).tags
-    assert json.loads(tags["backdrop.last_champion"]) == {"version": "1", "metrics": {"category_consistency": 0.5}}
+    assert json.loads(tags["backdrop.last_champion"]) == {
+        "version": "1", "metrics": {"category_consistency": 0.5, "pattern_consistency": 0.5}}
 
     MlflowClient().delete_model_version(gate, "1")
     assert registry.describe_registered(gate)["aliases"] == {}
@@ -269,12 +271,27 @@ def test_losing_the_champion_keeps_its_metric_as_the_baseline(gate):
     assert "backdrop.last_champion" in str(err.value)
     assert registry.describe_registered(gate)["aliases"] == {}
 
-    registry.record_metrics(gate, "3", {"category_consistency": 0.6})
+    registry.record_metrics(gate, "3", {"category_consistency": 0.6, "pattern_consistency": 0.6})
     report = registry.promote(gate, "3")
     assert (report["previous_version"], report["previous"], report["baseline"]) == ("1", 0.5, "backdrop.last_champion")
     assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "3")
-    with pytest.raises(registry.RegistryError, match="v3's 0.6000 \\(alias; higher is better\\)"):
+    with pytest.raises(registry.RegistryError, match="v3's 0.6000 \\(alias; higher is better; tolerance 0\\)"):
         registry.promote(gate, "2")  # the live alias is the baseline again
+
+
+def test_each_judge_gates_on_its_own_with_its_own_tolerance(gate):
+    """Better colours do not buy worse patterns: both judges must hold, each within its tolerance."""
+    registry.record_metrics(gate, "3", {"category_consistency": 0.9, "pattern_consistency": 0.3})
+    registry.promote(gate, "1", allow_no_baseline=True)
+    with pytest.raises(registry.RegistryError, match="pattern_consistency=0.3000 is worse than v1's 0.5000"):
+        registry.promote(gate, "3")
+    with pytest.raises(registry.RegistryError, match="pattern_consistency"):
+        registry.promote(gate, "3", tolerance={"category_consistency": 0.5})  # the colour tolerance does not help
+    report = registry.promote(gate, "3", tolerance={"pattern_consistency": 0.25})
+    assert report["gates"]["pattern_consistency"] == {"new": 0.3, "previous": 0.5, "tolerance": 0.25}
+    assert report["gates"]["category_consistency"]["new"] == 0.9
+    with pytest.raises(registry.RegistryError, match="tolerance must be a finite number"):
+        registry.promote(gate, "2", tolerance={"pattern_consistency": float("nan")})
 
 
 def test_a_lower_is_better_metric_gates_the_right_way(gate):
@@ -304,7 +321,7 @@ def test_an_unreachable_registry_is_never_absence(home, monkeypatch):
 
 def test_promote_refuses_when_the_alias_moved_meanwhile(gate, monkeypatch):
     """Compare-and-set: the alias is re-read just before it is moved."""
-    registry.record_metrics(gate, "3", {"category_consistency": 0.9})
+    registry.record_metrics(gate, "3", {"category_consistency": 0.9, "pattern_consistency": 0.9})
     registry.promote(gate, "1", allow_no_baseline=True)
     real = registry._baseline
 
@@ -373,9 +390,16 @@ def test_promote_job_exit_codes(gate):
     assert "non-finite 'category_consistency'" in bad.stderr and "'inf'" in bad.stderr
     assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "1")
 
-    forced = _job("promote.py", "--name", gate, "--version", "2", "--force")
-    assert forced.returncode == 0, forced.stderr[-3000:]
+    typo = _job("promote.py", "--name", gate, "--version", "2", "--metric", "pattern_consistency=lots")
+    assert typo.returncode == 2 and "must be a number" in typo.stderr, typo.stderr[-3000:]
+    within = _job("promote.py", "--name", gate, "--version", "2",
+                  "--metric", "category_consistency=0.1", "--metric", "pattern_consistency=0.15")
+    assert within.returncode == 0, within.stderr[-3000:]  # 0.4 vs 0.5: inside each metric's own tolerance
     assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "2")
+
+    forced = _job("promote.py", "--name", gate, "--version", "1", "--force")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "1")
 
 
 # --------------------------------------------------------------------------- evaluate job
@@ -441,7 +465,7 @@ def test_registry_over_a_real_mlflow_server_with_artifacts_on_s3(mlflow_server, 
     expected = _outputs(model)
     assert _same(_outputs(BackdropModel.from_pretrained(resolved.path)), expected)
 
-    registry.record_metrics("backdrop-remote", "1", {"category_consistency": 0.7})
+    registry.record_metrics("backdrop-remote", "1", {"category_consistency": 0.7, "pattern_consistency": 0.5})
     registry.promote("backdrop-remote", "1", allow_no_baseline=True)
     champ = registry.resolve("models:/backdrop-remote@champion")
     assert champ.version == "1" and champ.path == resolved.path

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import mlflow
@@ -304,26 +305,18 @@ def _baseline(client: MlflowClient, name: str, alias: str, metric: str) -> tuple
 LOWER_IS_BETTER = frozenset({"product_leak", "copy_paste", "fid"})
 
 
-def promote(name: str, version: str, *, alias: str = CHAMPION, metric: str = "category_consistency",
-            force: bool = False, tolerance: float = 0.0, allow_no_baseline: bool = False) -> dict:
-    """Point ``alias`` at ``version`` if its held-out ``metric`` is not worse than the baseline's.
+# What a promotion must not make worse, by default: category consistency by colour and by pattern
+# (quality.evaluation), each with its own tolerance.
+GATE_METRICS = ("category_consistency", "pattern_consistency")
 
-    The baseline is the alias's current holder or, when the alias was lost, the last holder
-    recorded in the ``backdrop.last_<alias>`` registered-model tag (written here on every move).
-    With no baseline at all (a first promotion) the move needs ``allow_no_baseline``. Metrics
-    must be finite numbers. Returns a small report; raises ``RegistryError`` when the gate
-    refuses (``force`` moves the alias regardless).
-    """
-    if not (math.isfinite(tolerance) and tolerance >= 0):  # a nan tolerance would make every comparison pass
-        raise RegistryError(f"tolerance must be a finite number >= 0, not {tolerance!r}")
-    configure()
-    client = MlflowClient()
-    version = normalize_version(version)
-    mv = _lookup(lambda: client.get_model_version(name, version), f"cannot promote {name} v{version}")
+
+def _gate(client: MlflowClient, name: str, version: str, tags: dict, alias: str, metric: str,
+          tolerance: float, allow_no_baseline: bool) -> tuple[dict, list[RegistryError], str | None, str]:
+    """One metric's verdict: (its numbers, its refusals, the baseline version, the baseline's source)."""
     lower = metric in LOWER_IS_BETTER
     refusals: list[RegistryError] = []
     try:
-        new = gate_metric(name, version, metric, (mv.tags or {}).get(f"eval.{metric}"))
+        new = gate_metric(name, version, metric, tags.get(f"eval.{metric}"))
     except RegistryError as e:
         new = None
         refusals.append(e)
@@ -347,13 +340,49 @@ def promote(name: str, version: str, *, alias: str = CHAMPION, metric: str = "ca
         elif old is not None and (new > old + tolerance if lower else new < old - tolerance):
             refusals.append(RegistryError(
                 f"refusing to move {alias}: {name} v{version} {metric}={new:.4f} is worse than "
-                f"v{old_version}'s {old:.4f} ({source}; {'lower' if lower else 'higher'} is better) "
-                f"(use --force to override)"))
+                f"v{old_version}'s {old:.4f} ({source}; {'lower' if lower else 'higher'} is better; "
+                f"tolerance {tolerance:g}) (use --force to override)"))
+    return {"new": new, "previous": old, "tolerance": tolerance}, refusals, old_version, source
+
+
+def promote(name: str, version: str, *, alias: str = CHAMPION, metric: str | Sequence[str] = GATE_METRICS,
+            force: bool = False, tolerance: float | Mapping[str, float] = 0.0,
+            allow_no_baseline: bool = False) -> dict:
+    """Point ``alias`` at ``version`` if none of its held-out ``metric`` s is worse than the baseline's.
+
+    Each metric is gated on its own, with its own tolerance (``tolerance`` as a mapping; a
+    number applies to all). The baseline is the alias's current holder or, when the alias was
+    lost, the last holder recorded in the ``backdrop.last_<alias>`` registered-model tag
+    (written here on every move). With no baseline at all (a first promotion) the move needs
+    ``allow_no_baseline``. Metrics must be finite numbers. Returns a small report (``new`` and
+    ``previous`` are the first metric's; ``gates`` has every metric's); raises
+    ``RegistryError`` when the gate refuses (``force`` moves the alias regardless).
+    """
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    tolerances = {m: (tolerance.get(m, 0.0) if isinstance(tolerance, Mapping) else tolerance) for m in metrics}
+    for m, t in tolerances.items():
+        if not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0):  # nan would make every comparison pass
+            raise RegistryError(f"tolerance must be a finite number >= 0, not {t!r} (for {m})")
+    configure()
+    client = MlflowClient()
+    version = normalize_version(version)
+    mv = _lookup(lambda: client.get_model_version(name, version), f"cannot promote {name} v{version}")
+    gates, refusals, holders = {}, [], []
+    for m in metrics:
+        gates[m], refused, old_version, source = _gate(client, name, version, mv.tags or {}, alias, m,
+                                                      tolerances[m], allow_no_baseline)
+        refusals += refused
+        holders.append((old_version, source))
+    old_version, source = holders[0]
+    if len(set(holders)) > 1 and not force:  # every metric must be gated against the same holder
+        raise RegistryError(f"{name}@{alias} moved to v{holders[-1][0]} while v{version} was being gated "
+                            f"against v{old_version}; promote again")
     if refusals and not force:
         raise refusals[0]
-    report = {"name": name, "alias": alias, "version": version, "metric": metric, "new": new,
-              "previous_version": old_version, "previous": old, "baseline": source, "forced": force,
-              "overridden": [str(e) for e in refusals]}
+    first = gates[metrics[0]]
+    report = {"name": name, "alias": alias, "version": version, "metric": metrics[0], "new": first["new"],
+              "previous_version": old_version, "previous": first["previous"], "baseline": source, "forced": force,
+              "gates": gates, "overridden": [str(e) for e in refusals]}
     # Compare-and-set, as far as MLflow allows (it has no conditional update): the alias must
     # still point where the gate read it, or another promotion won the race.
     now = _lookup(lambda: client.get_model_version_by_alias(name, alias), f"{name}@{alias}", missing_ok=True)
@@ -362,9 +391,10 @@ def promote(name: str, version: str, *, alias: str = CHAMPION, metric: str = "ca
         raise RegistryError(f"{name}@{alias} moved to v{now_version} while v{version} was being gated "
                             f"against v{old_version}; promote again")
     client.set_registered_model_alias(name, alias, version)
-    metrics = {metric: new} if new is not None else {}
-    client.set_registered_model_tag(name, last_holder_tag(alias), json.dumps({"version": version, "metrics": metrics}))
-    log.info("%s@%s -> v%s (%s: %s, previously %s)", name, alias, version, metric, new, old)
+    recorded = {m: g["new"] for m, g in gates.items() if g["new"] is not None}
+    client.set_registered_model_tag(name, last_holder_tag(alias), json.dumps({"version": version, "metrics": recorded}))
+    log.info("%s@%s -> v%s (%s; previously v%s)", name, alias, version,
+             ", ".join(f"{m}: {g['new']} vs {g['previous']}" for m, g in gates.items()), old_version)
     return report
 
 
