@@ -372,8 +372,9 @@ def promote(name: str, version: str, *, alias: str = CHAMPION, metric: str | Seq
         gates[m], refused, old_version, source = _gate(client, name, version, mv.tags or {}, alias, m,
                                                       tolerances[m], allow_no_baseline)
         refusals += refused
-        holders.append((old_version, source))
-    old_version, source = holders[0]
+        if source != "unreadable":
+            holders.append((old_version, source))
+    old_version, source = holders[0] if holders else (None, "unreadable")
     if len(set(holders)) > 1 and not force:  # every metric must be gated against the same holder
         raise RegistryError(f"{name}@{alias} moved to v{holders[-1][0]} while v{version} was being gated "
                             f"against v{old_version}; promote again")
