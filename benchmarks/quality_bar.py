@@ -2,7 +2,8 @@
 
     python benchmarks/quality_bar.py --workdir runs/quality                       # (a) from nothing
     python benchmarks/quality_bar.py --mode adapt --init checkpoints/tiny-64 \\
-        --style-seeds 11,12,13 --cg-steps 1500 --workdir runs/adapt              # (b) adaptation
+        --style-seeds 11,12,13 --photo-catalogs textures,nature,flowers \\
+        --cg-steps 1500 --workdir runs/adapt                                    # (b) adaptation
     python benchmarks/quality_bar.py --mode table1 --init runs/prior-model \\
         --style-seeds 11 --steps base=3000 --cg-steps 1500 --workdir runs/table1  # Table 1 revisited
 
@@ -14,10 +15,12 @@ steps/s is printed beside the table, so a step count converts to minutes on this
   scratch  VAE + base (caption "a photo") from random weights on the default catalog; CG with an
            evaluation at each curve point; plain ControlNet from the same base at the same
            budget; PG on the final CG with the reference metrics (Tables 2 and 4).
-  adapt    for each style seed: a catalog the model never saw (``SyntheticConfig.style_seed``);
-           from ``--init``, fine-tune CG (evaluated at each curve point), then PG; mean and
-           spread over the seeds per point; a gallery per seed. The bar: consistency >= 0.85
-           within 1,500 CG steps.
+  adapt    for each style seed (``SyntheticConfig.style_seed``, drawn by the prior's own
+           generator) and each photographic catalog (``benchmarks/photo_catalogs.py``: real
+           photographs, outside the prior): from ``--init``, fine-tune CG (evaluated at each
+           curve point), then PG; mean and spread over the catalogs per point; a gallery per
+           catalog. The bar, per catalog, within 1,500 CG steps: colour consistency >= 0.85 and
+           pattern consistency >= 0.8 x the true backgrounds'.
   table1   does a base that knows category words beat CG with plain ControlNet? From ``--init``,
            the base UNet is trained on the first style seed's catalog with captions "a photo"
            and "A photo of {category}" (same steps); on each base, mask-guided CG and plain
@@ -55,7 +58,8 @@ from backdrop.training import StageConfig, StageTrainer, parse_budgets, random_b
 from backdrop.training.loop import CATEGORY_CAPTION, starting_model  # noqa: E402
 
 log = logging.getLogger("quality_bar")
-BAR = 0.85  # adaptation: category consistency within --cg-steps (1,500 CG steps at batch 32)
+BAR = 0.85  # adaptation: colour consistency within --cg-steps (1,500 CG steps at batch 32)
+PATTERN_BAR = 0.8  # adaptation: pattern consistency / the true backgrounds' pattern consistency
 
 
 # ------------------------------------------------------------------------------ budgets
@@ -142,6 +146,9 @@ def run_curve(model, data, catalog_dir: str, workdir: str, prefix: str, args, se
         res = evaluate_checkpoint(ckpt, catalog_dir, os.path.join(workdir, "eval", f"{prefix}-{budget}"), args, False)
         curve.append({"cg_steps": r.steps, "cg_minutes": round(elapsed / 60, 3),
                       "category_consistency": res["category_consistency"], "product_leak": res["product_leak"],
+                      "pattern_consistency": res["pattern_consistency"],
+                      "real_pattern_consistency": res["real_pattern_consistency"],
+                      "pattern_ratio": res["pattern_consistency"] / max(res["real_pattern_consistency"], 1e-9),
                       "checkpoint": ckpt, "grid": res["grids"]["categories"]})
         log.info("curve point: %s", {k: v for k, v in curve[-1].items() if k not in ("checkpoint", "grid")})
     return curve, r
@@ -158,8 +165,20 @@ def catalog_config(args, style_seed: int | None) -> SyntheticConfig:
                            style_seed=style_seed)
 
 
-def load_catalog(args, directory: str, style_seed: int | None) -> dict:
-    make_catalog(directory, catalog_config(args, style_seed))
+def load_catalog(args, directory: str, style_seed: int | None, photos: str | None = None) -> dict:
+    if photos is not None:
+        sys.path.insert(0, HERE)
+        from photo_catalogs import assemble
+
+        from backdrop.demo.photos import PhotoCatalogConfig, make_photo_catalog
+
+        folder = assemble(photos, os.path.join(args.workdir, "photos"))
+        make_photo_catalog(folder, directory, PhotoCatalogConfig(
+            train_per_category=args.train_per_category, heldout_per_category=args.heldout_per_category,
+            pairs_per_category=args.pairs_per_category, resolution=args.catalog_resolution or args.resolution,
+            seed=args.seed))
+    else:
+        make_catalog(directory, catalog_config(args, style_seed))
     return load_training_arrays(os.path.join(directory, "train.parquet"), args.resolution).as_dict()
 
 
@@ -222,34 +241,49 @@ def run_pg(cg_dir: str, data: dict, catalog_dir: str, out_dir: str, args) -> dic
     return pg
 
 
+def adapt_targets(args) -> list[tuple[str, int | None, str | None]]:
+    """(name, style seed, photo catalog) of every catalog adapt mode measures."""
+    seeds = [int(x) for x in args.style_seeds.split(",") if x.strip()]
+    photos = [x.strip() for x in (args.photo_catalogs or "").split(",") if x.strip()]
+    return [(f"style-{s}", s, None) for s in seeds] + [(f"photos-{p}", None, p) for p in photos]
+
+
 def run_adapt(args) -> dict:
-    """(b) From ``--init``, CG (then PG) fine-tuned on catalogs of unseen style seeds."""
-    seeds = [int(s) for s in args.style_seeds.split(",")]
-    per_seed, steps_total, seconds_total = {}, 0, 0.0
-    pg_seeds = seeds if args.pg_seeds is None else seeds[:args.pg_seeds]
-    for s in seeds:
-        workdir = os.path.join(args.workdir, f"style-{s}")
+    """(b) From ``--init``, CG (then PG) fine-tuned on catalogs it never saw."""
+    targets = adapt_targets(args)
+    per_catalog, steps_total, seconds_total = {}, 0, 0.0
+    pg_targets = [t[0] for t in targets][: len(targets) if args.pg_seeds is None else args.pg_seeds]
+    for name, style_seed, photos in targets:
+        workdir = os.path.join(args.workdir, name)
         catalog_dir = os.path.join(workdir, "catalog")
-        data = load_catalog(args, catalog_dir, s)
+        data = load_catalog(args, catalog_dir, style_seed, photos)
         model = starting_model(args.init, sorted(set(data["categories"])), ("cg", "pg"))
         curve, r = run_curve(model, data, catalog_dir, workdir, "cg", args, args.seed + 10)
         steps_total, seconds_total = steps_total + r.steps, seconds_total + r.seconds
-        entry = {"curve": curve, "gallery": curve[-1]["grid"]}
-        if not args.skip_pg and s in pg_seeds:
-            entry["pg"] = run_pg(curve[-1]["checkpoint"], data, catalog_dir, os.path.join(workdir, "cg-pg"), args)
+        last = curve[-1]
+        entry = {"curve": curve, "gallery": last["grid"],
+                 "bar_met": last["category_consistency"] >= BAR and last["pattern_ratio"] >= PATTERN_BAR}
+        if not args.skip_pg and name in pg_targets:
+            entry["pg"] = run_pg(last["checkpoint"], data, catalog_dir, os.path.join(workdir, "cg-pg"), args)
             entry["gallery_references"] = os.path.join(workdir, "eval", "cg-pg-references.png")
-        per_seed[str(s)] = entry
+        per_catalog[name] = entry
+        log.info("%s: %s", name, {k: v for k, v in last.items() if k not in ("checkpoint", "grid")})
     points = []
     for k in range(len(curve_budgets(args))):
-        rows = [per_seed[str(s)]["curve"][k] for s in seeds]
+        rows = [e["curve"][k] for e in per_catalog.values()]
         cons = np.array([x["category_consistency"] for x in rows])
+        pattern = np.array([x["pattern_consistency"] for x in rows])
+        ratio = np.array([x["pattern_ratio"] for x in rows])
         points.append({"cg_steps": int(np.mean([x["cg_steps"] for x in rows])),
                        "cg_minutes": float(np.mean([x["cg_minutes"] for x in rows])),
                        "consistency_mean": float(cons.mean()), "consistency_std": float(cons.std()),
                        "consistency_min": float(cons.min()), "consistency_max": float(cons.max()),
+                       "pattern_mean": float(pattern.mean()), "pattern_std": float(pattern.std()),
+                       "pattern_ratio_mean": float(ratio.mean()), "pattern_ratio_min": float(ratio.min()),
                        "leak_mean": float(np.mean([x["product_leak"] for x in rows]))})
-    return {"mode": "adapt", "init": args.init, "style_seeds": seeds, "per_seed": per_seed, "points": points,
-            "bar": BAR, "bar_met": points[-1]["consistency_mean"] >= BAR,
+    return {"mode": "adapt", "init": args.init, "catalogs": [t[0] for t in targets], "per_catalog": per_catalog,
+            "points": points, "bar": BAR, "pattern_bar": PATTERN_BAR,
+            "bar_met": all(e["bar_met"] for e in per_catalog.values()),
             "cg_steps_per_s": steps_per_second(steps_total, seconds_total)}
 
 
@@ -303,9 +337,10 @@ def render_report(results: dict, args) -> str:
         base = ", ".join(f"{k} {v['steps']} steps / {v['minutes']:.1f} min" for k, v in results["base"].items())
         lines += [f"Base: {base}",
                   "", "## Category consistency of CG (chance = 1/categories)", "",
-                  "| CG steps | CG wall min | consistency | product leak |", "| --- | --- | --- | --- |"]
+                  "| CG steps | CG wall min | colour consistency | pattern consistency | product leak |",
+                  "| --- | --- | --- | --- | --- |"]
         lines += [f"| {c['cg_steps']} | {c['cg_minutes']:.2f} | {c['category_consistency']:.3f} | "
-                  f"{c['product_leak']:.3f} |" for c in results["curve"]]
+                  f"{c['pattern_consistency']:.3f} | {c['product_leak']:.3f} |" for c in results["curve"]]
         if "plain_controlnet" in results:
             b, cg = results["plain_controlnet"], results["cg"]
             lines += ["", "## Mask-guided CG vs plain ControlNet (same base, same CG steps)", "",
@@ -316,17 +351,22 @@ def render_report(results: dict, args) -> str:
                       f"{b['category_consistency']:.3f} | {b['product_leak']:.3f} |",
                       f"| real held-out ad images | | 1.000 | {b['real_product_leak']:.3f} |"]
     elif mode == "adapt":
-        lines += [f"From `{results['init']}` on style seeds {results['style_seeds']} (catalogs it never saw). "
-                  f"Bar: mean consistency >= {BAR} at the last point: **{'met' if results['bar_met'] else 'not met'}**.",
-                  "", "| CG steps | CG wall min (mean) | consistency mean | std | min | max | leak mean |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"From `{results['init']}` on {', '.join(results['catalogs'])} (catalogs it never saw). "
+                  f"Bar, per catalog at the last point: colour consistency >= {BAR} and pattern consistency "
+                  f">= {PATTERN_BAR} x the true backgrounds': **{'met' if results['bar_met'] else 'not met'}**.",
+                  "", "| CG steps | CG wall min (mean) | colour mean | std | min | max | pattern mean | std "
+                  "| pattern / truth mean | min | leak mean |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {p['cg_steps']} | {p['cg_minutes']:.2f} | {p['consistency_mean']:.3f} | {p['consistency_std']:.3f} "
-                  f"| {p['consistency_min']:.3f} | {p['consistency_max']:.3f} | {p['leak_mean']:.3f} |"
-                  for p in results["points"]]
-        for s, e in results["per_seed"].items():
-            lines += ["", f"### style seed {s}", "", "| CG steps | CG wall min | consistency | product leak |",
-                      "| --- | --- | --- | --- |"]
+                  f"| {p['consistency_min']:.3f} | {p['consistency_max']:.3f} | {p['pattern_mean']:.3f} "
+                  f"| {p['pattern_std']:.3f} | {p['pattern_ratio_mean']:.3f} | {p['pattern_ratio_min']:.3f} "
+                  f"| {p['leak_mean']:.3f} |" for p in results["points"]]
+        for name, e in results["per_catalog"].items():
+            lines += ["", f"### {name} (bar {'met' if e['bar_met'] else 'not met'})", "",
+                      "| CG steps | CG wall min | colour | pattern | truth's pattern | pattern / truth | product leak |",
+                      "| --- | --- | --- | --- | --- | --- | --- |"]
             lines += [f"| {c['cg_steps']} | {c['cg_minutes']:.2f} | {c['category_consistency']:.3f} | "
+                      f"{c['pattern_consistency']:.3f} | {c['real_pattern_consistency']:.3f} | {c['pattern_ratio']:.3f} | "
                       f"{c['product_leak']:.3f} |" for c in e["curve"]]
             if "pg" in e:
                 lines += ["", "PG: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
@@ -347,8 +387,8 @@ def render_report(results: dict, args) -> str:
 def galleries(results: dict) -> dict[str, str]:
     """name -> PNG path of the grids worth publishing."""
     if results["mode"] == "adapt":
-        out = {f"style-{s}": e["gallery"] for s, e in results["per_seed"].items()}
-        out.update({f"style-{s}-references": e["gallery_references"] for s, e in results["per_seed"].items()
+        out = {name: e["gallery"] for name, e in results["per_catalog"].items()}
+        out.update({f"{name}-references": e["gallery_references"] for name, e in results["per_catalog"].items()
                     if os.path.exists(e.get("gallery_references", ""))})
         return out
     if results["mode"] == "table1":
@@ -368,6 +408,8 @@ def write_report(results: dict, args) -> str:
     from backdrop import registry
 
     stem = f"quality-{args.resolution}px" + ("" if results["mode"] == "scratch" else f"-{results['mode']}")
+    if args.report_tag:
+        stem += f"-{args.report_tag}"
     if args.cg_timestep_sampling != "importance":
         stem += f"-cg-{args.cg_timestep_sampling}-t"
     os.makedirs(args.results_dir, exist_ok=True)
@@ -388,9 +430,12 @@ def write_report(results: dict, args) -> str:
         mlflow.log_metric("cg_steps_per_s", results["cg_steps_per_s"])
         for c in results.get("curve", []):
             mlflow.log_metric("category_consistency", c["category_consistency"], step=c["cg_steps"])
+            mlflow.log_metric("pattern_consistency", c["pattern_consistency"], step=c["cg_steps"])
         for p in results.get("points", []):
             mlflow.log_metric("consistency_mean", p["consistency_mean"], step=p["cg_steps"])
             mlflow.log_metric("consistency_std", p["consistency_std"], step=p["cg_steps"])
+            mlflow.log_metric("pattern_mean", p["pattern_mean"], step=p["cg_steps"])
+            mlflow.log_metric("pattern_ratio_min", p["pattern_ratio_min"], step=p["cg_steps"])
         mlflow.log_text(text, "quality.md")
         mlflow.log_dict(results, "quality.json")
         for name, path in pictures.items():
@@ -427,15 +472,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=os.path.join(ROOT, "checkpoints", "tiny-64"),
                    help="adapt / table1: the checkpoint to start from (the shipped one or a prior model)")
     p.add_argument("--style-seeds", default="11,12,13", help="adapt: one catalog per seed; table1: the first")
+    p.add_argument("--photo-catalogs", default="", help="adapt: photographic catalogs too "
+                   "(benchmarks/photo_catalogs.py: textures, nature, flowers)")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--skip-pg", action="store_true")
-    p.add_argument("--pg-seeds", type=int, help="adapt: train and measure PG on the first N style seeds only")
+    p.add_argument("--pg-seeds", type=int, help="adapt: train and measure PG on the first N catalogs only")
     p.add_argument("--eval-steps", type=int, default=20)
     p.add_argument("--per-category", type=int, default=12)
     p.add_argument("--pairs", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cg-timestep-sampling", default="importance", choices=["importance", "uniform"],
                    help="the ablation: 'uniform' draws CG's timesteps uniformly and weights the loss")
+    p.add_argument("--report-tag", default="", help="appended to the report's file names (several runs side by side)")
     p.add_argument("--reuse-base", action="store_true",
                    help="scratch: keep WORKDIR/base (and its measured steps and minutes) from an earlier run")
     return p

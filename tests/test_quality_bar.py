@@ -58,18 +58,20 @@ def test_adapt_mode_end_to_end(bar, home):
     image = next((home / "work" / "style-11" / "catalog" / "images" / "train").iterdir())
     assert Image.open(image).size == (96, 96)
     report = json.loads((results_dir / "quality-64px-adapt.json").read_text())
-    assert report["style_seeds"] == [11] and report["init"] == CHECKPOINT
-    curve = report["per_seed"]["11"]["curve"]
+    assert report["catalogs"] == ["style-11"] and report["init"] == CHECKPOINT
+    curve = report["per_catalog"]["style-11"]["curve"]
     assert [c["cg_steps"] for c in curve] == [1, 2]  # cumulative steps, one point each
     for c, point in zip(curve, report["points"]):
         # one seed: each curve point is the report's mean (a 1-step model has no quality to
         # floor; the shipped checkpoint's floor is tests/test_quality_floor.py)
         assert point["consistency_mean"] == c["category_consistency"] and c["cg_minutes"] > 0
+        assert point["pattern_mean"] == c["pattern_consistency"]
+        assert c["pattern_ratio"] == c["pattern_consistency"] / c["real_pattern_consistency"]
         assert os.path.isdir(c["checkpoint"])
     assert [p["cg_steps"] for p in report["points"]] == [1, 2]
     assert report["points"][-1]["consistency_std"] == 0.0  # one seed: no spread
     assert report["cg_steps_per_s"] > 0
-    pg = report["per_seed"]["11"]["pg"]
+    pg = report["per_catalog"]["style-11"]["pg"]
     assert pg["pg_steps"] == 1 and pg["product_bit_identical"] is True
     # The adapted model kept the shipped categories and appended the catalog's new ones.
     saved = json.loads(open(os.path.join(curve[-1]["checkpoint"], "backdrop.json")).read())["categories"]["ids"]
@@ -77,7 +79,7 @@ def test_adapt_mode_end_to_end(bar, home):
     # A gallery per style seed, next to the report and in the MLflow run.
     assert (results_dir / "quality-64px-adapt-style-11.png").is_file()
     text = (results_dir / "quality-64px-adapt.md").read_text()
-    assert "CG steps/s" in text and "| 1 |" in text and "style seed 11" in text
+    assert "CG steps/s" in text and "| 1 |" in text and "### style-11" in text and "pattern / truth" in text
     client, run = _mlflow_run(report["mlflow_run_id"])
     names = {a.path for a in client.list_artifacts(run.info.run_id, "galleries")}
     assert "galleries/quality-64px-adapt-style-11.png" in names

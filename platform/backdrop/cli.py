@@ -3,6 +3,7 @@
     backdrop synth    --output runs/catalog                 make the synthetic catalog
                       [--style-seed S]                      ... with style families drawn from S
     backdrop synth    --prior --rows N --output runs/prior  the broad prior the base is trained on
+    backdrop synth    --photos DIR --output runs/mine       a catalog from your photographs (a sub-folder each)
     backdrop train    --catalog runs/catalog/train.parquet --output runs/model
                       [--device auto|cpu|cuda --mixed-precision no|bf16|fp16 --gradient-checkpointing]
     backdrop generate --model runs/model --catalog runs/catalog/heldout.parquet --output runs/out   in-process
@@ -28,7 +29,13 @@ def cmd_synth(args) -> int:
     from .demo.synthetic import SyntheticConfig, make_catalog, make_prior_catalog
 
     t = time.perf_counter()
-    if args.prior:
+    if args.photos:
+        from .demo.photos import PhotoCatalogConfig, make_photo_catalog
+
+        paths = make_photo_catalog(args.photos, args.output, PhotoCatalogConfig(
+            train_per_category=args.train_per_category, heldout_per_category=args.heldout_per_category,
+            resolution=args.resolution, seed=args.seed))
+    elif args.prior:
         paths = make_prior_catalog(args.output, args.rows, resolution=args.resolution, seed=args.seed)
     else:
         cfg = SyntheticConfig(num_categories=args.categories, train_per_category=args.train_per_category,
@@ -159,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prior", action="store_true", help="write the broad procedural prior the base is "
                    "trained on instead (one category, 'prior'; --rows images)")
     s.add_argument("--rows", type=int, default=20_000, help="--prior: number of images")
+    s.add_argument("--photos", metavar="DIR", help="build the catalog from your own photographs instead: one "
+                   "category per sub-folder of DIR, backgrounds cropped from its photos (held-out crops from a "
+                   "part of each photo that training never sees)")
     s.set_defaults(func=cmd_synth)
 
     t = sub.add_parser("train", help="train generator stages on one process (tiny preset: vae,base,cg,pg)")

@@ -45,6 +45,8 @@ __all__ = [
     "brand_signature",
     "category_names",
     "make_catalog",
+    "write_catalog",
+    "composite_product",
     "make_prior_catalog",
     "render_sample",
     "render_styled_sample",
@@ -1077,6 +1079,11 @@ def _styled_product(f: StyleFamily, rng: np.random.Generator, res: int) -> _Prod
     return _Product(prod.labels, colours, prod.cx, prod.half_width)
 
 
+def composite_product(background: np.ndarray, category_index: int, rng: np.random.Generator) -> Sample:
+    """Category ``category_index``'s product (of the demo table, cycled) on ``background``."""
+    return _composite(background, _TABLE[int(category_index) % len(_TABLE)].product(rng, background.shape[0]))
+
+
 def _composite(background: np.ndarray, prod: _Product) -> Sample:
     res = background.shape[0]
     labels = prod.labels
@@ -1151,6 +1158,21 @@ def make_catalog(output: str, config: SyntheticConfig = SyntheticConfig()) -> di
     if config.brands_per_category < 1:
         raise ValueError("brands_per_category must be at least 1")
     names = catalog_category_names(config)
+
+    def draw(split: str, ci: int, i: int, part: int) -> tuple[str, Sample]:
+        brand, sample = split_sample(config, split, ci, i, part)
+        return brand_name(names[ci], brand), sample
+
+    return write_catalog(output, names, draw, {"train": config.train_per_category,
+                                               "heldout": config.heldout_per_category,
+                                               "pairs": config.pairs_per_category})
+
+
+def write_catalog(output: str, names: list[str], draw: Callable[[str, int, int, int], tuple[str, Sample]],
+                  per_category: dict[str, int]) -> dict[str, str]:
+    """Write a catalog whose rows come from ``draw(split, category_index, index, part) ->
+    (brand, sample)`` (``part`` 1 is a pair's reference ad; it must share the row's brand), in
+    ``make_catalog``'s layout. Returns split -> Parquet URI."""
     root = _root(output)
     remote = storage.is_remote(root)
     storage.write_bytes(storage.join(root, "categories.json"), (json.dumps(names, indent=1) + "\n").encode())
@@ -1172,28 +1194,27 @@ def make_catalog(output: str, config: SyntheticConfig = SyntheticConfig()) -> di
 
     tables: dict[str, dict[str, list]] = {}
     try:
-        for split, count in (("train", config.train_per_category), ("heldout", config.heldout_per_category)):
+        for split in ("train", "heldout"):
             cols: dict[str, list] = {k: [] for k in CATALOG_COLUMNS}
             for ci, name in enumerate(names):
-                for i in range(int(count)):
-                    brand, sample = split_sample(config, split, ci, i)
+                for i in range(int(per_category.get(split, 0))):
+                    brand, sample = draw(split, ci, i, 0)
                     pid = f"{split}-{name}-{i:05d}"
                     img_uri, mask_uri, bg_uri = write(split, pid, sample)
-                    row = (pid, name, img_uri, mask_uri, bg_uri, brand_name(name, brand), None, None)
+                    row = (pid, name, img_uri, mask_uri, bg_uri, brand, None, None)
                     for k, val in zip(CATALOG_COLUMNS, row):
                         cols[k].append(val)
             tables[split] = cols
         cols = {k: [] for k in PAIRS_COLUMNS}
         for ci, name in enumerate(names):
-            for j in range(int(config.pairs_per_category)):
-                brand, sample = split_sample(config, "pairs", ci, j, part=0)
-                ref_brand, ref = split_sample(config, "pairs", ci, j, part=1)
+            for j in range(int(per_category.get("pairs", 0))):
+                brand, sample = draw("pairs", ci, j, 0)
+                ref_brand, ref = draw("pairs", ci, j, 1)
                 assert ref_brand == brand
                 pid = f"pairs-{name}-{j:05d}"
                 img_uri, mask_uri, bg_uri = write("pairs", pid, sample)
                 ref_img, ref_mask, ref_bg = write("pairs", f"{pid}-ref", ref)
-                row = (pid, name, img_uri, mask_uri, bg_uri, brand_name(name, brand), ref_img, None,
-                       ref_mask, ref_bg)
+                row = (pid, name, img_uri, mask_uri, bg_uri, brand, ref_img, None, ref_mask, ref_bg)
                 for k, val in zip(PAIRS_COLUMNS, row):
                     cols[k].append(val)
         tables["pairs"] = cols
