@@ -31,7 +31,10 @@ def cmd_synth(args) -> int:
     t = time.perf_counter()
     if args.photos:
         from .demo.photos import PhotoCatalogConfig, make_photo_catalog
+        from .errors import InvalidParameterError
 
+        if args.prior or args.style_seed is not None:
+            raise InvalidParameterError("--photos makes its own catalog: drop --prior / --style-seed")
         paths = make_photo_catalog(args.photos, args.output, PhotoCatalogConfig(
             train_per_category=args.train_per_category, heldout_per_category=args.heldout_per_category,
             resolution=args.resolution, seed=args.seed))

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import InvalidParameterError
 from .synthetic import SPLITS, Sample, composite_product, write_catalog
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -45,14 +46,14 @@ def photo_folders(photos_dir: str) -> dict[str, list[Path]]:
     """Category name -> its photographs, one category per sub-folder (sorted, reproducible)."""
     root = Path(photos_dir)
     if not root.is_dir():
-        raise ValueError(f"--photos {photos_dir}: not a directory")
+        raise InvalidParameterError(f"--photos {photos_dir}: not a directory")
     folders = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         photos = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
         if photos:
             folders[_category_name(sub.name)] = photos
     if len(folders) < 2:
-        raise ValueError(f"--photos {photos_dir}: needs at least 2 sub-folders of photographs "
+        raise InvalidParameterError(f"--photos {photos_dir}: needs at least 2 sub-folders of photographs "
                          f"({', '.join(PHOTO_SUFFIXES)}), one per category; found {len(folders)}")
     return folders
 
