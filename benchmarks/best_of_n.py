@@ -41,7 +41,7 @@ from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.gallery import contact_sheet, masked_product  # noqa: E402
 from backdrop.inputs import fetch_product  # noqa: E402
 from backdrop.placements import parse_placements  # noqa: E402
-from backdrop.quality import metrics, qa  # noqa: E402
+from backdrop.quality import evaluation, metrics, qa  # noqa: E402
 
 FOUR = "1:1,4:5,16:9,9:16"
 
@@ -71,8 +71,10 @@ def main(argv=None) -> int:
         cats = [q.category for q in real]
         centroids = metrics.CategoryCentroids.fit(
             np.stack([metrics.background_features(q.image, q.mask) for q in real]), cats)
-        train_rows = read_catalog(cat["train"]).to_pylist()
-        train_rows = train_rows[:: max(1, len(train_rows) // 400)]
+        all_train = read_catalog(cat["train"]).to_pylist()
+        # the scorer's pattern component is fitted on even rows; the judge here on odd ones
+        pattern_judge = evaluation.fit_pattern_judge(all_train[1::2], args.scorer_rows, cat["train"])
+        train_rows = all_train[:: max(1, len(all_train) // 400)]
         train = [fetch_product(r) for r in train_rows]
         train_palette = metrics.PaletteModel.fit([q.image for q in train], [q.mask for q in train],
                                                  [q.category for q in train])
@@ -93,6 +95,8 @@ def main(argv=None) -> int:
             return {
                 "category_consistency": metrics.category_consistency(
                     feats, [q.category for q in requests], centroids)["category_consistency"],
+                "pattern_consistency": pattern_judge.consistency(
+                    outs, [q.mask for q in requests], [q.category for q in requests])["pattern_consistency"],
                 "product_leak_train_palette": float(np.mean(
                     [train_palette.leak(o, q.mask, q.category) for o, q in zip(outs, requests)])),
                 "product_leak_heldout_palette": float(np.mean(
