@@ -43,6 +43,18 @@ def test_product_pixels_are_bit_identical(tiny_model):
         assert not np.array_equal(got[~keep], orig[~keep])  # the background was generated
 
 
+def test_autoencode_keeps_the_product_and_the_size(tiny_model):
+    """The VAE round trip (evaluation's ceiling on pattern) is shaped like a generation."""
+    reqs = requests(2)
+    pipe = BackdropPipeline(tiny_model)
+    outs = pipe.autoencode(reqs)
+    for r, out in zip(reqs, outs):
+        keep = r.mask > 0.5
+        assert out.size == r.image.size and np.array_equal(np.asarray(out)[keep], np.asarray(r.image)[keep])
+        assert not np.array_equal(np.asarray(out)[~keep], np.asarray(r.image)[~keep])  # through the VAE
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(outs, pipe.autoencode(reqs)))
+
+
 def test_same_seed_same_output_different_seed_differs(tiny_model):
     pipe = BackdropPipeline(tiny_model)
     a = pipe(requests(), FAST)

@@ -9,7 +9,9 @@ Category consistency is judged twice:
   fitted on the even ones, so best-of-N does not pick by the very function it is judged by).
 
 Each comes with the same judge's score on the real held-out images (``real_consistency``,
-``real_pattern_consistency``): a model is compared with what its judge gives the truth.
+``real_pattern_consistency``): a model is compared with what its judge gives the truth. And
+``vae_pattern_consistency`` judges those real images after a round trip through the model's
+VAE: no generation decoded by that VAE can be expected to keep more pattern than that.
 """
 
 from __future__ import annotations
@@ -98,12 +100,15 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
         np.stack([metrics.background_features(q.image, q.mask) for q in reqs]), [q.category for q in reqs], centroids)
     pattern = judge.consistency(outputs, [q.mask for q in reqs], [q.category for q in reqs])
     real_pattern = judge.consistency([q.image for q in reqs], [q.mask for q in reqs], [q.category for q in reqs])
+    vae_pattern = judge.consistency(gen.pipe.autoencode(reqs), [q.mask for q in reqs], [q.category for q in reqs])
     m = {
         "category_consistency": consistency["category_consistency"],
         "pattern_consistency": pattern["pattern_consistency"],
         "chance": consistency["chance"],
         "real_consistency": real_consistency["category_consistency"],
         "real_pattern_consistency": real_pattern["pattern_consistency"],
+        # the real ads through the VAE and back: the ceiling the VAE puts on any generation
+        "vae_pattern_consistency": vae_pattern["pattern_consistency"],
         "product_leak": float(np.mean([palette.leak(o, q.mask, q.category) for o, q in zip(outputs, reqs)])),
         "real_product_leak": float(np.mean([palette.leak(q.image, q.mask, q.category) for q in reqs])),
         "n_generated": len(outputs),
