@@ -45,6 +45,17 @@ def test_category_fit_recognises_real_heldout_backgrounds(catalog, scorer):
     assert right / len(products) > 1 / len(scorer.classifier.names) + 0.3  # well above chance
 
 
+def test_pattern_fit_prefers_the_real_pattern_to_its_blur(catalog, scorer):
+    """``pattern_fit`` sees texture: the true background beats the same background blurred to
+    8x8, which keeps the palette (and so ``category_fit``) but loses the pattern."""
+    from backdrop.quality.pattern import blurred
+
+    products = heldout(catalog)
+    real = [scorer(GenerationRequest(p.image, p.mask, p.category), p.image)["pattern_fit"] for p in products]
+    blur = [scorer(GenerationRequest(p.image, p.mask, p.category), blurred(p.image))["pattern_fit"] for p in products]
+    assert np.mean(real) > np.mean(blur) + 0.3, (np.mean(real), np.mean(blur))
+
+
 def test_seam_flags_a_halo_around_the_product():
     rng = np.random.default_rng(0)
     # a gently textured background, a square product, then the same with a bright rim
@@ -145,9 +156,13 @@ def test_the_scorer_works_on_clip_features_from_a_local_directory(catalog, tmp_p
 
     fitted = qa.fit_scorer(catalog["train"], clip_model=clip_dir)
     assert fitted.features == "clip" and fitted.classifier.mean.shape == (16,)
+    assert fitted.pattern.features == "encoder" and fitted.pattern.classifier.mean.shape == (16,)
     p = heldout(catalog)[0]
     req = GenerationRequest(p.image, p.mask, p.category)
     loaded = qa.QAScorer.from_state(fitted.state(), clip_model=clip_dir)
+    assert "pattern_fit" in fitted(req, p.image)
     assert loaded(req, p.image) == pytest.approx(fitted(req, p.image), rel=1e-5)
+    with pytest.raises(qa.NoScorerError, match="CLIP"):
+        qa.QAScorer.from_state(fitted.state()).pattern.proba([p.image], [p.mask])
     with pytest.raises(qa.NoScorerError, match="CLIP"):
         qa.QAScorer.from_state(fitted.state())(req, p.image)

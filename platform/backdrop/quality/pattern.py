@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from ..errors import NoScorerError
 from .softmax import Softmax
 
 SIZE = 64
@@ -191,7 +192,8 @@ class PatternJudge:
         """(N, PATCHES, D) patch features, or (N, 1, D) image-encoder embeddings."""
         if self.features == "encoder":
             if self.encoder is None:
-                raise ValueError("this pattern judge was fitted on image-encoder features: give it the encoder")
+                raise NoScorerError("this pattern judge was fitted on image-encoder (CLIP) features: "
+                                    "configure the CLIP directory")
             return self.encoder([colour_blind(im, m) for im, m in zip(images, masks)])[:, None, :]
         return np.stack([pattern_features(im, m, self.scale) for im, m in zip(images, masks)])
 
