@@ -60,7 +60,7 @@ from backdrop.errors import (
     InvalidParameterError,
     UnsupportedImageError,
 )
-from backdrop.limits import DEFAULT_LIMITS, Limits
+from backdrop.limits import DEFAULT_LIMITS, SCHEDULER_MAX_STEPS, Limits
 from backdrop.errors import RegistryError, RegistryUnavailableError
 from backdrop.runtime import LoadedGenerator
 from backdrop.schedulers import SCHEDULERS
@@ -195,7 +195,7 @@ class AppArgs(BaseModel):
     # The one set of limits (backdrop.limits): the same defaults as the batch jobs.
     max_image_bytes: int = Field(DEFAULT_LIMITS.max_image_bytes, gt=0, description="413 over this size per file")
     max_pixels: int = Field(DEFAULT_LIMITS.max_pixels, gt=0, description="413 over this many pixels per image")
-    max_steps: int = Field(DEFAULT_LIMITS.max_steps, ge=1, le=500)
+    max_steps: int = Field(DEFAULT_LIMITS.max_steps, ge=1, le=SCHEDULER_MAX_STEPS)
     max_images: int = Field(DEFAULT_LIMITS.max_images, ge=1, le=16)
     max_candidates: int = Field(DEFAULT_LIMITS.max_candidates, ge=1, le=64, description="best-of-N per image")
     request_timeout_s: float = Field(60.0, gt=0, description="504 when an answer takes longer")

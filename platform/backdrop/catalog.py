@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("product_id", "category", "image_uri", "mask_uri")
-OPTIONAL_COLUMNS = ("brand", "reference_uri", "prompt")
 # What generation reads from a row (``reference_mask_uri``: the reference's product mask, optional).
 GENERATION_COLUMNS = ("product_id", "category", "image_uri", "mask_uri", "reference_uri",
                       "reference_mask_uri", "prompt")

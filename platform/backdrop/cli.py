@@ -92,10 +92,10 @@ def cmd_generate(args) -> int:
 
 def cmd_qa_fit(args) -> int:
     """Fit the QA scorer on a train catalog and save it into the generator (``qa/scorer.json``)."""
-    from .quality.qa import fit_scorer
+    from .quality.qa import DEFAULT_THRESHOLD, fit_scorer
 
     scorer = fit_scorer(args.catalog, args.model, clip_model=args.clip_model, max_rows=args.max_rows,
-                        threshold=args.threshold)
+                        threshold=DEFAULT_THRESHOLD if args.threshold is None else args.threshold)
     print(f"QA scorer ({scorer.features} features, threshold {scorer.threshold:g}) fitted on "
           f"{scorer.fitted_on['rows']} rows (train accuracy {scorer.fitted_on['train_accuracy']:.3f}); "
           f"saved to {args.model.rstrip('/')}/qa/scorer.json")
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "save it with a generator directory")
     q.add_argument("--model", required=True, help="a saved generator directory (or s3:// prefix) to write into")
     q.add_argument("--catalog", required=True, help="the TRAIN split's catalog Parquet (never the held-out one)")
-    q.add_argument("--threshold", type=float, default=0.5, help="qa_score below this is flagged (default 0.5)")
+    q.add_argument("--threshold", type=float, help="qa_score below this is flagged (default 0.5)")
     q.add_argument("--max-rows", type=int, help="fit on at most this many rows (evenly spaced)")
     q.add_argument("--clip-model", help="a local CLIP vision directory for the category features")
     q.set_defaults(func=cmd_qa_fit)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -201,7 +201,3 @@ def _category_grid(reqs: list[GenerationRequest], outputs: list[Image.Image], pe
             for items in by_cat.values()]
     return contact_sheet(rows, cell=96, row_labels=list(by_cat),
                          column_labels=["product"] + [f"#{i + 1}" for i in range(per_row)])
-
-
-def eval_config_dict(cfg: EvalConfig) -> dict:
-    return asdict(cfg)

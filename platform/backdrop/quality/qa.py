@@ -51,6 +51,7 @@ from .. import storage
 from ..catalog import read_catalog
 from ..errors import InvalidParameterError, NoScorerError
 from ..inputs import fetch_pair
+from ..runtime import DEFAULT_QA_THRESHOLD
 from . import metrics
 from .pattern import PatternJudge
 from .softmax import Softmax
@@ -58,7 +59,7 @@ from .softmax import Softmax
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = DEFAULT_QA_THRESHOLD  # the one definition is the runtime's
 PATTERN_ROWS = 640  # train ads the pattern component is fitted on
 COMPONENT_WEIGHTS = {"category_fit": 2.0, "pattern_fit": 2.0, "seam": 1.0, "leak": 1.0, "reference": 1.0}
 

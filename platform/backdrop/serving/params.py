@@ -26,7 +26,6 @@ from .scope import SCHEME, UriScope
 logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**31 - 1
-RESPONSE_FORMATS = ("png", "json")
 DEFAULT_STEPS = 50
 MAX_TEXT_CHARS = 1000  # any text field but the files; the prompt has its own (smaller) limit
 # '{', '[' and ',' anywhere in a JSON body, counted before it is parsed: a real request has

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -477,12 +477,6 @@ def random_batches(data: dict, batch_size: int, seed: int = 0) -> Iterator[dict]
                 "masks": data["masks"][idx].float(),
                 "categories": [data["categories"][j] for j in idx],
             }
-
-
-def stage_config_dict(cfg: StageConfig) -> dict:
-    d = asdict(cfg)
-    d["perturbation"] = asdict(cfg.perturbation)
-    return d
 
 
 DEFAULT_MINUTES = {"vae": 5.0, "base": 4.0, "cg": 12.0, "pg": 4.0}
