@@ -122,13 +122,7 @@ def evaluate_checkpoint(model_dir: str, catalog_dir: str, out: str, args, refere
     catalog = {k: os.path.join(catalog_dir, f"{k}.parquet") for k in ("train", "heldout", "pairs")}
     cfg = EvalConfig(steps=args.eval_steps, per_category=args.per_category, pairs=args.pairs, seed=args.seed)
     result = evaluate(model, catalog, cfg, with_references=references)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    report = {**result.metrics, "per_category": result.per_category,
-              "grids": {name: f"{out}-{name}.png" for name in result.grids}}
-    for name, grid in result.grids.items():
-        grid.save(f"{out}-{name}.png")
-    with open(out + ".json", "w") as f:
-        json.dump(report, f, indent=2, default=str)
+    report = result.save(out, f"Evaluation of `{model_dir}`")
     log.info("evaluated %s in %.0fs: consistency %.3f", os.path.basename(model_dir), time.perf_counter() - t,
              result.metrics["category_consistency"])
     return report

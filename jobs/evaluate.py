@@ -43,18 +43,12 @@ def main(argv=None) -> int:
     cfg = EvalConfig(steps=a.steps, guidance=a.guidance, per_category=a.per_category, pairs=a.pairs,
                      clip_model=a.clip_model)
     result = evaluate(model, catalog, cfg, with_references=not a.no_references)
-    report = {"model": a.model, "name": resolved.name, "version": resolved.version, **result.metrics,
-              "per_category": result.per_category}
+    about = {"model": a.model, "name": resolved.name, "version": resolved.version}
+    report = result.report(**about)
     print(result.table())
     print(json.dumps({"per_category": result.per_category}))
     if a.output:
-        os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
-        with open(a.output + ".json", "w") as f:
-            json.dump(report, f, indent=2, default=str)
-        with open(a.output + ".md", "w") as f:
-            f.write(f"Evaluation of `{a.model}` (version {resolved.version})\n\n{result.table()}\n")
-        for name, grid in result.grids.items():
-            grid.save(f"{a.output}-{name}.png")
+        result.save(a.output, f"Evaluation of `{a.model}` (version {resolved.version})", **about)
     if not a.no_mlflow:
         import mlflow
 
@@ -62,13 +56,9 @@ def main(argv=None) -> int:
         with mlflow.start_run(experiment_id=registry.ensure_experiment(), run_name=a.run_name):
             mlflow.set_tags({"model_name": resolved.name, "model_version": resolved.version, "job": "evaluate"})
             mlflow.log_params({k: v for k, v in vars(a).items() if v is not None})
-            mlflow.log_metrics({k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))})
-            for name, grid in result.grids.items():
-                mlflow.log_image(grid, f"eval/{name}.png")
-            registry.log_dict_artifact(report, "eval/report.json")
+            registry.log_evaluation(result.numbers(), result.grids, report)
         if a.model.startswith("models:/"):
-            registry.record_metrics(resolved.name, resolved.version,
-                                    {k: v for k, v in result.metrics.items() if isinstance(v, float)})
+            registry.record_metrics(resolved.name, resolved.version, result.numbers())
     return 0
 
 

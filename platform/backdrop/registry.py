@@ -403,6 +403,16 @@ def log_dict_artifact(data: dict, name: str) -> None:
     mlflow.log_text(json.dumps(data, indent=2, sort_keys=True, default=str), name)
 
 
+def log_evaluation(numbers: dict[str, float], figures: dict, report: dict | None = None) -> None:
+    """An evaluation in the active MLflow run: its numbers as metrics, its figures (PIL images)
+    as ``eval/<name>.png`` and its report as ``eval/report.json``."""
+    mlflow.log_metrics(numbers)
+    for name, figure in figures.items():
+        mlflow.log_image(figure, f"eval/{name}.png")
+    if report is not None:
+        log_dict_artifact(report, "eval/report.json")
+
+
 # --- lookups without a download (the HTTP service resolves aliases per request) -------------
 def resolve_version(ref: str) -> tuple[str, str]:
     """``(name, version)`` that ``ref`` points at right now, without downloading anything.

@@ -70,11 +70,10 @@ def register(model, catalog: dict, steps: int, name: str = "backdrop") -> str:
     result = evaluate(model, catalog, EvalConfig(steps=steps, per_category=6), with_references=False)
     registry.configure()
     with mlflow.start_run(experiment_id=registry.ensure_experiment(), run_name="demo-train"):
-        mlflow.log_metrics({k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))})
-        mlflow.log_image(result.grids["categories"], "eval/categories.png")
+        registry.log_evaluation(result.numbers(), result.grids, result.report())
         version = str(log_generator(model, registered_model_name=name,
                                     tags={"preset": model.config.preset, "source": "demo"}).version)
-    registry.record_metrics(name, version, {k: v for k, v in result.metrics.items() if isinstance(v, float)})
+    registry.record_metrics(name, version, result.numbers())
     try:
         registry.promote(name, version, allow_no_baseline=True)  # the demo's first run makes the first champion
     except registry.RegistryError as e:  # an earlier, better champion stays in place

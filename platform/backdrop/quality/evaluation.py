@@ -60,6 +60,30 @@ class EvalResult:
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in self.metrics.items()]
         return "\n".join(lines)
 
+    def numbers(self) -> dict[str, float]:
+        """The metrics that are numbers: what MLflow logs and the registry tags a version with."""
+        return {k: float(v) for k, v in self.metrics.items() if isinstance(v, (int, float))}  # bools as 0/1
+
+    def report(self, **about) -> dict:
+        return {**about, **self.metrics, "per_category": self.per_category}
+
+    def save(self, output: str, title: str, **about) -> dict:
+        """``output``.md, ``output``.json and ``output``-<grid>.png; returns the report (with the
+        grids' paths), the one written form of an evaluation for the job, the demo and the
+        benchmarks."""
+        import json
+        import os
+
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        report = self.report(**about, grids={name: f"{output}-{name}.png" for name in self.grids})
+        for name, grid in self.grids.items():
+            grid.save(f"{output}-{name}.png")
+        with open(output + ".json", "w") as f:
+            json.dump(report, f, indent=2, default=str)
+        with open(output + ".md", "w") as f:
+            f.write(f"{title}\n\n{self.table()}\n")
+        return report
+
 
 def _request(row: dict, seed: int) -> GenerationRequest:
     return fetch_product(row).requests([seed])[0]
