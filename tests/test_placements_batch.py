@@ -8,6 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 PLACEMENTS = ("1:1", "16:9", "9:16")
@@ -200,6 +202,16 @@ def test_a_placement_key_never_meets_another_products_key():
     with pytest.raises(ValueError):
         keys.output_key("mug", "a", "png", "../x")
     assert record_key("a") == "a" and record_key("a", "16:9") != record_key("a\x1f16:9")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.text(alphabet="ab\x1f:9 ", min_size=1, max_size=6),
+                          st.sampled_from([None, "", "photo", "16:9", "a\x1f"])), min_size=1, max_size=8))
+def test_record_keys_over_columns_equal_record_key_row_by_row(rows):
+    from backdrop.batch.manifest import record_key, record_keys
+
+    ids, placements = [r[0] for r in rows], [r[1] for r in rows]
+    assert list(record_keys(ids, placements)) == [record_key(i, p) for i, p in zip(ids, placements)]
 
 
 def test_the_pipeline_skips_exactly_the_records_the_plan_found_done():

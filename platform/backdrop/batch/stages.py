@@ -42,7 +42,7 @@ from . import manifest
 from .config import BackfillConfig, RowSelection
 from .plan import Plan
 from .keys import PHOTO
-from .manifest import KEY_SEP
+from .manifest import record_key_column
 from .records import RunContext, WorkItem, generate_items, load_items, write_item
 
 SMALL_CLUSTER_CPUS = 4
@@ -136,11 +136,7 @@ def select_rows(batch: pa.Table, *, selection: RowSelection, done_keys: pa.Array
     rows = pa.concat_tables([rows.append_column("placement", pa.array([p] * rows.num_rows, pa.string()))
                              for p in placements])
     if len(done_keys):
-        # manifest.record_key: the product_id for the photo, else product_id KEY_SEP placement
-        bare = pc.and_(pc.equal(rows["placement"], PHOTO),
-                       pc.invert(pc.match_substring(rows["product_id"], KEY_SEP)))
-        key = pc.if_else(bare, rows["product_id"],
-                         pc.binary_join_element_wise(rows["product_id"], rows["placement"], KEY_SEP))
+        key = record_key_column(rows["product_id"].combine_chunks(), rows["placement"].combine_chunks())
         rows = rows.filter(pc.invert(pc.is_in(key, value_set=done_keys)))
     return rows.sort_by([("category", "ascending"), ("placement", "ascending")])
 
