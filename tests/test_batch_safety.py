@@ -326,6 +326,42 @@ def test_lease_refuses_a_second_writer_and_takes_over_a_dead_one(where, tmp_path
     Lease(output).acquire().release()
 
 
+@pytest.mark.parametrize("ttl", [60.0, 30.0, 5.0])
+def test_lease_s3_calls_give_up_well_within_a_quarter_of_the_ttl(ttl, s3_bucket):
+    """boto3's defaults (60 s connect + 60 s read, several attempts) could outlast the TTL in one
+    slow renewal; the lease's own client gives a renewal (a GET and a PUT) under ttl / 4."""
+    from backdrop.batch.lease import Lease, lease_client_config
+
+    cfg = lease_client_config(ttl)
+    attempts = cfg.retries["max_attempts"]
+    assert 2 * attempts * (cfg.connect_timeout + cfg.read_timeout) < ttl / 4
+    lease = Lease(f"{s3_bucket}/out", ttl_s=ttl)
+    used = lease.store.client.meta.config
+    assert (used.connect_timeout, used.read_timeout) == (cfg.connect_timeout, cfg.read_timeout)
+
+
+def test_a_lease_that_cannot_renew_before_it_expires_is_lost(tmp_path):
+    """Renewals failing (a network partition) until expires_at: another run may have taken the
+    lease over meanwhile, so this run counts it lost and may not consolidate."""
+    from backdrop.batch.lease import Lease
+    from backdrop.errors import LeaseLostError
+
+    lease = Lease(str(tmp_path / "out"), ttl_s=0.4).acquire()
+    try:
+        def unreachable(*args, **kwargs):
+            raise OSError("connection timed out")
+
+        lease.store.swap = unreachable
+        deadline = time.monotonic() + 60  # a hang guard: the heartbeat notices at expiry
+        while lease.lost is None:
+            assert time.monotonic() < deadline, "the heartbeat never declared the lease lost"
+            time.sleep(0.05)
+        with pytest.raises(LeaseLostError, match="no renewal succeeded before it expired.*connection timed out"):
+            lease.check()
+    finally:
+        lease.release()
+
+
 def test_two_processes_into_one_output_lose_nothing(home, model_dir, good_rows, tmp_path):
     """Two `backdrop generate` processes start together into one output: one waits for the other's
     lease; every row is generated exactly once and the manifest holds every row."""

@@ -14,8 +14,12 @@ wrote from parts the first never read. So every run first takes the output's lea
   read-decide-write happens under an OS file lock (``filelock``, ``_lease.json.lock``), which
   the kernel drops when its process dies, so a SIGKILL never leaves that lock held.
 * **Alive.** A heartbeat thread renews the lease every ``ttl / 4``. A run whose renewal finds
-  the lease gone or someone else's has lost it: :meth:`Lease.check` raises before it writes
-  the manifest.
+  the lease gone or someone else's has lost it, and so has a run that could not renew before
+  its own ``expires_at`` (another run may have taken it over meanwhile): :meth:`Lease.check`
+  raises before it writes the manifest. On S3 every lease call has its own short timeouts
+  and one retry (``lease_client_config``): one renewal (a GET and a PUT) gives up well within
+  ``ttl / 4``, where boto3's defaults (60 s connect + 60 s read, 5 attempts) could outlast
+  the whole TTL.
 * **Taken over.** A lease whose ``expires_at`` has passed belongs to a run that stopped
   renewing (killed, hung, its node lost), and the next run takes it over. A holder on *this*
   host whose pid no longer exists is dead for sure: its lease is taken over at once, so a
@@ -128,15 +132,25 @@ class _LocalStore:
                 os.unlink(self.path)
 
 
+def lease_client_config(ttl_s: float):
+    """botocore settings for the lease's S3 calls: a call (2 attempts of connect + read) takes at
+    most ``ttl / 10``, so a renewal's GET and PUT together stay under ``ttl / 5``."""
+    from botocore.config import Config
+
+    per_attempt = ttl_s / 20
+    return Config(connect_timeout=per_attempt / 3, read_timeout=2 * per_attempt / 3,
+                  retries={"max_attempts": 2, "mode": "standard"})
+
+
 class _S3Store:
     """The same three operations as conditional requests (``If-None-Match`` / ``If-Match``)."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, ttl_s: float = DEFAULT_TTL_S):
         import boto3
 
         bucket_key = uri[len("s3://"):]
         self.bucket, _, self.key = bucket_key.partition("/")
-        self.client = boto3.client("s3", endpoint_url=storage.s3_endpoint_url())
+        self.client = boto3.client("s3", endpoint_url=storage.s3_endpoint_url(), config=lease_client_config(ttl_s))
 
     def _get(self) -> tuple[Holder | None, str | None]:
         try:
@@ -181,9 +195,9 @@ class _S3Store:
                 raise
 
 
-def _store(output: str):
+def _store(output: str, ttl_s: float = DEFAULT_TTL_S):
     uri = storage.join(output, LEASE_FILE)
-    return _S3Store(uri) if str(output).startswith("s3://") else _LocalStore(uri)
+    return _S3Store(uri, ttl_s) if str(output).startswith("s3://") else _LocalStore(uri)
 
 
 # --------------------------------------------------------------------------- the lease
@@ -197,7 +211,7 @@ class Lease:
             raise ValueError("the lease TTL must be positive")
         self.output, self.kind, self.ttl_s = output, kind, float(ttl_s)
         self.token = uuid.uuid4().hex
-        self.store = _store(output)
+        self.store = _store(output, self.ttl_s)
         self.holder: Holder | None = None
         self.lost: str | None = None
         self._stop = threading.Event()
@@ -258,8 +272,12 @@ class Lease:
             try:
                 if not self.renew():
                     return
-            except Exception as e:  # noqa: BLE001 - a failed renewal is retried; expiry decides
+            except Exception as e:  # noqa: BLE001 - a failed renewal is retried until expiry
                 log.warning("lease renewal on %s failed: %s", self.output, e)
+                if self.holder is not None and time.time() >= self.holder.expires_at:
+                    self.lost = f"no renewal succeeded before it expired (last error: {str(e)[:200]})"
+                    log.error("lease on %s lost: %s", self.output, self.lost)
+                    return
 
     def check(self) -> None:
         """Raise ``LeaseLostError`` unless this run still holds the lease (call before writing
