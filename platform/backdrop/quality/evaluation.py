@@ -217,11 +217,13 @@ def _round_robin(rows: list[dict], n: int) -> list[dict]:
     return out
 
 
-def _category_grid(reqs: list[GenerationRequest], outputs: list[Image.Image], per_row: int = 6) -> Image.Image:
+def _category_grid(reqs: list[GenerationRequest], outputs: list[Image.Image], pairs: int = 3) -> Image.Image:
+    """One row per category: the product, then true held-out ads beside the generations for the
+    same products (true #k, generated #k), so a reader compares patterns, not just palettes."""
     by_cat: dict[str, list] = {}
     for q, o in zip(reqs, outputs):
         by_cat.setdefault(q.category, []).append((q, o))
-    rows = [[masked_product(items[0][0].image, items[0][0].mask)] + [o for _, o in items[:per_row]]
-            for items in by_cat.values()]
-    return contact_sheet(rows, cell=96, row_labels=list(by_cat),
-                         column_labels=["product"] + [f"#{i + 1}" for i in range(per_row)])
+    rows = [[masked_product(items[0][0].image, items[0][0].mask)]
+            + [im for q, o in items[:pairs] for im in (q.image, o)] for items in by_cat.values()]
+    labels = [f"{kind} #{k + 1}" for k in range(pairs) for kind in ("true", "generated")]
+    return contact_sheet(rows, cell=96, row_labels=list(by_cat), column_labels=["product"] + labels)
