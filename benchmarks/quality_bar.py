@@ -48,7 +48,7 @@ import _bootstrap  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
 from backdrop import runtime  # noqa: E402
-from backdrop.catalog import load_training_arrays  # noqa: E402
+from backdrop.training.arrays import load_training_arrays  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.models.generator import BackdropModel  # noqa: E402
 from backdrop.models.presets import TinyPreset  # noqa: E402

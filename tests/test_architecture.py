@@ -37,6 +37,8 @@ def test_import_contracts_are_kept():
     ("platform/backdrop/storage.py", "from . import cli", "The leaves import no layer above them"),
     ("platform/backdrop/batch/run.py", "import serve_apps.app", "The library never imports a front door"),
     ("serve_apps/app.py", "import backdrop.cli", "Front doors never import each other"),
+    ("platform/backdrop/inputs.py", "from . import pipeline", "The leaves import no layer above them"),
+    ("platform/backdrop/catalog.py", "import torch", "Reading catalogs and inputs imports no torch"),
 ])
 def test_a_forbidden_import_breaks_the_check(tmp_path, module, line, contract):
     root = tmp_path / "repo"
@@ -48,3 +50,14 @@ def test_a_forbidden_import_breaks_the_check(tmp_path, module, line, contract):
     result = lint(root)
     assert result.returncode != 0
     assert contract in result.stdout and "BROKEN" in result.stdout
+
+
+def test_reading_catalogs_and_inputs_loads_no_torch():
+    """What the contract allows indirectly (schedulers imports diffusers inside a function) must
+    not load torch when the batch job's CPU stages import the leaves."""
+    code = ("import sys; import backdrop.catalog, backdrop.inputs, backdrop.request, backdrop.limits, "
+            "backdrop.placements, backdrop.imaging, backdrop.storage; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    env = {"PYTHONPATH": str(REPO / "platform"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

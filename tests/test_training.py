@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from backdrop.catalog import load_training_arrays
+from backdrop.training.arrays import load_training_arrays
 from conftest import small_catalog
 from backdrop.models.generator import BackdropModel
 from backdrop.training import StageConfig, StageTrainer, random_batches, train_generator, train_stage

@@ -17,9 +17,9 @@ from PIL import Image
 
 from . import imaging, storage
 from .limits import DEFAULT_LIMITS, Limits
+from .request import GenerationRequest
 
 if TYPE_CHECKING:
-    from .pipeline import GenerationRequest
     from .placements import Layout, Placement
 
 
@@ -36,8 +36,6 @@ class Product:
 
     def requests(self, seeds: list[int]) -> list[GenerationRequest]:
         """One pipeline request per seed (the builder every front door uses)."""
-        from .pipeline import GenerationRequest
-
         return [GenerationRequest(image=self.image, mask=self.mask, category=self.category,
                                   reference=self.reference, reference_mask=self.reference_mask,
                                   prompt=self.prompt, seed=int(s)) for s in seeds]

@@ -20,27 +20,11 @@ from .categories import build_prompts, plain_prompt
 from .errors import FullMaskError, InvalidParameterError
 from .imaging import validate_mask
 from .limits import SCHEDULER_MAX_STEPS
+from .request import GenerationRequest  # noqa: F401 - the pipeline's input, re-exported here
 from .models.attention import mask_at
 from .models.controlnets import mask_residuals
 from .models.generator import BackdropModel
 from .schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
-
-
-@dataclass
-class GenerationRequest:
-    """One product to put on a new background.
-
-    ``mask`` is HxW with 1 on the product. Without ``reference_mask`` the whole reference
-    counts as background. ``prompt`` is optional free text describing the background.
-    """
-
-    image: Image.Image
-    mask: np.ndarray
-    category: str
-    reference: Image.Image | None = None
-    reference_mask: np.ndarray | None = None
-    prompt: str | None = None
-    seed: int = 0
 
 
 MAX_ASPECT = 4.0  # the most elongated generation (long side / short side); limits.max_aspect_ratio
