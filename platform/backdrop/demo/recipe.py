@@ -78,7 +78,9 @@ def register(model, catalog: dict, steps: int, name: str = "backdrop") -> str:
         registry.promote(name, version, allow_no_baseline=True)  # the demo's first run makes the first champion
     except registry.RegistryError as e:  # an earlier, better champion stays in place
         log.warning("%s", e)
-    log.info("category consistency %.3f; %s v%s registered", result.metrics["category_consistency"], name, version)
+    log.info("category consistency %.3f by colour, %.3f by pattern (true backgrounds %.3f); %s v%s registered",
+             result.metrics["category_consistency"], result.metrics["pattern_consistency"],
+             result.metrics["real_pattern_consistency"], name, version)
     return f"models:/{name}@{registry.CHAMPION}"
 
 
