@@ -473,6 +473,10 @@ def test_chaos_kill_rerun_then_nightly_after_edits(where, home, model_dir, good_
     assert _parts(output) == 2 and manifest.read_records(output).num_rows == 2  # the two batches let through
     assert 1 <= len(done_before) <= 2
     assert storage.exists(storage.join(output, "_lease.json"))  # the killed run's lease is still there
+    fs, root = storage.filesystem(output)
+    for key in fs.find(f"{root}/images"):  # readers never see a partial image, even from a killed run
+        with fs.open(key, "rb") as f, Image.open(f) as im:
+            im.load()
     made_before = {r["product_id"]: r["created_at"] for r in manifest.read_records(output).to_pylist()
                    if r["status"] == "ok"}
 
