@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from conftest import save_tiny_generator
-from ray_head import REPO
 
 CATEGORIES = ["mug", "laptop", "sunscreen"]
 STEPS = 2
