@@ -136,6 +136,31 @@ def test_best_of_n_keeps_the_best_candidate(catalog, scorer, tiny_model):
         runtime.generate_best(gen, requests, FAST, 0, scorer)
 
 
+def test_best_of_n_in_slices_keeps_the_same_outputs_and_bounds_what_is_held(catalog, scorer, tiny_model,
+                                                                          monkeypatch):
+    """Candidates are made a slice at a time (at most max_pixels_in_flight of output, at least one
+    loop): the kept images, seeds and scores equal the one-slice run's, and no call generates
+    more than the bound allows."""
+    gen = runtime.wrap(tiny_model, batch_bucket=2)
+    products = [p for p in heldout(catalog) if p.category in tiny_model.categories][:3]
+    requests = [r for p in products for r in p.requests([5])]
+    whole = runtime.generate_best(gen, requests, FAST, 3, scorer)
+    sizes, real = [], runtime.generate_measured
+
+    def counted(gen_, reqs, *args, **kwargs):
+        sizes.append(len(reqs))
+        return real(gen_, reqs, *args, **kwargs)
+
+    monkeypatch.setattr(runtime, "generate_measured", counted)
+    one_image = requests[0].image.size[0] * requests[0].image.size[1]
+    sliced = runtime.generate_best(gen, requests, FAST, 3, scorer, max_pixels_in_flight=2 * one_image)
+    assert sizes == [2, 2, 2, 2, 1]  # 9 candidates, two (one loop) at a time
+    for a, b in zip(whole, sliced):
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and a.seed == b.seed
+        assert [c["seed"] for c in a.candidates] == [c["seed"] for c in b.candidates]
+        assert [c["scores"] for c in a.candidates] == [c["scores"] for c in b.candidates]
+
+
 def _square_product():
     img = Image.new("RGB", (64, 64), (90, 90, 90))
     mask = np.zeros((64, 64), np.float32)

@@ -329,18 +329,77 @@ def candidate_seed(seed: int, k: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:candidate:{k}".encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
+# Best-of-N generates candidates a slice at a time, each slice scored and folded into the best
+# so far before the next is made: full-size candidates in memory stay under this many pixels
+# (at least one full denoising loop's worth), not requests x candidates of them.
+CANDIDATE_PIXELS_IN_FLIGHT = 64_000_000
+
+
+@dataclass
+class _Picking:
+    """One request's candidates so far: what each was, the best one, the failures."""
+
+    candidates: list = field(default_factory=list)
+    best: tuple[int, Generated] | None = None
+    failures: list = field(default_factory=list)
+
+    def add(self, request: GenerationRequest, cand: "Generated | Failure", scorer: "Scorer") -> None:
+        if isinstance(cand, Failure):
+            self.failures.append(cand)
+            self.candidates.append({"seed": None, "error": cand.line, "device_seconds": 0.0, "kept": False})
+            return
+        try:
+            cand.scores = scorer(request, cand.image)
+        except Exception as e:  # noqa: BLE001 - this candidate's failure, never its batch mates'
+            self.failures.append(Failure.of(QA, e))
+            self.candidates.append({"seed": cand.seed, "error": self.failures[-1].line,
+                                    "device_seconds": cand.device_seconds, "kept": False})
+            return
+        self.candidates.append({"seed": cand.seed, "scores": cand.scores, "device_seconds": cand.device_seconds,
+                                "kept": False})
+        if self.best is None or cand.scores["qa_score"] > self.best[1].scores["qa_score"]:
+            self.best = (len(self.candidates) - 1, cand)  # the previous best's image is dropped here
+
+    def result(self, threshold: float) -> "Generated | Failure":
+        if self.best is None:  # every candidate failed: the first one's failure
+            return self.failures[0]
+        index, kept = self.best
+        self.candidates[index]["kept"] = True
+        kept.candidates = self.candidates
+        kept.device_seconds = float(sum(c["device_seconds"] for c in self.candidates))
+        kept.qa_passed = bool(kept.scores["qa_score"] >= threshold)
+        return kept
+
+
+def _slices(requests: list[GenerationRequest], max_pixels: int, at_least: int) -> list[slice]:
+    """Consecutive slices of ``requests`` holding at most ``max_pixels`` of output (or
+    ``at_least`` requests: one full denoising loop)."""
+    out, start, pixels = [], 0, 0
+    for i, r in enumerate(requests):
+        pixels += r.image.size[0] * r.image.size[1]
+        if pixels > max_pixels and i - start >= at_least:
+            out.append(slice(start, i))
+            start, pixels = i, r.image.size[0] * r.image.size[1]
+    out.append(slice(start, len(requests)))
+    return out
+
+
 def generate_best(gen: LoadedGenerator, requests: list[GenerationRequest], config: InferenceConfig,
                   n_candidates: int | list[int], scorer: Scorer, threshold: float | None = None,
-                  progress: Progress | None = None) -> list[Generated | Failure]:
+                  progress: Progress | None = None,
+                  max_pixels_in_flight: int = CANDIDATE_PIXELS_IN_FLIGHT) -> list[Generated | Failure]:
     """Best-of-N: ``n_candidates`` seeds per request (or one count per request: the HTTP
     batch's jobs each ask their own), each scored, the best kept.
 
-    Every candidate of every request runs through :func:`generate_measured` together (grouped
-    by size). The kept :class:`Generated` carries every candidate's seed, scores and
-    device-seconds, its ``device_seconds`` is the sum over its candidates (what the output
-    cost), and ``qa_passed`` says whether its ``qa_score`` reaches ``threshold`` (default: the
-    scorer's own ``threshold``; an output below it is still an output, flagged for review). A
-    candidate whose scoring raises fails alone (stage ``qa``); a request fails only when all its
+    Candidates run through :func:`generate_measured` a slice at a time (at most
+    ``max_pixels_in_flight`` of output, grouped by size within it); each slice is scored and
+    folded into every request's best so far before the next is made, so memory holds one slice
+    and one best per request. Pixels do not depend on the slicing (batch-invariant loops). The
+    kept :class:`Generated` carries every candidate's seed, scores and device-seconds, its
+    ``device_seconds`` is the sum over its candidates (what the output cost), and ``qa_passed``
+    says whether its ``qa_score`` reaches ``threshold`` (default: the scorer's own
+    ``threshold``; an output below it is still an output, flagged for review). A candidate
+    whose scoring raises fails alone (stage ``qa``); a request fails only when all its
     candidates fail (with the first candidate's failure).
     """
     counts = list(n_candidates) if isinstance(n_candidates, (list, tuple)) else [n_candidates] * len(requests)
@@ -355,39 +414,14 @@ def generate_best(gen: LoadedGenerator, requests: list[GenerationRequest], confi
 
     if threshold is None:
         threshold = float(getattr(scorer, "threshold", DEFAULT_QA_THRESHOLD))
+    owner = [j for j, n in enumerate(counts) for _ in range(n)]
     expanded = [replace(r, seed=candidate_seed(r.seed, k)) for r, n in zip(requests, counts) for k in range(n)]
-    made = generate_measured(gen, expanded, config, progress)
-    out: list[Generated | Failure] = []
-    start = 0
-    for request, n in zip(requests, counts):
-        mine, start = made[start:start + n], start + n
-        candidates, best, failures = [], None, []
-        for cand in mine:
-            if isinstance(cand, Failure):
-                failures.append(cand)
-                candidates.append({"seed": None, "error": cand.line, "device_seconds": 0.0, "kept": False})
-                continue
-            try:
-                cand.scores = scorer(request, cand.image)
-            except Exception as e:  # noqa: BLE001 - this candidate's failure, never its batch mates'
-                failures.append(Failure.of(QA, e))
-                candidates.append({"seed": cand.seed, "error": failures[-1].line,
-                                   "device_seconds": cand.device_seconds, "kept": False})
-                continue
-            candidates.append({"seed": cand.seed, "scores": cand.scores, "device_seconds": cand.device_seconds,
-                               "kept": False})
-            if best is None or cand.scores["qa_score"] > best[1].scores["qa_score"]:
-                best = (len(candidates) - 1, cand)
-        if best is None:  # every candidate failed: the first one's failure
-            out.append(failures[0])
-            continue
-        index, kept = best
-        candidates[index]["kept"] = True
-        kept.candidates = candidates
-        kept.device_seconds = float(sum(c["device_seconds"] for c in candidates))
-        kept.qa_passed = bool(kept.scores["qa_score"] >= threshold)
-        out.append(kept)
-    return out
+    picking = [_Picking() for _ in requests]
+    for part in _slices(expanded, max_pixels_in_flight, gen.pipe.batch_bucket):
+        made = generate_measured(gen, expanded[part], config, progress)
+        for j, cand in zip(owner[part], made):
+            picking[j].add(requests[j], cand, scorer)
+    return [p.result(threshold) for p in picking]
 
 
 @dataclass(frozen=True)
