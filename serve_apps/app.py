@@ -601,7 +601,10 @@ class Backdrop:
             "aliases": registry["aliases"],
             "versions": registry["versions"],
             "loaded": loaded,
-            "limits": dataclasses.asdict(self.limits),
+            "limits": {**dataclasses.asdict(self.limits),
+                       # best-of-N's memory bound: full-size candidates held at once (RGB, 3 bytes/px)
+                       "candidate_pixels_in_flight": runtime.CANDIDATE_PIXELS_IN_FLIGHT,
+                       "candidate_bytes_in_flight": 3 * runtime.CANDIDATE_PIXELS_IN_FLIGHT},
         }
 
     @api.post(

@@ -165,6 +165,8 @@ def test_models_lists_default_aliases_versions_and_categories(stack):
     assert info["aliases"] == {"challenger": v2, "champion": v1}
     assert info["versions"] == [v2, v1]
     assert v1 in info["loaded"]
+    assert info["limits"]["max_request_work"] > 0  # the budget, and best-of-N's memory bound
+    assert info["limits"]["candidate_bytes_in_flight"] == 3 * info["limits"]["candidate_pixels_in_flight"] > 0
 
 
 # --- happy paths -------------------------------------------------------------------------------
