@@ -601,11 +601,19 @@ class Backdrop:
             "aliases": registry["aliases"],
             "versions": registry["versions"],
             "loaded": loaded,
-            "limits": {**dataclasses.asdict(self.limits),
-                       # best-of-N's memory bound: full-size candidates held at once (RGB, 3 bytes/px)
-                       "candidate_pixels_in_flight": runtime.CANDIDATE_PIXELS_IN_FLIGHT,
-                       "candidate_bytes_in_flight": 3 * runtime.CANDIDATE_PIXELS_IN_FLIGHT},
+            "limits": self._limits(),
         }
+
+    def _limits(self) -> dict:
+        return {**dataclasses.asdict(self.limits),
+                # best-of-N's memory bound: full-size candidates held at once (RGB, 3 bytes/px)
+                "candidate_pixels_in_flight": runtime.CANDIDATE_PIXELS_IN_FLIGHT,
+                "candidate_bytes_in_flight": 3 * runtime.CANDIDATE_PIXELS_IN_FLIGHT}
+
+    @api.get("/v1/limits", summary="What one request may ask (sizes, steps, candidates, its work budget) "
+                                   "and best-of-N's memory bound", dependencies=[Depends(admit_key)])
+    async def list_limits(self) -> dict:
+        return self._limits()
 
     @api.post(
         "/v1/generate",

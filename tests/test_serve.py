@@ -167,6 +167,8 @@ def test_models_lists_default_aliases_versions_and_categories(stack):
     assert v1 in info["loaded"]
     assert info["limits"]["max_request_work"] > 0  # the budget, and best-of-N's memory bound
     assert info["limits"]["candidate_bytes_in_flight"] == 3 * info["limits"]["candidate_pixels_in_flight"] > 0
+    assert requests.get(f"{stack['url']}/v1/limits", headers=KEY).json() == info["limits"]
+    assert requests.get(f"{stack['url']}/v1/limits").status_code == 401
 
 
 # --- happy paths -------------------------------------------------------------------------------
