@@ -1,5 +1,7 @@
 """The single-process stage loop: what each stage trains, that it learns, budgets, save/extend."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -258,3 +260,27 @@ def test_cached_latents_give_the_loss_of_live_encoding(catalog, tmp_path):
     with torch.no_grad():
         model.vae.decoder.conv_out.bias.add_(1.0)  # the decoder alone: the encoder's latents are the same ...
     assert vae_key(model.vae) != key  # ... but a VAE that changed at all is another VAE
+
+
+def test_backdrop_train_is_tracked_and_can_register(catalog, tmp_path, monkeypatch):
+    """The README's documented adaptation (`backdrop train --init ...`) logs one MLflow run: the
+    resolved config, a loss curve per stage with steps/s, the model with its lineage, and with
+    --register a registry version."""
+    import mlflow
+
+    from backdrop import cli, registry
+
+    monkeypatch.setenv("BACKDROP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    checkpoint = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints", "tiny-64")
+    assert cli.main(["train", "--catalog", catalog["train"], "--init", checkpoint, "--stages", "cg",
+                     "--steps", "cg=3", "--batch-size", "2", "--output", str(tmp_path / "model"),
+                     "--register", "adapted", "--run-name", "adapt-test"]) == 0
+    registry.configure()
+    client = mlflow.MlflowClient()
+    run = client.search_runs([registry.ensure_experiment()], "attributes.run_name = 'adapt-test'")[0]
+    assert run.data.params["steps"] == "{'cg': 3}" and run.data.params["init"] == checkpoint
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "cg/loss")] == [1]  # step 1, then every 25th
+    assert run.data.metrics["cg/steps_per_s"] > 0
+    assert run.data.tags["data_fingerprint"] and run.data.tags["init"] == checkpoint
+    assert registry.describe_registered("adapted")["versions"] == ["1"]

@@ -68,16 +68,29 @@ def cmd_train(args) -> int:
         raise SystemExit(f"backdrop train: {e}")
     print(f"training on {device} (mixed precision: {args.mixed_precision}"
           f"{', gradient checkpointing' if args.gradient_checkpointing else ''})")
-    model, results = train_generator(
-        args.catalog, args.output, stages=stages, minutes=minutes, steps=steps, init=args.init,
-        batch_size=args.batch_size, resolution=args.resolution, seed=args.seed, device=device,
-        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-        learning_rates=learning_rates,
-    )
+    import mlflow
+
+    from .training.tracking import record_generator, training_run
+
+    config = dict(catalog=args.catalog, output=args.output, stages=",".join(stages), minutes=minutes, steps=steps,
+                  init=args.init, batch_size=args.batch_size, resolution=args.resolution, seed=args.seed,
+                  device=str(device), mixed_precision=args.mixed_precision,
+                  gradient_checkpointing=args.gradient_checkpointing, learning_rates=learning_rates)
+    with training_run(args.run_name, config) as on_log:  # loss curves, config, model + lineage in MLflow
+        model, results = train_generator(
+            args.catalog, args.output, stages=stages, minutes=minutes, steps=steps, init=args.init,
+            batch_size=args.batch_size, resolution=args.resolution, seed=args.seed, device=device,
+            mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+            learning_rates=learning_rates, on_log=on_log,
+        )
+        mlflow.log_metrics({f"{r.stage}/steps_per_s": r.steps / max(r.seconds, 1e-9) for r in results})
+        version = record_generator(model, args.catalog, stages, args.run_name, register=args.register, init=args.init)
+        run_id = mlflow.active_run().info.run_id
     for r in results:
         print(f"  {r.stage:5s} {r.steps:6d} steps {r.seconds / 60:5.1f} min  lr {r.learning_rate:g}  "
               f"final loss {r.final_loss:.4f}")
-    print(f"saved generator to {args.output}")
+    print(f"saved generator to {args.output}; MLflow run {run_id}"
+          + (f"; registered {args.register} v{version.version}" if version else ""))
     return 0
 
 
@@ -191,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CUDA only: autocast, frozen networks in this dtype, trained weights in fp32")
     t.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in the backward pass: less memory, ~1/3 more compute")
+    t.add_argument("--register", metavar="NAME", help="register the trained generator as a new version of NAME "
+                   "in the MLflow registry (the run, its loss curves and the model are logged either way)")
+    t.add_argument("--run-name", default="train", help="the MLflow run's name")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="generate a catalog in this process (the backfill without Ray: "

@@ -13,11 +13,9 @@ and stage clock.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 
@@ -25,12 +23,12 @@ import numpy as np
 import torch
 
 from .. import registry, runtime, storage
-from ..pyfunc import log_generator
 from ..catalog import resize_pair
 from ..inputs import Product, fetch_pair
 from ..errors import InvalidInputError
 from ..gallery import contact_sheet, masked_product
 from ..models.generator import BackdropModel
+from .tracking import record_generator
 from .loop import StageConfig, StageTrainer, learning_rates_by_stage, starting_model, train_stage
 
 log = logging.getLogger(__name__)
@@ -301,28 +299,6 @@ class TrainOutcome:
     model: BackdropModel
 
 
-def data_fingerprint(catalog: str) -> str:
-    from ..catalog import read_catalog
-
-    t = read_catalog(catalog, columns=["product_id", "category", "image_uri", "mask_uri"])
-    h = hashlib.sha256()
-    for col in t.column_names:
-        h.update("\x1f".join(map(str, t.column(col).to_pylist())).encode())
-    return h.hexdigest()[:16]
-
-
-def code_revision() -> str:
-    if os.environ.get("BACKDROP_CODE_REVISION"):
-        return os.environ["BACKDROP_CODE_REVISION"]
-    try:
-        here = os.path.dirname(__file__)
-        rev = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        return rev.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def train_distributed(cfg: DistributedTrainConfig) -> TrainOutcome:
     """Run (or resume) a Ray Train job and register its generator in MLflow."""
     import mlflow
@@ -357,9 +333,7 @@ def train_distributed(cfg: DistributedTrainConfig) -> TrainOutcome:
 
             attach_scorer(model, cfg.catalog)  # best-of-N and review flags travel with the weights
         mlflow.log_metrics({"resumes": state.get("resumes", 0)})
-        tags = {"data_fingerprint": data_fingerprint(cfg.catalog), "code_revision": code_revision(),
-                "preset": model.config.preset, "stages": ",".join(cfg.stages), "train_run": cfg.name}
-        mlflow.set_tags(tags)
-        version = log_generator(model, registered_model_name=cfg.registered_model_name, tags=tags)
+        version = record_generator(model, cfg.catalog, cfg.stages, cfg.name, register=cfg.registered_model_name,
+                                   init=cfg.init)
     return TrainOutcome(result.checkpoint.path, cfg.mlflow_run_id, str(version.version) if version else None,
                         state, model)
