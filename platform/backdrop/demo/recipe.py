@@ -13,10 +13,10 @@ from ..batch.run import run_backfill
 from ..catalog import read_catalog
 from ..gallery import contact_sheet, masked_product
 from ..inputs import fetch_product
-from ..pyfunc import log_generator
 from ..quality.evaluation import EvalConfig, evaluate
 from ..runtime import row_seed
-from ..training import DEFAULT_MINUTES, train_generator
+from ..training import DEFAULT_MINUTES, STAGES, train_generator
+from ..training.tracking import record_generator, training_run
 from .synthetic import SyntheticConfig, make_catalog
 
 log = logging.getLogger(__name__)
@@ -37,16 +37,20 @@ def run_demo(
     log.info("[1/5] synthetic catalog ready (%.0fs): %s", time.perf_counter() - t0, catalog["train"])
 
     model_dir = os.path.join(workdir, "model")
-    if from_scratch or not checkpoint or not os.path.isdir(checkpoint):
-        log.info("[2/5] training every stage from nothing: %s", DEFAULT_MINUTES)
-        model, _ = train_generator(catalog["train"], model_dir)
-    else:
-        log.info("[2/5] fine-tuning CG of the shipped checkpoint %s for %.1f min", checkpoint, train_minutes)
-        model, _ = train_generator(catalog["train"], model_dir, stages=("cg",), init=checkpoint,
-                                   minutes={"cg": train_minutes})
-
-    log.info("[3/5] evaluating, registering in MLflow and promoting through the gate")
-    ref = register(model, catalog, steps)
+    scratch = from_scratch or not checkpoint or not os.path.isdir(checkpoint)
+    stages, init = (STAGES, None) if scratch else (("cg",), checkpoint)
+    minutes = DEFAULT_MINUTES if scratch else {"cg": train_minutes}
+    # one MLflow run holds the training (loss curves), the evaluation and the registered model
+    with training_run("demo-train", {"catalog": catalog["train"], "stages": ",".join(stages), "init": init,
+                                     "minutes": minutes}) as on_log:
+        if scratch:
+            log.info("[2/5] training every stage from nothing: %s", DEFAULT_MINUTES)
+        else:
+            log.info("[2/5] fine-tuning CG of the shipped checkpoint %s for %.1f min", checkpoint, train_minutes)
+        model, _ = train_generator(catalog["train"], model_dir, stages=stages, init=init, minutes=minutes,
+                                   on_log=on_log)
+        log.info("[3/5] evaluating, registering in MLflow and promoting through the gate")
+        ref = register(model, catalog, steps, stages=stages, init=init)
 
     log.info("[4/5] catalog backfill of the held-out split through Ray Data with %s", ref)
     backfill = run_backfill(BackfillConfig(catalog=catalog["heldout"], model=ref,
@@ -63,16 +67,15 @@ def run_demo(
     return out
 
 
-def register(model, catalog: dict, steps: int, name: str = "backdrop") -> str:
-    """Evaluate, register a new version, and move ``champion`` to it if the gate allows."""
+def register(model, catalog: dict, steps: int, name: str = "backdrop", stages=("cg",), init: str | None = None) -> str:
+    """Evaluate, register a new version (in the active MLflow run), and move ``champion`` to it
+    if the gate allows."""
     import mlflow
 
     result = evaluate(model, catalog, EvalConfig(steps=steps, per_category=6), with_references=False)
-    registry.configure()
-    with mlflow.start_run(experiment_id=registry.ensure_experiment(), run_name="demo-train"):
-        registry.log_evaluation(result.numbers(), result.grids, result.report())
-        version = str(log_generator(model, registered_model_name=name,
-                                    tags={"preset": model.config.preset, "source": "demo"}).version)
+    registry.log_evaluation(result.numbers(), result.grids, result.report())
+    mlflow.set_tag("source", "demo")
+    version = str(record_generator(model, catalog["train"], stages, "demo-train", register=name, init=init).version)
     registry.record_metrics(name, version, result.numbers())
     try:
         registry.promote(name, version, allow_no_baseline=True)  # the demo's first run makes the first champion
