@@ -113,7 +113,8 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
     train = [_request(r, 0) for r in train_rows]
     palette = metrics.PaletteModel.fit([q.image for q in train], [q.mask for q in train],
                                        [r["category"] for r in train_rows])
-    judge = fit_pattern_judge(all_train[1::2], cfg.judge_rows, catalog["train"], cfg.clip_model)
+    encoder = metrics.ImageEncoder(cfg.clip_model) if cfg.clip_model else None  # one load, two uses
+    judge = fit_pattern_judge(all_train[1::2], cfg.judge_rows, catalog["train"], encoder)
 
     picks = [i for c in model.categories.names for i in [j for j, x in enumerate(cats) if x == c][: cfg.per_category]]
     reqs = [real[i] for i in picks]
@@ -145,8 +146,7 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
         m.update(ref_metrics)
         grids["references"] = ref_grid
         identical = identical and ref_identical
-    if cfg.clip_model:
-        encoder = metrics.ImageEncoder(cfg.clip_model)
+    if encoder is not None:
         m["clip_similarity"] = metrics.clip_similarity(encoder, outputs, [q.image for q in reqs])
         m["fid"] = metrics.fid(encoder, outputs, [q.image for q in real])
     m["product_bit_identical"] = identical
@@ -155,11 +155,11 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
     return EvalResult(m, per_category, grids)
 
 
-def fit_pattern_judge(rows: list[dict], max_rows: int, catalog_uri: str, clip_model: str | None = None) -> PatternJudge:
+def fit_pattern_judge(rows: list[dict], max_rows: int, catalog_uri: str,
+                      encoder: metrics.ImageEncoder | None = None) -> PatternJudge:
     """The pattern judge fitted on up to ``max_rows`` of ``rows`` (train ads), spread evenly."""
     rows = rows[:: max(1, -(-len(rows) // max_rows))]
     ads = [_request(r, 0) for r in rows]
-    encoder = metrics.ImageEncoder(clip_model) if clip_model else None
     return PatternJudge.fit([q.image for q in ads], [q.mask for q in ads], [q.category for q in ads],
                             encoder=encoder, catalog=catalog_uri)
 

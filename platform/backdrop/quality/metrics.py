@@ -76,13 +76,16 @@ class CategoryCentroids:
         return [self.names[i] for i in d.argmin(1)]
 
 
+def consistency(predicted: list[str], categories: list[str], n_classes: int, key: str) -> dict:
+    """A judge's accuracy overall (under ``key``) and per category, with chance = 1 / classes."""
+    pred, truth = np.asarray(predicted), np.asarray(categories)
+    per = {c: float((pred[truth == c] == c).mean()) for c in sorted(set(categories))}
+    return {key: float((pred == truth).mean()), "per_category": per, "chance": 1.0 / n_classes}
+
+
 def category_consistency(features: np.ndarray, categories: list[str], centroids: CategoryCentroids) -> dict:
     """Accuracy overall and per category of nearest-centroid assignment."""
-    pred = np.asarray(centroids.predict(features))
-    truth = np.asarray(categories)
-    per = {c: float((pred[truth == c] == c).mean()) for c in sorted(set(categories))}
-    return {"category_consistency": float((pred == truth).mean()), "per_category": per,
-            "chance": 1.0 / len(centroids.names)}
+    return consistency(centroids.predict(features), categories, len(centroids.names), "category_consistency")
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import NoScorerError
+from .metrics import consistency
 from .softmax import Softmax
 
 SIZE = 64
@@ -213,11 +214,8 @@ class PatternJudge:
 
     def consistency(self, images: list, masks: list, categories: list[str]) -> dict:
         """Accuracy overall and per category (the same shape as ``metrics.category_consistency``)."""
-        pred = np.asarray(self.predict(images, masks))
-        truth = np.asarray(categories)
-        per = {c: float((pred[truth == c] == c).mean()) for c in sorted(set(categories))}
-        return {"pattern_consistency": float((pred == truth).mean()), "per_category": per,
-                "chance": 1.0 / len(self.classifier.names)}
+        return consistency(self.predict(images, masks), categories, len(self.classifier.names),
+                           "pattern_consistency")
 
     def state(self) -> dict:
         return {"version": STATE_VERSION, "features": self.features, "scale": self.scale,
