@@ -69,7 +69,7 @@ from backdrop.serving.jobs import Generated, Job, check_job, load_job, run_jobs
 from backdrop.serving.models import ModelNotAllowed, ModelSelector
 from backdrop.serving.params import FILE_FIELDS, GenerateParams, body_schema, parse_json_body, read_input
 from backdrop.serving.quota import KeyQuota, QuotaExceeded
-from backdrop.serving.scope import UriScope
+from backdrop.scope import UriScope
 
 logger = logging.getLogger("ray.serve")
 

@@ -41,6 +41,10 @@ def private_home(tmp_path_factory):
     runs_before = _tree(REPO / "runs")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BACKDROP_HOME", str(home))
+        # Tests write a catalog beside their test's files but share input images across a module:
+        # every batch job of the run may read under the run's temporary root (and only there;
+        # the input-scope tests unset this to see a job's own default).
+        mp.setenv("BACKDROP_ALLOW_INPUTS", str(tmp_path_factory.getbasetemp()))
         for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "BACKDROP_MLFLOW_ARTIFACT_ROOT"):
             mp.delenv(name, raising=False)
         yield home

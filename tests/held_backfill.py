@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
         def __init__(self, *a, **kw):
             super().__init__(*a, pass_batches=args.pass_batches, hold_file=args.hold_file, **kw)
 
-    return run_backfill(config, generator_cls=Generator).exit_code()
+    return batch_args.run_job(lambda: run_backfill(config, generator_cls=Generator).exit_code())
 
 
 if __name__ == "__main__":

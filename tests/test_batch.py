@@ -273,7 +273,7 @@ def test_bad_rows_become_failed_records_and_the_job_completes(first_backfill, ca
     assert "already done" in result.summary() and "unknown_category 1" in result.summary()
     summary = json.loads(Path(config.output, "summary.json").read_text())
     assert summary["metrics"]["rows_failed"] == 4 and summary["model_version"] == "1"
-    assert not list(Path(config.output, "manifest", "parts").glob("*.parquet"))  # consolidated
+    assert not list(Path(config.output, "manifest", "parts").rglob("*.parquet"))  # consolidated
 
     run = MlflowClient().get_run(result.run_id)
     assert run.data.metrics["rows_ok"] == 15 and run.data.metrics["rows_failed"] == 4
@@ -363,7 +363,7 @@ def test_a_killed_generator_actor_is_restarted_and_no_row_is_lost(ray_local, cat
     def kill_the_generator_after_its_first_batch() -> None:
         """Once the first batch's manifest part is written, the actor is held in its second."""
         deadline = time.monotonic() + 300  # a hang guard
-        while not list((output / "manifest" / "parts").glob("part-*.parquet")) and time.monotonic() < deadline:
+        while not list((output / "manifest" / "parts").rglob("part-*.parquet")) and time.monotonic() < deadline:
             time.sleep(0.05)
         for p in psutil.Process().children(recursive=True):
             with contextlib.suppress(psutil.Error):

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from conftest import save_tiny_generator
 from ray_head import REPO, end_process_tree
+from backdrop.batch.lease import current_holder
 
 CATEGORIES = ["mug", "laptop"]
 HOSTILE_IDS = ["../../../etc/cron.d/x", "/tmp/evil-backdrop-test", "SKU.tmp-2024", "Sku-A", "SKU-A",
@@ -169,7 +170,7 @@ def test_hostile_duplicate_and_missing_ids(home, model_dir, good_rows, tmp_path)
     assert sorted(map(str, images)) == sorted(r["output_uri"] for r in records.values())
     assert len({str(p).lower() for p in images}) == len(images)  # Sku-A / SKU-A apart on any disk
     assert not (output / "_incomplete").exists() or not any((output / "_incomplete").iterdir())
-    assert not (output / "_lease.json").exists()
+    assert current_holder(str(output)) is None  # released
 
     # reruns: SKU.tmp-2024's image survives, nothing is made again, the refusals stay counted
     tmp_named = Path(records["SKU.tmp-2024"]["output_uri"])
@@ -199,7 +200,9 @@ def test_devices_fifos_directories_and_huge_files_fail_their_row(home, model_dir
            "sparse-2g": (str(sparse), "image_too_large")}
     rows = good_rows[:2] + [{**mug, "product_id": pid, "image_uri": uri} for pid, (uri, _) in bad.items()] \
         + [{**mug, "product_id": "mask-is-dev-zero", "mask_uri": "/dev/zero"}]
-    config = _config(_catalog(rows, tmp_path / "catalog.parquet"), model_dir, str(tmp_path / "out"))
+    # /dev in the job's input scope: the read guards behind the scope are what this test is about
+    config = _config(_catalog(rows, tmp_path / "catalog.parquet"), model_dir, str(tmp_path / "out"),
+                     allow_inputs=("/dev",))
     result = run_backfill(config)  # finishes: each bad input is one failed row
     _assert_accounted(result, len(rows))
     records = _manifest(config.output)
@@ -218,7 +221,8 @@ def test_an_oversized_object_on_s3_fails_its_row_unread(home, model_dir, good_ro
     limits = Limits(max_image_bytes=256 * 1024)
     storage.write_bytes(f"{s3_bucket}/big.png", b"\0" * (limits.max_image_bytes + 1))
     rows = good_rows[:1] + [{**good_rows[0], "product_id": "too-big", "image_uri": f"{s3_bucket}/big.png"}]
-    config = _config(_catalog(rows, tmp_path / "catalog.parquet"), model_dir, f"{s3_bucket}/out", limits=limits)
+    config = _config(_catalog(rows, tmp_path / "catalog.parquet"), model_dir, f"{s3_bucket}/out", limits=limits,
+                     allow_inputs=(s3_bucket,))
     result = run_backfill(config)
     _assert_accounted(result, 2)
     records = _manifest(config.output)
@@ -301,7 +305,10 @@ def test_lease_refuses_a_second_writer_and_takes_over_a_dead_one(where, tmp_path
         assert first.renew()
     finally:
         first.release()
-    assert not storage.exists(storage.join(output, LEASE_FILE))
+    assert current_holder(output) is None  # released: a tombstone, which keeps the epoch counting
+    second = Lease(output, "backfill", ttl_s=30).acquire()
+    assert (first.epoch, second.epoch) == (1, 2) and second.namespace == f"e000002-{second.token}"
+    second.release()
 
     # a lease whose holder stopped renewing long ago (another host): expired, taken over
     lease_uri = storage.join(output, LEASE_FILE)
@@ -388,7 +395,7 @@ def test_two_processes_into_one_output_lose_nothing(home, model_dir, good_rows, 
     records = _manifest(str(output))
     assert sorted(records) == sorted(r["product_id"] for r in good_rows)
     assert {r["status"] for r in records.values()} == {"ok"}
-    assert not list((output / "manifest" / "parts").glob("*.parquet"))
+    assert not list((output / "manifest" / "parts").rglob("*.parquet"))
 
 
 def test_a_second_run_refuses_with_the_holder_named(home, model_dir, good_rows, tmp_path, capsys):
@@ -409,9 +416,9 @@ def test_a_second_run_refuses_with_the_holder_named(home, model_dir, good_rows, 
 
 def _parts(output: str) -> int:
     from backdrop import storage
-    from backdrop.batch.manifest import PARTS_DIR
+    from backdrop.batch.manifest import part_paths
 
-    return len([n for n in storage.list_dir(storage.join(output, PARTS_DIR)) if n.endswith(".parquet")])
+    return len(part_paths(output))
 
 
 def _job(script: str | Path, args: list[str], **kw) -> subprocess.Popen:
@@ -420,10 +427,13 @@ def _job(script: str | Path, args: list[str], **kw) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["local", "s3"])
-def test_chaos_kill_rerun_then_nightly_after_edits(where, home, model_dir, good_rows, tmp_path, request):
-    """One hostile catalog: SIGKILL the job's driver mid-run, run it again, edit three inputs,
-    run the nightly job; exactly the expected rows are made, every count is exact."""
+def test_chaos_kill_rerun_then_nightly_after_edits(home, model_dir, good_rows, tmp_path, s3_bucket):
+    """One hostile catalog on S3: SIGKILL the Ray job's driver mid-run, run it again, edit three
+    inputs, run the nightly job; exactly the expected rows are made, every count is exact.
+
+    (Local disk runs the same lease, manifest and stages in the tests above and in
+    ``test_two_processes_into_one_output_lose_nothing``; one chaos run on the object store,
+    where the conditional writes differ, is what this adds.)"""
     from PIL import Image
 
     from backdrop import storage
@@ -445,15 +455,9 @@ def test_chaos_kill_rerun_then_nightly_after_edits(where, home, model_dir, good_
     n_in, n_ids = len(catalog_rows), len(rows) + len(hostile) + 1  # 1: dev-zero
     catalog = tmp_path / "catalog.parquet"
     _catalog(catalog_rows, catalog)
-    if where == "local":
-        output = str(tmp_path / "zone" / "out")
-    else:
-        output = f"{request.getfixturevalue('s3_bucket')}/out"
-    # On local disk the jobs run on Ray (a killed Ray job's driver); on S3 the same jobs run their
-    # stages in-process (--executor local): the same plan, leases, manifest and stages, without
-    # paying three more Ray start-ups in CI.
+    output = f"{s3_bucket}/out"
     args = ["--catalog", str(catalog), "--model", model_dir, "--output", output, "--steps", "2",
-            "--batch-size", "1", "--max-failure-rate", "1", "--executor", "ray" if where == "local" else "local"]
+            "--batch-size", "1", "--max-failure-rate", "1", "--executor", "ray"]
 
     # 1. kill the driver mid-run: its generator lets two batches through and holds the third
     #    (tests/held_backfill.py), so "mid-run" does not depend on the machine's speed
@@ -513,18 +517,81 @@ def test_chaos_kill_rerun_then_nightly_after_edits(where, home, model_dir, good_
     assert f"{n_in} rows in scope = {n_in - 3} ok + 3 failed" in out
 
     # nothing outside the output root; one image per ok record, where its record says
-    if where == "local":
-        zone = tmp_path / "zone"
-        assert [p for p in _files(zone) if not _under(output, str(p))] == []
-        images = sorted(str(p) for p in _files(Path(output) / "images"))
-    else:
-        fs, path = storage.filesystem(request.getfixturevalue("s3_bucket"))
-        every = fs.find(path)
-        assert all(k.startswith(f"{path}/out/") for k in every), every
-        images = sorted("s3://" + k for k in fs.find(f"{path}/out/images"))
+    fs, path = storage.filesystem(s3_bucket)
+    every = fs.find(path)
+    assert all(k.startswith(f"{path}/out/") for k in every), every
+    images = sorted("s3://" + k for k in fs.find(f"{path}/out/images"))
     assert images == sorted(r["output_uri"] for r in after.values() if r["status"] == "ok")
     assert not storage.list_dir(storage.join(output, "_incomplete"))
-    assert not storage.exists(storage.join(output, "_lease.json"))
+    assert current_holder(output) is None  # released
+
+
+def _tree(output: str) -> dict[str, bytes]:
+    """Every object under ``output`` and its bytes."""
+    from backdrop import storage
+
+    fs, root = storage.filesystem(output)
+    return {k: fs.cat_file(k) for k in fs.find(root)}
+
+
+@pytest.mark.slow
+def test_a_run_that_stalled_past_its_lease_writes_nothing_after_a_takeover(home, model_dir, good_rows, tmp_path,
+                                                                           s3_bucket):
+    """Issue #22's fencing chaos: stall run A past its TTL (SIGSTOP), let B take the output over
+    and finish, resume A. The manifest and every object are exactly what B left, and A exits
+    non-zero naming B."""
+    from backdrop.batch import manifest
+    from backdrop.batch.args import LOST_EXIT
+    from backdrop.batch.lease import _store
+
+    catalog = _catalog(good_rows, tmp_path / "catalog.parquet")
+    output = f"{s3_bucket}/fenced"
+    args = ["--catalog", catalog, "--model", model_dir, "--output", output, "--steps", "2", "--batch-size", "1",
+            "--executor", "local"]
+    hold = tmp_path / "hold"
+    hold.touch()
+    # A writes one batch, then its generator holds the second (a hold, not a race with the clock)
+    a = _job(REPO / "tests" / "held_backfill.py", [*args, "--lease-ttl", "5", "--pass-batches", "1",
+                                                   "--hold-file", str(hold)],
+             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300  # hang guards only
+        while _parts(output) < 1:
+            assert a.poll() is None and time.monotonic() < deadline, "A ended or hung before its first batch"
+            time.sleep(0.1)
+        a_token = _store(output).read().token
+        os.killpg(a.pid, signal.SIGSTOP)  # stalled: no heartbeat, no progress
+        while current_holder(output) is not None:  # until A's lease has expired
+            assert time.monotonic() < deadline, "A's lease never expired"
+            time.sleep(0.1)
+
+        b = _job("catalog_backfill.py", args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out_b = b.communicate(timeout=600)[0]
+        assert b.returncode == 0, out_b[-4000:]
+        assert f"{len(good_rows)} rows in scope = {len(good_rows)} ok + 0 failed" in out_b
+        b_lease = _store(output).read()
+        assert b_lease.token != a_token and b_lease.epoch == 2 and b_lease.released_at is not None
+        left_by_b = _tree(output)
+
+        hold.unlink()
+        os.killpg(a.pid, signal.SIGCONT)
+        out_a = a.communicate(timeout=600)[0]
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGCONT)
+            end_process_tree(a, signal.SIGKILL)
+    assert a.returncode == LOST_EXIT, out_a[-4000:]
+    assert f"run {a_token} lost its lease on {output} to backfill run {b_lease.token}" in out_a
+    assert _tree(output) == left_by_b  # A wrote nothing after B took over: not an image, not a part
+
+    records = manifest.read_records(output).to_pylist()
+    assert len(records) == len(good_rows) and {r["status"] for r in records} == {"ok"}
+    # the batch A wrote while it held the lease was adopted by B's plan; B made the rest
+    assert sorted(r["lease_epoch"] for r in records) == [1] + [2] * (len(good_rows) - 1)
+    images = sorted("s3://" + k for k in left_by_b if "/images/" in k)
+    assert images == sorted(r["output_uri"] for r in records)
+    assert all(f"/images/e{r['lease_epoch']:06d}-" in r["output_uri"] for r in records)
+    assert not [k for k in left_by_b if "/manifest/parts/" in k]  # consolidated
 
 
 # --------------------------------------------------------------------------- issue #22: isolation
@@ -579,3 +646,131 @@ def test_malformed_uris_and_vanishing_masks_fail_their_row_only(home, model_dir,
                for pid in MALFORMED_URIS)
     assert records["opaque-cutout"]["error_code"] == "full_mask"
     assert "no background at the model's generation size" in records["opaque-cutout"]["error_message"]
+
+
+@pytest.mark.parametrize("moment", ["before", "after"])
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_record_names_the_inputs_its_pixels_were_read_from(where, moment, good_rows, tmp_path, request,
+                                                             monkeypatch):
+    """An input replaced just before or just after the load stage reads it: the record's
+    fingerprint always names the bytes that were read (so a later plan sees a replacement it
+    did not use as input_changed), never a stat taken on either side of the read."""
+    from backdrop import storage
+    from backdrop.batch import fingerprint
+    from backdrop.batch.records import load_items
+
+    root = str(tmp_path) if where == "local" else request.getfixturevalue("s3_bucket")
+    row = dict(good_rows[0])
+    for field in ("image_uri", "mask_uri"):
+        uri = storage.join(root, "inputs", f"{field}.png")
+        storage.write_bytes(uri, Path(row[field]).read_bytes())
+        row[field] = uri
+    old = fingerprint.of_row(row)
+    replacement = Path(good_rows[1]["image_uri"]).read_bytes()
+    real_read = storage.read_object
+
+    def replace():
+        if where == "local":  # a new file renamed over the old one, as editors and sync tools do
+            os.replace(_write(tmp_path / "new.png", replacement), storage.filesystem(row["image_uri"])[1])
+        else:
+            storage.write_bytes(row["image_uri"], replacement)
+
+    def read_around_a_replacement(uri, max_bytes=None):
+        if uri == row["image_uri"] and moment == "before":
+            replace()
+        got = real_read(uri, max_bytes)
+        if uri == row["image_uri"] and moment == "after":
+            replace()
+        return got
+
+    monkeypatch.setattr(storage, "read_object", read_around_a_replacement)
+    item = load_items([{**row, "placement": "photo"}])[0]
+    assert item.failure is None
+    new = fingerprint.of_row(row)
+    assert new != old  # a stat sees the replacement
+    pixels_from_replacement = moment == "before"
+    assert item.row["input_fingerprint"] == (new if pixels_from_replacement else old)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_catalog_inputs_outside_the_jobs_scope_fail_their_row_unread(home, model_dir, good_rows, tmp_path,
+                                                                     monkeypatch):
+    """Issue #22 item 6: a job reads inputs only under its catalog's folder (or bucket) and the
+    prefixes it is given; anything else, however spelled, is a failed row ``input_out_of_scope``
+    and no byte of it appears anywhere."""
+    import shutil
+
+    from backdrop.batch.run import run_backfill
+
+    monkeypatch.delenv("BACKDROP_ALLOW_INPUTS")  # the job's own default scope, as deployed
+    here = tmp_path / "catalog"
+    (here / "img").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"SECRET-BYTES-" + Path(good_rows[0]["image_uri"]).read_bytes())
+    inside = []
+    for r in good_rows[:2]:
+        img, mask = here / "img" / Path(r["image_uri"]).name, here / "img" / Path(r["mask_uri"]).name
+        shutil.copy(r["image_uri"], img), shutil.copy(r["mask_uri"], mask)
+        inside.append({**r, "image_uri": str(img), "mask_uri": str(mask)})
+    shutil.copy(good_rows[2]["image_uri"], elsewhere / "extra.png")
+    shutil.copy(good_rows[2]["mask_uri"], elsewhere / "extra-mask.png")
+    (here / "img" / "link.png").symlink_to(secret)  # inside by name, outside in fact
+    base = inside[0]
+    hostile = {
+        "proc": "/proc/self/environ", "etc": "/etc/hostname", "file-scheme": "file:///etc/hostname",
+        "dotdot": str(here / "img" / ".." / ".." / "secret.png"), "symlink": str(here / "img" / "link.png"),
+        "other-bucket": "s3://some-other-bucket/x.png", "relative": "img/x.png", "gopher": "gopher://h/x.png",
+    }
+    rows = inside + [{**base, "product_id": pid, "image_uri": uri} for pid, uri in hostile.items()]
+    rows.append({**base, "product_id": "ref-outside", "reference_uri": str(secret)})
+    rows.append({**good_rows[2], "product_id": "allowed-extra", "image_uri": str(elsewhere / "extra.png"),
+                 "mask_uri": str(elsewhere / "extra-mask.png")})
+    catalog = _catalog(rows, here / "catalog.parquet")
+
+    result = run_backfill(_config(catalog, model_dir, str(tmp_path / "out"), allow_inputs=(str(elsewhere),)))
+    _assert_accounted(result, len(rows))
+    records = _manifest(str(tmp_path / "out"))
+    assert {pid for pid, r in records.items() if r["status"] == "ok"} == \
+        {r["product_id"] for r in inside} | {"allowed-extra"}
+    refused = {pid: r for pid, r in records.items() if r["status"] != "ok"}
+    assert set(refused) == set(hostile) | {"ref-outside"}
+    assert {r["error_code"] for r in refused.values()} == {"input_out_of_scope"}
+    assert "reference_uri is outside" in refused["ref-outside"]["error_message"]
+    text = json.dumps(list(records.values())) + result.summary()
+    assert "SECRET" not in text and "PATH=" not in text  # nothing was read: no byte of it can leak
+
+    # a prefix that is not a canonical s3://bucket[/prefix] or an absolute folder is refused up front
+    from backdrop.errors import InvalidParameterError
+
+    for bad in ("relative/folder", "s3://Bad_Bucket!/x", "s3://b/../x"):
+        with pytest.raises(InvalidParameterError):
+            _config(catalog, model_dir, str(tmp_path / "o2"), allow_inputs=(bad,))
+
+
+def test_an_output_over_the_work_budget_fails_alone_with_its_figure(home, model_dir, good_rows, tmp_path):
+    """The batch path prices each output as HTTP prices a request (megapixels x candidates x
+    steps): over ``max_request_work`` that one output fails as ``request_too_large``, with its
+    figure, and the row's other placements are made."""
+    from dataclasses import replace
+
+    from backdrop.batch.run import run_backfill
+    from backdrop.limits import DEFAULT_LIMITS
+
+    limits = replace(DEFAULT_LIMITS, max_request_work=1.0)  # 1 megapixel-step
+    config = _config(_catalog(good_rows[:1], tmp_path / "catalog.parquet"), model_dir, str(tmp_path / "out"),
+                     placements=("1:1", "1200x1000"), limits=limits)
+    result = run_backfill(config)
+    _assert_accounted(result, 2)
+    from backdrop.batch import manifest
+
+    records = {r["placement"]: r for r in manifest.read_records(config.output).to_pylist()}
+    assert records["1:1"]["status"] == "ok"
+    big = records["1200x1000"]
+    assert (big["status"], big["error_code"]) == ("failed", "request_too_large")
+    assert "1.2 output megapixels x 1 candidates x 1 steps" in big["error_message"]

@@ -105,7 +105,7 @@ def test_read_input_from_s3(s3_bucket):
     from backdrop import storage
     from backdrop.errors import FetchError
 
-    from backdrop.serving.scope import UriScope
+    from backdrop.scope import UriScope
 
     data = png(product())
     storage.write_bytes(f"{s3_bucket}/in/p.png", data)

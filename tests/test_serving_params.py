@@ -16,7 +16,7 @@ from backdrop.limits import Limits
 from backdrop.serving.models import ModelNotAllowed, ModelSelector, normalise_version
 from backdrop.serving.params import MAX_JSON_TOKENS, GenerateParams, body_schema, parse_json_body
 from backdrop.serving.quota import KeyQuota, QuotaExceeded
-from backdrop.serving.scope import ScopeConfigError, UriScope, canonical
+from backdrop.scope import ScopeConfigError, UriScope, canonical
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | \

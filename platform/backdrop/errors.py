@@ -129,6 +129,12 @@ class FetchError(InvalidInputError):
     code = "fetch_error"
 
 
+class InputOutOfScopeError(FetchError):
+    """A catalog row names an input outside the job's input scope (:class:`backdrop.scope.InputScope`)."""
+
+    code = "input_out_of_scope"
+
+
 class OutputBusyError(BackdropError):
     """Another live run holds the output's lease (one writer per output)."""
 

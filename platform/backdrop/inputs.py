@@ -67,9 +67,15 @@ def decode_product(category: str, image: bytes | None, mask: bytes | None = None
     return Product(product_image, product_mask, category, ref, ref_mask, limits.check_prompt(prompt))
 
 
-def fetch(uri: str | None, limits: Limits = DEFAULT_LIMITS) -> bytes | None:
-    """An input object's bytes, its size checked before it is read (``None`` for no URI)."""
-    return storage.read_bytes(uri, max_bytes=limits.max_image_bytes) if uri else None
+def fetch(uri: str | None, limits: Limits = DEFAULT_LIMITS, identities: dict[str, str] | None = None) -> bytes | None:
+    """An input object's bytes, its size checked before it is read (``None`` for no URI); with
+    ``identities``, the identity of the bytes read is stored there under the URI."""
+    if not uri:
+        return None
+    data, identity = storage.read_object(uri, max_bytes=limits.max_image_bytes)
+    if identities is not None:
+        identities[uri] = identity
+    return data
 
 
 def fetch_pair(image_uri: str, mask_uri: str | None, limits: Limits = DEFAULT_LIMITS):
@@ -77,12 +83,16 @@ def fetch_pair(image_uri: str, mask_uri: str | None, limits: Limits = DEFAULT_LI
     return imaging.load_product(fetch(image_uri, limits), fetch(mask_uri, limits), **_decoding(limits))
 
 
-def fetch_product(row: dict, limits: Limits = DEFAULT_LIMITS) -> Product:
-    """A catalog row (``image_uri``, ``mask_uri``, ``reference_uri``, ...) as a validated product."""
+def fetch_product(row: dict, limits: Limits = DEFAULT_LIMITS, identities: dict[str, str] | None = None) -> Product:
+    """A catalog row (``image_uri``, ``mask_uri``, ``reference_uri``, ...) as a validated product;
+    ``identities`` collects what each read object was (see :func:`fetch`)."""
+    def get(uri):
+        return fetch(uri, limits, identities)
+
     return decode_product(
-        row["category"], fetch(row["image_uri"], limits), fetch(row.get("mask_uri"), limits),
-        reference=fetch(row.get("reference_uri"), limits),
-        reference_mask=fetch(row.get("reference_mask_uri"), limits) if row.get("reference_uri") else None,
+        row["category"], get(row["image_uri"]), get(row.get("mask_uri")),
+        reference=get(row.get("reference_uri")),
+        reference_mask=get(row.get("reference_mask_uri")) if row.get("reference_uri") else None,
         prompt=row.get("prompt") or None, limits=limits)
 
 

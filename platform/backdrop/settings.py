@@ -61,6 +61,16 @@ MODEL_CACHE_BYTES_ENV = "BACKDROP_MODEL_CACHE_BYTES"
 DEFAULT_MODEL_CACHE_BYTES = 20 * 2**30  # an SD-size generator is ~5 GB: a few versions per node
 
 
+ALLOW_INPUTS_ENV = "BACKDROP_ALLOW_INPUTS"
+
+
+def allowed_inputs() -> tuple[str, ...]:
+    """Input prefixes every batch job of this deployment may read besides its catalog's own
+    bucket or folder (comma-separated ``s3://bucket[/prefix]`` and absolute folders), on top of
+    a job's ``--allow-inputs``: e.g. the bucket where a retailer's photos live."""
+    return tuple(p.strip() for p in os.environ.get(ALLOW_INPUTS_ENV, "").split(",") if p.strip())
+
+
 def model_cache_bytes() -> int:
     """How much the local copies of registered versions may take before the least recently used
     are deleted (``$BACKDROP_MODEL_CACHE_BYTES``)."""

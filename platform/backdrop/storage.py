@@ -71,6 +71,15 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
+def identity(info: dict) -> str:
+    """A cheap identity of an object's content from its metadata (an fsspec ``info`` dict): the
+    ETag and size on S3 (a new ETag for every overwrite), size + mtime + inode on local disk."""
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return f"etag:{str(etag).strip(chr(34))}:{info.get('size')}"
+    return f"stat:{info.get('size')}:{info.get('mtime')}:{info.get('ino')}:{info.get('type')}"
+
+
 def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
     """Read a whole object; a missing or unreadable one raises ``FetchError``.
 
@@ -78,6 +87,14 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
     regular files are opened (never a device, FIFO or directory), and at most ``max_bytes + 1``
     bytes are ever read, so an object that grows meanwhile cannot exhaust memory either.
     """
+    return read_object(uri, max_bytes)[0]
+
+
+def read_object(uri: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+    """:func:`read_bytes`, and the :func:`identity` of exactly the bytes read: taken from the
+    read itself (``fstat`` of the open file; on S3 the ETag that s3fs's ranged GETs are
+    conditioned on with ``If-Match``), never from a second look that a replacement in between
+    could make disagree with the bytes."""
     fs, path = filesystem(uri)
     try:
         if max_bytes is not None:
@@ -90,14 +107,23 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
                                          f"over the limit of {max_bytes:,} bytes")
         with fs.open(path, "rb") as f:
             data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+            ident = identity(_opened_info(f))
     except (FetchError, ImageTooLargeError):
         raise
     except (FileNotFoundError, IsADirectoryError, PermissionError, OSError) as e:
         raise FetchError(f"cannot read {uri}: {type(e).__name__}: {e}") from None
     if max_bytes is not None and len(data) > max_bytes:
         raise ImageTooLargeError(f"{uri} is over the limit of {max_bytes:,} bytes")
-    return data
+    return data, ident
 
+
+def _opened_info(f) -> dict:
+    """The metadata of an open file: s3fs keeps the HEAD it reads against; a local file is fstat'ed."""
+    details = getattr(f, "details", None)
+    if details and (details.get("ETag") or details.get("etag")):
+        return details
+    st = os.fstat(f.fileno())
+    return {"size": st.st_size, "mtime": st.st_mtime, "ino": st.st_ino, "type": "file"}
 
 def write_bytes(uri: str, data: bytes, staging: str | None = None) -> None:
     """Write ``data`` so that no reader ever sees a partial object.

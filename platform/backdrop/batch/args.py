@@ -53,6 +53,9 @@ def add_generation_arguments(p) -> None:
                    help="outputs whose qa_score is below this are flagged for review (default: the scorer's own)")
     p.add_argument("--price-per-device-hour", type=float, default=0.0, metavar="PRICE",
                    help="price of one device-hour for the cost estimate (default 0: device-seconds only)")
+    p.add_argument("--allow-inputs", action="append", default=[], metavar="PREFIX",
+                   help="also read catalog inputs under this s3://bucket[/prefix] or absolute folder "
+                        "(repeatable; always allowed: the catalog's own bucket, or its folder)")
     p.add_argument("--max-failure-rate", type=float, default=0.1,
                    help="exit non-zero when more than this fraction of rows failed (default 0.1)")
     p.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, "
@@ -79,7 +82,7 @@ def config_from_args(args, **overrides):
         lease_wait_s=args.wait_for_lease, lease_ttl_s=args.lease_ttl,
         placements=tuple(p for p in args.placements.split(",") if p.strip()), candidates=args.candidates,
         qa_threshold=args.qa_threshold, price_per_device_hour=args.price_per_device_hour,
-        executor=args.executor,
+        executor=args.executor, allow_inputs=tuple(args.allow_inputs),
     )
     return replace(config, **overrides)
 
@@ -96,17 +99,22 @@ def prepare_job(args, start_ray: bool = True) -> None:
 
 
 BUSY_EXIT = 75  # EX_TEMPFAIL: try again later
+LOST_EXIT = 76  # the run stalled past its lease and another run took the output over
 
 
 def run_job(run, *args, **kwargs) -> int:
     """Call a job's ``run_*`` and return its exit code; an output held by another live run is a
-    one-line refusal naming the holder (exit 75), not a traceback."""
+    one-line refusal naming the holder (exit 75), and a run that lost its lease to another one
+    says so, naming it (exit 76), not a traceback."""
     import sys
 
-    from ..errors import OutputBusyError
+    from ..errors import LeaseLostError, OutputBusyError
 
     try:
         return run(*args, **kwargs)
     except OutputBusyError as e:
         print(f"error: {e.message}", file=sys.stderr, flush=True)
         return BUSY_EXIT
+    except LeaseLostError as e:
+        print(f"error: {e.message}; this run wrote nothing more", file=sys.stderr, flush=True)
+        return LOST_EXIT

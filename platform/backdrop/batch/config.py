@@ -18,6 +18,7 @@ from ..errors import InvalidParameterError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..placements import parse_placements
 from ..runtime import COMPILE_MODES
+from ..scope import InputScope, ScopeConfigError
 from .keys import PHOTO
 from .records import OutputConfig
 
@@ -60,6 +61,9 @@ class BackfillConfig:
     # The price of one device-hour, for the cost estimate in the summary and the MLflow run.
     # 0.0 (the default): no estimate is shown, only device-seconds.
     price_per_device_hour: float = 0.0
+    # Where catalog inputs may be read from besides the catalog's own bucket or folder
+    # (scope.InputScope): s3://bucket[/prefix] and absolute local folders; $BACKDROP_ALLOW_INPUTS adds more.
+    allow_inputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -81,6 +85,10 @@ class BackfillConfig:
             raise InvalidParameterError(f"qa_threshold must be a number, got {self.qa_threshold!r}")
         if not (math.isfinite(self.price_per_device_hour) and self.price_per_device_hour >= 0):
             raise InvalidParameterError(f"price_per_device_hour must be >= 0, got {self.price_per_device_hour!r}")
+        try:
+            self.input_scope()
+        except ScopeConfigError as e:
+            raise InvalidParameterError(str(e)) from None
 
     @property
     def placement_names(self) -> tuple[str, ...]:
@@ -91,6 +99,17 @@ class BackfillConfig:
         from .. import runtime
 
         return runtime.inference(self.steps, self.guidance, self.limits, self.scheduler)
+
+    def input_scope(self) -> InputScope:
+        """The catalog's bucket or folder, ``allow_inputs``, and the deployment's ``$BACKDROP_ALLOW_INPUTS``."""
+        from ..settings import allowed_inputs
+
+        return InputScope.of_catalog(self.catalog, (*self.allow_inputs, *allowed_inputs()))
+
+    def load_kwargs(self, categories) -> dict:
+        """The load stage's arguments (``stages.load_batch``), on Ray and in process alike."""
+        return dict(categories=categories, limits=self.limits, scope=self.input_scope(),
+                    work=(self.candidates, self.steps))
 
     def output_config(self) -> OutputConfig:
         return OutputConfig(self.image_format, self.quality)

@@ -13,8 +13,11 @@ The price: an edit that keeps a local file's size, mtime and inode is not seen (
 write files update mtime), and a ``touch`` regenerates a row needlessly.
 
 Why the load stage computes it too: the record must carry the fingerprint of the inputs it
-was made from, and the load stage is where they were read. Both call :func:`of_row`, so the
-planner and the records always agree on the rule.
+was made from, and the load stage is where they were read. It takes each object's identity
+from the read itself (``storage.read_object``: the fstat of the open file, the ETag the GET
+was conditioned on), so an input replaced between a stat and the read can never be recorded
+with the new identity and the old pixels. Both call :func:`of_row` (the same identity format,
+``storage.identity``), so the planner and the records always agree on the rule.
 """
 
 from __future__ import annotations
@@ -43,19 +46,19 @@ def object_identity(uri: str | None) -> str | None:
         return "missing"
     except Exception as e:  # noqa: BLE001 - botocore's ParamValidationError, ValueError, OSError, ...
         return f"unreadable:{type(e).__name__}"
-    etag = info.get("ETag") or info.get("etag")
-    if etag:
-        return f"etag:{str(etag).strip(chr(34))}:{info.get('size')}"
-    return f"stat:{info.get('size')}:{info.get('mtime')}:{info.get('ino')}:{info.get('type')}"
+    return storage.identity(info)
 
 
-def of_row(row: dict) -> str:
-    """The fingerprint of one catalog row (see the module docstring)."""
+def of_row(row: dict, read: dict[str, str] | None = None) -> str:
+    """The fingerprint of one catalog row (see the module docstring). ``read`` maps a URI to
+    the identity of the bytes actually read from it (``storage.read_object``), which wins over
+    a stat: the record then names exactly the inputs its pixels came from."""
     uris = {f: row.get(f) or None for f in URI_FIELDS}
     if not uris["reference_uri"]:
         uris["reference_mask_uri"] = None  # ignored without a reference (as inputs.fetch_product does)
+    read = read or {}
     blob = {"category": row.get("category"), "prompt": row.get("prompt") or None, "uris": uris,
-            "objects": {f: object_identity(u) for f, u in uris.items()}}
+            "objects": {f: read.get(u) or object_identity(u) for f, u in uris.items()}}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -13,7 +13,8 @@ Each becomes one path *segment* by this rule:
 Why this holds:
 
 * *never leaves the root*: a segment holds no ``/``, ``\\``, ``.`` or NUL, so it is never ``..``,
-  absolute, hidden or a temp name (``.tmp-``), and the key is ``images/<category>/<id>.<ext>``;
+  absolute, hidden or a temp name (``.tmp-``), and the key is ``images/<run>/<category>/<id>.<ext>``
+  (``<run>``: the writing run's lease namespace, ``e<epoch>-<token>``, a plain segment too);
 * *one file per placement*: an output on an ad placement (``batch --placements``) is
   ``images/<category>/<id>@<placement>.<ext>``, the placement's canonical name with ``:`` as
   ``-`` (``16:9`` -> ``@16-9``, ``300x250`` -> ``@300x250``). ``@`` never occurs in a segment,
@@ -22,8 +23,8 @@ Why this holds:
 * *unique, also on case-insensitive disks*: plain segments are lower case and have no ``~``, so
   they differ from every encoded one and from each other whenever the ids differ; encoded
   segments of distinct values differ in their hash (a collision needs 2^40 ids by birthday);
-* *stable*: a pure function of the value (no salt, no process state), so a rerun writes the
-  same path; the manifest keeps the original id and the output's URI.
+* *stable*: a pure function of the value and the run (no salt, no process state), so a row
+  maps to one path within a run (a resumed batch overwrites its own image, never another run's); the manifest keeps the original id and the output's URI.
 
 Names stay under 160 bytes, well inside every filesystem's 255-byte limit.
 """
@@ -68,10 +69,15 @@ def placement_suffix(placement: str | None) -> str:
     return "@" + placement.replace(":", "-")
 
 
-def output_key(category: str, product_id: str, extension: str, placement: str | None = None) -> str:
-    """The image's key relative to the output root: ``images/<category>/<product_id>[@<placement>].<ext>``."""
-    return f"{IMAGES_DIR}/{segment(category)}/{segment(product_id)}{placement_suffix(placement)}.{extension}"
+def output_key(category: str, product_id: str, extension: str, placement: str | None = None,
+               run: str | None = None) -> str:
+    """The image's key relative to the output root:
+    ``images/[<run>/]<category>/<product_id>[@<placement>].<ext>``; ``run`` is the writing run's
+    lease namespace (:mod:`.lease`), itself a plain segment."""
+    prefix = f"{IMAGES_DIR}/{segment(run)}" if run else IMAGES_DIR
+    return f"{prefix}/{segment(category)}/{segment(product_id)}{placement_suffix(placement)}.{extension}"
 
 
-def output_uri(output_root: str, category: str, product_id: str, extension: str, placement: str | None = None) -> str:
-    return storage.join(output_root, *output_key(category, product_id, extension, placement).split("/"))
+def output_uri(output_root: str, category: str, product_id: str, extension: str, placement: str | None = None,
+               run: str | None = None) -> str:
+    return storage.join(output_root, *output_key(category, product_id, extension, placement, run).split("/"))

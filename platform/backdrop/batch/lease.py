@@ -5,12 +5,12 @@ Two runs writing one output (a backfill and the nightly CronJob on the same pref
 wrote from parts the first never read. So every run first takes the output's lease,
 ``<output>/_lease.json``::
 
-    {"token": "<run token>", "kind": "backfill", "host": "...", "pid": 123,
-     "started_at": <epoch s>, "heartbeat_at": <epoch s>, "expires_at": <epoch s>}
+    {"token": "<run token>", "kind": "backfill", "host": "...", "pid": 123, "epoch": 7,
+     "started_at": <epoch s>, "heartbeat_at": <epoch s>, "expires_at": <epoch s>, "released_at": null}
 
-* **Atomic.** On S3 the lease is created with a conditional PUT (``If-None-Match: *``), renewed
-  and taken over with ``If-Match: <ETag>`` of the version that was read, and deleted with
-  ``If-Match`` too: of two runs racing, exactly one PUT succeeds. On local disk the same
+* **Atomic.** On S3 the lease is created with a conditional PUT (``If-None-Match: *``), renewed,
+  taken over and released with ``If-Match: <ETag>`` of the version that was read: of two
+  runs racing, exactly one PUT succeeds. On local disk the same
   read-decide-write happens under an OS file lock (``filelock``, ``_lease.json.lock``), which
   the kernel drops when its process dies, so a SIGKILL never leaves that lock held.
 * **Alive.** A heartbeat thread renews the lease every ``ttl / 4``. A run whose renewal finds
@@ -26,6 +26,19 @@ wrote from parts the first never read. So every run first takes the output's lea
   driver killed by SIGKILL and started again on the same machine does not wait for expiry.
   Expiry is judged by the reader's clock, so hosts sharing an output need clocks closer than
   the TTL.
+* **Fenced.** Every acquisition raises the lease's ``epoch`` by one (the conditional write makes
+  it unique), and a run writes only under its own namespace, ``e<epoch>-<token>``: its images
+  under ``images/<namespace>/``, its manifest parts under ``manifest/parts/<namespace>/``, and
+  each record carries ``lease_epoch``. A run that stalled past its TTL and wakes up after
+  another took over can therefore overwrite nothing of the new holder's; the write stage asks
+  the store before each batch (:func:`assert_holder`) and raises ``LeaseLostError`` naming the
+  new holder, so the stale run writes at most the batch it was already writing, in its own
+  namespace, which no consolidated manifest references (the new holder consolidates only the
+  parts it read when it planned and its own; :func:`backdrop.batch.manifest.latest` ranks a
+  record by epoch before time).
+* **Released, not deleted.** A finished run leaves its lease as a tombstone (``released_at``
+  set): free for the next run, but the epoch keeps counting and a stale run that wakes up
+  later still learns who took over.
 * **Refused, or waited for.** A run that finds a live holder raises
   :class:`~backdrop.errors.OutputBusyError` naming it (host, pid, run, since), or waits up to
   ``wait_s`` seconds for it to go (``--wait-for-lease``).
@@ -41,6 +54,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -67,15 +81,25 @@ class Holder:
     started_at: float
     heartbeat_at: float
     expires_at: float
+    epoch: int = 0  # leases written before fencing had none
+    released_at: float | None = None  # a tombstone: the run ended and let go
+
+    @property
+    def namespace(self) -> str:
+        """Where this holder's files go (images and manifest parts): a path segment."""
+        return namespace(self.epoch, self.token)
 
     def describe(self) -> str:
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at))
+        if self.released_at is not None:
+            ended = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.released_at))
+            return f"{self.kind} run {self.token} on {self.host} (pid {self.pid}), started {started}, ended {ended}"
         return (f"{self.kind} run {self.token} on {self.host} (pid {self.pid}), started {started}, "
                 f"lease expires in {max(0.0, self.expires_at - time.time()):.0f} s")
 
     def is_dead(self, now: float) -> bool:
-        """Expired, or a process of this host that no longer exists."""
-        if now >= self.expires_at:
+        """Released, expired, or a process of this host that no longer exists."""
+        if self.released_at is not None or now >= self.expires_at:
             return True
         if self.host != socket.gethostname():
             return False
@@ -92,9 +116,23 @@ def _decode(data: bytes | None) -> Holder | None:
     return None if data is None else Holder(**json.loads(data))
 
 
+NAMESPACE = re.compile(r"e(\d{6,})-([0-9a-f]{32})")
+
+
+def namespace(epoch: int, token: str) -> str:
+    """``e<epoch, 6+ digits>-<token>``: sorts by epoch, and is a safe path segment."""
+    return f"e{epoch:06d}-{token}"
+
+
+def epoch_of(segment: str) -> int | None:
+    """The epoch of a namespace segment; None for anything else (files written before fencing)."""
+    m = NAMESPACE.fullmatch(segment)
+    return int(m.group(1)) if m else None
+
+
 # --------------------------------------------------------------------------- conditional stores
 
-Decide = Callable[[Holder | None], bool]
+Decide = Callable[[Holder | None], "Holder | None"]  # the holder to write over the current one, or None: leave it
 
 
 class _LocalStore:
@@ -118,18 +156,14 @@ class _LocalStore:
         with self.lock:
             return self._read()
 
-    def swap(self, new: Holder, allowed: Decide) -> tuple[bool, Holder | None]:
+    def swap(self, decide: Decide) -> tuple[bool, Holder | None]:
         with self.lock:
             current = self._read()
-            if not allowed(current):
+            new = decide(current)
+            if new is None:
                 return False, current
             storage.write_bytes(self.path, json.dumps(asdict(new)).encode())
             return True, new
-
-    def remove(self, allowed: Decide) -> None:
-        with self.lock:
-            if allowed(self._read()):
-                os.unlink(self.path)
 
 
 def lease_client_config(ttl_s: float):
@@ -143,7 +177,7 @@ def lease_client_config(ttl_s: float):
 
 
 class _S3Store:
-    """The same three operations as conditional requests (``If-None-Match`` / ``If-Match``)."""
+    """The same two operations as conditional requests (``If-None-Match`` / ``If-Match``)."""
 
     def __init__(self, uri: str, ttl_s: float = DEFAULT_TTL_S):
         import boto3
@@ -166,11 +200,12 @@ class _S3Store:
         code = e.response.get("Error", {}).get("Code")
         return code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404", "412", "409")
 
-    def swap(self, new: Holder, allowed: Decide) -> tuple[bool, Holder | None]:
+    def swap(self, decide: Decide) -> tuple[bool, Holder | None]:
         from botocore.exceptions import ClientError
 
         current, etag = self._get()
-        if not allowed(current):
+        new = decide(current)
+        if new is None:
             return False, current
         condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
         try:
@@ -182,22 +217,38 @@ class _S3Store:
             return False, self._get()[0]  # someone else wrote first
         return True, new
 
-    def remove(self, allowed: Decide) -> None:
-        from botocore.exceptions import ClientError
-
-        current, etag = self._get()
-        if etag is None or not allowed(current):
-            return
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag)
-        except ClientError as e:
-            if not self._precondition_failed(e):
-                raise
-
 
 def _store(output: str, ttl_s: float = DEFAULT_TTL_S):
     uri = storage.join(output, LEASE_FILE)
     return _S3Store(uri, ttl_s) if str(output).startswith("s3://") else _LocalStore(uri)
+
+
+_STORES: dict[str, object] = {}  # output -> store, for the write stage's per-batch check
+
+
+def current_holder(output: str) -> Holder | None:
+    """The live holder of ``output``'s lease, or None (free, released or expired)."""
+    holder = _store(output).read()
+    return None if holder is None or holder.is_dead(time.time()) else holder
+
+
+def assert_holder(output: str, token: str) -> None:
+    """Raise ``LeaseLostError`` unless run ``token`` still holds ``output``'s lease: the fence a
+    writer passes before each batch it writes (one small read; its store is kept per process)."""
+    store = _STORES.get(output)
+    if store is None:
+        store = _STORES[output] = _store(output)
+    holder = store.read()
+    if holder is None or holder.token != token or holder.released_at is not None:
+        raise LeaseLostError(_lost_message(output, token, holder))
+
+
+def _lost_message(output: str, token: str, holder: Holder | None) -> str:
+    if holder is None:
+        return f"run {token} lost its lease on {output}: the lease object disappeared"
+    if holder.token == token:
+        return f"run {token} lost its lease on {output}: it was released"
+    return f"run {token} lost its lease on {output} to {holder.describe()}"
 
 
 # --------------------------------------------------------------------------- the lease
@@ -213,9 +264,17 @@ class Lease:
         self.token = uuid.uuid4().hex
         self.store = _store(output, self.ttl_s)
         self.holder: Holder | None = None
+        self.epoch = 0  # this run's epoch, once it has taken the lease
         self.lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def namespace(self) -> str:
+        """This run's namespace for the files it writes (see the module docstring)."""
+        if not self.epoch:
+            raise RuntimeError("the lease was never taken")
+        return namespace(self.epoch, self.token)
 
     @property
     def staging(self) -> str:
@@ -228,19 +287,26 @@ class Lease:
     def acquire(self, wait_s: float = 0.0, poll_s: float = 1.0) -> "Lease":
         """Take the lease (a free, expired or dead holder's), or raise ``OutputBusyError``."""
         deadline = time.monotonic() + max(0.0, wait_s)
-        while True:
+
+        def take(current: Holder | None) -> Holder | None:
             now = time.time()
-            me = Holder(self.token, self.kind, socket.gethostname(), os.getpid(), now, now, now + self.ttl_s)
-            taken, current = self.store.swap(me, lambda cur: cur is None or cur.is_dead(time.time()))
+            if current is not None and not current.is_dead(now):
+                return None
+            epoch = (current.epoch if current else 0) + 1
+            return Holder(self.token, self.kind, socket.gethostname(), os.getpid(), now, now, now + self.ttl_s, epoch)
+
+        while True:
+            taken, current = self.store.swap(take)
             if taken:
+                me = current
                 break
             if time.monotonic() >= deadline:
                 holder = current.describe() if current else "another run (it changed while we looked)"
                 raise OutputBusyError(f"{self.output} is being written by {holder}; wait for it, or pass "
                                       f"--wait-for-lease SECONDS to wait for the lease")
             time.sleep(poll_s)
-        self.holder = me
-        log.info("lease on %s taken: run %s", self.output, self.token)
+        self.holder, self.epoch = me, me.epoch
+        log.info("lease on %s taken: run %s, epoch %d", self.output, self.token, me.epoch)
         self._sweep_staging()
         self._thread = threading.Thread(target=self._heartbeat, name="backdrop-lease", daemon=True)
         self._thread.start()
@@ -259,13 +325,16 @@ class Lease:
             return False
         now = time.time()
         new = replace(self.holder, heartbeat_at=now, expires_at=now + self.ttl_s)
-        ok, current = self.store.swap(new, self._mine)
+        ok, current = self.store.swap(lambda cur: new if self._live_mine(cur) else None)
         if ok:
             self.holder = new
         else:
-            self.lost = f"now held by {current.describe()}" if current else "the lease object disappeared"
-            log.error("lease on %s lost: %s", self.output, self.lost)
+            self.lost = _lost_message(self.output, self.token, current)
+            log.error("%s", self.lost)
         return ok
+
+    def _live_mine(self, current: Holder | None) -> bool:
+        return self._mine(current) and current.released_at is None
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl_s / 4):
@@ -275,17 +344,20 @@ class Lease:
             except Exception as e:  # noqa: BLE001 - a failed renewal is retried until expiry
                 log.warning("lease renewal on %s failed: %s", self.output, e)
                 if self.holder is not None and time.time() >= self.holder.expires_at:
-                    self.lost = f"no renewal succeeded before it expired (last error: {str(e)[:200]})"
-                    log.error("lease on %s lost: %s", self.output, self.lost)
+                    self.lost = (f"run {self.token} lost its lease on {self.output}: no renewal succeeded "
+                                 f"before it expired (last error: {str(e)[:200]})")
+                    log.error("%s", self.lost)
                     return
 
     def check(self) -> None:
         """Raise ``LeaseLostError`` unless this run still holds the lease (call before writing
         what only the holder may write: the consolidated manifest)."""
-        if self.lost is None and not self._mine(self.store.read()):
-            self.lost = "the lease is no longer this run's"
+        if self.lost is None:
+            current = self.store.read()
+            if not self._live_mine(current):
+                self.lost = _lost_message(self.output, self.token, current)
         if self.lost:
-            raise LeaseLostError(f"run {self.token} lost its lease on {self.output}: {self.lost}")
+            raise LeaseLostError(self.lost)
 
     def release(self) -> None:
         self._stop.set()
@@ -293,7 +365,8 @@ class Lease:
             self._thread.join()
         if self.holder is not None and not self.lost:
             storage.remove_tree(self.staging)
-            self.store.remove(self._mine)
+            ended = replace(self.holder, released_at=time.time())
+            self.store.swap(lambda cur: ended if self._live_mine(cur) else None)
         self.holder = None
 
     def __enter__(self) -> "Lease":

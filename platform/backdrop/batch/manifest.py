@@ -2,10 +2,11 @@
 
 Layout under a job's output (a local directory or an ``s3://`` prefix)::
 
-    images/<category>/<product_id>.<ext>   generated images (keys by :mod:`.keys`, never outside;
-                                           ``<product_id>@16-9.<ext>`` on a placement)
+    images/<run>/<category>/<product_id>.<ext>  generated images (keys by :mod:`.keys`, never outside;
+                                           ``<product_id>@16-9.<ext>`` on a placement); ``<run>`` is
+                                           the writing run's lease namespace, ``e<epoch>-<token>``
     review/index.html                      the outputs QA flagged, with their candidates (:mod:`.review`)
-    manifest/parts/part-<uuid>.parquet     the records of one finished batch (append-only)
+    manifest/parts/<run>/part-<uuid>.parquet  the records of one finished batch (append-only)
     manifest.parquet                       the latest record per (product_id, placement) (consolidated)
     rejected.parquet                       rows the last plan refused (duplicate / missing id)
     summary.json                           the last run's summary
@@ -20,6 +21,14 @@ files of interrupted writes in its own ``_incomplete/<run>/``, which the next le
 removes. Consolidation writes
 ``manifest.parquet`` before it deletes the parts it merged, so a crash in between leaves only
 duplicates, which :func:`latest` folds away.
+
+**Fenced** (:mod:`.lease`). A run writes its images and parts only under its own namespace, and
+consolidates the parts it read when it planned (``Plan.parts``: the work of earlier runs, done
+while they held the lease) plus its own; anything else in ``manifest/parts`` was written by a
+run that had lost the lease, and is deleted unread. :func:`latest` ranks records by
+``lease_epoch`` before ``created_at``, so neither a stale writer nor a skewed clock can make an
+older attempt win. After consolidating, :func:`prune_images` deletes the images no record
+names any more (superseded outputs, a stale writer's).
 
 No Ray and no torch here: the driver, the nightly planner and tests all read manifests the
 same way.
@@ -41,6 +50,7 @@ have no manifest key; they are counted failed in the run's summary and listed in
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
 from typing import Callable
@@ -54,14 +64,15 @@ import pyarrow.parquet as pq
 
 from .. import storage
 from .keys import PHOTO
-from .records import BOOL_COLUMNS, FLOAT_COLUMNS, MANIFEST_COLUMNS, OK
+from .lease import epoch_of
+from .records import BOOL_COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, MANIFEST_COLUMNS, OK
 
 PARTS_DIR = "manifest/parts"
 MANIFEST_FILE = "manifest.parquet"
 SUMMARY_FILE = "summary.json"
 REJECTED_FILE = "rejected.parquet"
 
-SCHEMA = pa.schema([(name, pa.int64() if name == "seed" else pa.float64() if name in FLOAT_COLUMNS
+SCHEMA = pa.schema([(name, pa.int64() if name in INT_COLUMNS else pa.float64() if name in FLOAT_COLUMNS
                       else pa.bool_() if name in BOOL_COLUMNS else pa.string()) for name in MANIFEST_COLUMNS])
 KEY_SEP = "\x1f"  # never in a placement name, so a key splits back at its last separator
 
@@ -107,29 +118,41 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def write_part(output_root: str, records: list[dict], staging: str | None = None) -> str:
-    """Append one batch's records as a new part file (atomic); returns its URI."""
-    uri = storage.join(output_root, PARTS_DIR, f"part-{uuid.uuid4().hex}.parquet")
+def write_part(output_root: str, records: list[dict], staging: str | None = None, run: str | None = None) -> str:
+    """Append one batch's records as a new part file (atomic) in run ``run``'s namespace; returns its URI."""
+    uri = storage.join(output_root, PARTS_DIR, *([run] if run else []), f"part-{uuid.uuid4().hex}.parquet")
     storage.write_bytes(uri, parquet_bytes(pa.Table.from_pylist(records, schema=SCHEMA)), staging=staging)
     return uri
 
 
-def _sources(output_root: str) -> tuple[object, list[str], list[str]]:
-    """(pyarrow filesystem, consolidated manifest path if any, part paths)."""
+def part_paths(output_root: str) -> tuple[str, ...]:
+    """Every part file now under ``output_root`` (any run's namespace, and the flat layout of
+    runs before fencing), as filesystem paths."""
     fs, parts_dir = storage.filesystem(storage.join(output_root, PARTS_DIR))
     try:
-        parts = sorted(p for p in fs.ls(parts_dir, detail=False)
-                       if p.endswith(".parquet") and storage.TMP_MARKER not in p.rsplit("/", 1)[-1])
+        found = fs.find(parts_dir)
     except FileNotFoundError:
-        parts = []
+        return ()
+    return tuple(sorted(p for p in found if p.endswith(".parquet") and storage.TMP_MARKER not in p.rsplit("/", 1)[-1]))
+
+
+def _part_epoch(path: str) -> int:
+    """The lease epoch of the run that wrote a part (0: before fencing)."""
+    return epoch_of(path.rsplit("/", 2)[-2]) or 0
+
+
+def _sources(output_root: str, parts: tuple[str, ...] | None = None) -> tuple[object, list[str], list[str]]:
+    """(pyarrow filesystem, consolidated manifest path if any, part paths: ``parts`` or all)."""
+    fs, _ = storage.filesystem(output_root)
     main = storage.filesystem(manifest_uri(output_root))[1]
     consolidated = [main] if fs.exists(main) else []
-    return storage.pyarrow_filesystem(output_root)[0], consolidated, parts
+    return storage.pyarrow_filesystem(output_root)[0], consolidated, list(part_paths(output_root) if parts is None
+                                                                          else parts)
 
 
-def read_records(output_root: str, columns: list[str] | None = None) -> pa.Table:
-    """Every record under ``output_root``: the consolidated manifest plus all parts."""
-    fs, consolidated, parts = _sources(output_root)
+def read_records(output_root: str, columns: list[str] | None = None, parts: tuple[str, ...] | None = None) -> pa.Table:
+    """Every record under ``output_root``: the consolidated manifest plus all parts (or ``parts``)."""
+    fs, consolidated, parts = _sources(output_root, parts)
     paths = consolidated + parts
     if not paths:
         empty = SCHEMA.empty_table()
@@ -139,15 +162,18 @@ def read_records(output_root: str, columns: list[str] | None = None) -> pa.Table
 
 
 def latest(records: pa.Table) -> pa.Table:
-    """The most recent record of each (product_id, placement) (``created_at`` is ISO 8601 UTC:
-    it sorts), with ``last_good_uri`` carried forward from that record's last ok one."""
+    """The most recent record of each (product_id, placement), with ``last_good_uri`` carried
+    forward from that record's last ok one. Most recent is the highest ``lease_epoch`` (a later
+    holder's record wins, whatever the writers' clocks), then the latest ``created_at`` (ISO
+    8601 UTC: it sorts) within one run."""
     if records.num_rows == 0:
         return records
     df = records.to_pandas()
     df["_key"] = record_keys(df["product_id"], df["placement"] if "placement" in df.columns else [PHOTO] * len(df))
     if "placement" in df.columns:
         df["placement"] = df["placement"].fillna(PHOTO)
-    df = df.sort_values("created_at", kind="stable")
+    df["_epoch"] = df["lease_epoch"].fillna(0) if "lease_epoch" in df.columns else 0
+    df = df.sort_values(["_epoch", "created_at"], kind="stable").drop(columns="_epoch")
     if "last_good_uri" in df.columns:
         good = df["output_uri"].where(df["status"] == OK, df["last_good_uri"])
         df["last_good_uri"] = good.groupby(df["_key"], sort=False).ffill()
@@ -157,29 +183,79 @@ def latest(records: pa.Table) -> pa.Table:
     return pa.Table.from_pandas(df, schema=records.schema, preserve_index=False)
 
 
-def consolidate(output_root: str, staging: str | None = None) -> pa.Table:
-    """Fold all parts into ``manifest.parquet`` (latest record per product) and drop the parts.
+def consolidate(output_root: str, staging: str | None = None, adopted: tuple[str, ...] | None = None,
+                run: str | None = None) -> pa.Table:
+    """Fold parts into ``manifest.parquet`` (latest record per product) and drop them.
 
     Only the output's lease holder may call this (:mod:`.lease`): it rewrites the manifest.
+    With ``run`` (the holder's namespace) the parts folded in are ``adopted`` (those the run's
+    plan read) and the run's own; any other part of an older epoch is a fenced writer's and is
+    deleted unread. Without it, every part is folded in.
     """
-    fs, consolidated, parts = _sources(output_root)
-    if not parts and consolidated:
-        return read_records(output_root)
-    table = latest(read_records(output_root))
+    now = part_paths(output_root)
+    if run is None:
+        used, fenced = list(now), []
+    else:
+        mine, adopted_set = f"/{run}/", set(adopted or ())
+        used = [p for p in now if p in adopted_set or mine in p]
+        fenced = [p for p in now if p not in used and _part_epoch(p) < (epoch_of(run) or 0)]
+    fs, _ = storage.filesystem(output_root)
+    if not used and not fenced and fs.exists(storage.filesystem(manifest_uri(output_root))[1]):
+        return read_records(output_root, parts=())
+    table = latest(read_records(output_root, parts=tuple(used)))
     storage.write_bytes(manifest_uri(output_root), parquet_bytes(table), staging=staging)
-    if parts:
-        fsspec_fs, _ = storage.filesystem(output_root)
-        fsspec_fs.rm(parts)
+    _remove(output_root, used + fenced)
     return table
+
+
+def _remove(output_root: str, paths: list[str]) -> None:
+    """Delete files; on local disk also the namespace folders they leave empty."""
+    if not paths:
+        return
+    fs, _ = storage.filesystem(output_root)
+    fs.rm(paths)
+    if not storage.is_remote(output_root):
+        for folder in sorted({os.path.dirname(p) for p in paths}, reverse=True):
+            try:
+                os.rmdir(folder)  # only if empty
+            except OSError:
+                pass
+
+
+def prune_images(output_root: str, records: pa.Table, run: str) -> int:
+    """Delete the images under ``output_root`` that no record of the consolidated manifest
+    names (as ``output_uri`` or ``last_good_uri``), except run ``run``'s own: superseded
+    outputs and a fenced writer's. Only the lease holder calls this, after consolidating.
+    Returns how many were deleted."""
+    from .keys import IMAGES_DIR
+
+    fs, images_dir = storage.filesystem(storage.join(output_root, IMAGES_DIR))
+    try:
+        present = fs.find(images_dir)
+    except FileNotFoundError:
+        return 0
+    named = {storage.filesystem(u)[1] for col in ("output_uri", "last_good_uri")
+             for u in records[col].to_pylist() if u} if records.num_rows else set()
+    mine = f"{images_dir.rstrip('/')}/{run}/"
+    debris = [p for p in present if p not in named and not p.startswith(mine)
+              and storage.TMP_MARKER not in p.rsplit("/", 1)[-1]]
+    _remove(output_root, debris)
+    for folder in sorted({os.path.dirname(os.path.dirname(p)) for p in debris}, reverse=True):
+        if not storage.is_remote(output_root) and folder.startswith(images_dir.rstrip("/") + "/"):
+            try:
+                os.rmdir(folder)  # a run folder whose category folders all went
+            except OSError:
+                pass
+    return len(debris)
 
 
 INDEX_COLUMNS = ["status", "model_name", "model_version", "params_hash", "input_fingerprint", "last_good_uri"]
 
 
-def latest_index(output_root: str) -> pd.DataFrame:
+def latest_index(output_root: str, parts: tuple[str, ...] | None = None) -> pd.DataFrame:
     """The latest status, model, params and input fingerprint of every record, by :func:`record_key`."""
-    cols = ["product_id", "placement", "category", "output_uri", "created_at", *INDEX_COLUMNS]
-    df = latest(read_records(output_root, columns=cols)).to_pandas()
+    cols = ["product_id", "placement", "category", "output_uri", "created_at", "lease_epoch", *INDEX_COLUMNS]
+    df = latest(read_records(output_root, columns=cols, parts=parts)).to_pandas()
     return df.set_index(pd.Index(record_keys(df["product_id"], df["placement"]), dtype=object))[INDEX_COLUMNS]
 
 

@@ -43,6 +43,7 @@ class Plan:
     rejected: list[dict] = field(default_factory=list)  # records refused here: failed, never generated
     stale: int = 0  # records in scope whose latest attempt failed while an older image is still served
     placements: tuple[str, ...] = (PHOTO,)  # every row is one record per placement
+    parts: tuple[str, ...] = ()  # the manifest parts this plan read: the run consolidates these and its own
 
     @property
     def total(self) -> int:
@@ -122,10 +123,11 @@ def plan_rows(catalog: str, output: str, selection: RowSelection, target_of: Cal
     The driver keeps counters, the done ids, the duplicated ids and their first rows, never
     the catalog.
     """
-    index = manifest.latest_index(output)
+    parts = manifest.part_paths(output)  # exactly what the index reads, and later consolidates
+    index = manifest.latest_index(output, parts)
     duplicated = _duplicated_ids(catalog, selection)
     dup_set = set(duplicated.to_pylist())
-    plan = Plan(exclude_ids=duplicated, placements=tuple(placements))
+    plan = Plan(exclude_ids=duplicated, placements=tuple(placements), parts=parts)
     done, scope, first, seen, position = [], [], [], set(), 0
     for rows in _in_scope(catalog, selection, GENERATION_COLUMNS):
         if selection.limit is not None:

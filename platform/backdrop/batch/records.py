@@ -34,8 +34,9 @@ from ..categories import CategoryMap
 from ..errors import GENERATE, LOAD, WRITE, Failure
 from ..inputs import Product, fetch_product
 from ..limits import DEFAULT_LIMITS, Limits
+from ..scope import InputScope
 from ..schedulers import DEFAULT_SCHEDULER
-from . import fingerprint, keys
+from . import fingerprint, keys, lease
 
 if TYPE_CHECKING:
     from ..pipeline import InferenceConfig
@@ -44,8 +45,9 @@ MANIFEST_COLUMNS = (
     "product_id", "category", "status", "output_uri", "error", "error_stage", "error_code", "error_message",
     "model_name", "model_version", "params_hash", "seed", "created_at", "run_id",
     "input_fingerprint", "last_good_uri",
-    "placement", "device_seconds", "qa_score", "qa_passed", "candidates_json",
+    "placement", "device_seconds", "qa_score", "qa_passed", "candidates_json", "lease_epoch",
 )
+INT_COLUMNS = ("seed", "lease_epoch")
 FLOAT_COLUMNS = ("device_seconds", "qa_score")
 BOOL_COLUMNS = ("qa_passed",)
 OK, FAILED = "ok", "failed"
@@ -78,10 +80,11 @@ def params_hash(inference: InferenceConfig, output: OutputConfig, seed: int, res
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def output_uri(output_root: str, row: dict, output: OutputConfig) -> str:
-    """Where the record's image goes: :mod:`.keys` maps hostile ids (and the placement) to keys under the root."""
+def output_uri(output_root: str, row: dict, output: OutputConfig, run: str | None = None) -> str:
+    """Where the record's image goes: :mod:`.keys` maps hostile ids (and the placement) to keys
+    under the root, in the writing run's namespace."""
     return keys.output_uri(output_root, str(row["category"]), str(row["product_id"]), output.extension,
-                           row.get("placement"))
+                           row.get("placement"), run)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,15 @@ class RunContext:
     output: OutputConfig = OutputConfig()
     run_id: str | None = None
     staging: str | None = None  # the run's scratch directory (lease.Lease.staging) for temp files
+    run: str | None = None  # the run's lease namespace (lease.Lease.namespace): where it writes
+
+    @property
+    def lease_epoch(self) -> int | None:
+        return lease.epoch_of(self.run) if self.run else None
+
+    @property
+    def lease_token(self) -> str | None:
+        return self.run.split("-", 1)[1] if self.run else None
 
     def record(self, row: dict, uri: str | None = None, failure: Failure | None = None,
                made: runtime.Generated | None = None) -> dict:
@@ -130,6 +142,7 @@ class RunContext:
             "qa_score": made.scores["qa_score"] if made and made.scores else None,
             "qa_passed": made.qa_passed if made else None,
             "candidates_json": json.dumps(made.candidates) if made and made.candidates else None,
+            "lease_epoch": self.lease_epoch,
         }
 
 
@@ -156,39 +169,52 @@ class WorkItem:
         return self.failure is None and self.product is not None and self.output is None
 
 
-def load_item(row: dict, categories: CategoryMap | None = None, limits: Limits = DEFAULT_LIMITS) -> WorkItem:
+def load_item(row: dict, categories: CategoryMap | None = None, limits: Limits = DEFAULT_LIMITS,
+              scope: InputScope | None = None) -> WorkItem:
     """Fetch and validate one row (on its ``placement``); any failure is recorded on the item,
     never raised. With ``categories`` (the model's map) an unknown category fails before
-    anything is fetched."""
-    return load_items([row], categories, limits)[0]
+    anything is fetched, and with ``scope`` so does a URI outside it (``input_out_of_scope``)."""
+    return load_items([row], categories, limits, scope)[0]
 
 
 def load_items(rows: list[dict], categories: CategoryMap | None = None,
-               limits: Limits = DEFAULT_LIMITS) -> list[WorkItem]:
+               limits: Limits = DEFAULT_LIMITS, scope: InputScope | None = None,
+               work: tuple[int, int] | None = None) -> list[WorkItem]:
     """:func:`load_item` for a batch: a product whose placements share the batch is fetched,
     fingerprinted and validated once; a bad row fails each of its placements with the same
-    failure, a placement that cannot hold the product (a pixel slot too small) fails alone."""
+    failure, a placement that cannot hold the product (a pixel slot too small) fails alone.
+
+    With ``work`` = (candidates, steps) each output is priced as an HTTP request is (output
+    megapixels x candidates x steps, ``Limits.check_work``): one over ``max_request_work``
+    fails alone as ``request_too_large``, with its figure, before any generation."""
     loaded: dict[str, tuple[str, Product | None, Failure | None]] = {}
     items = []
     for row in rows:
         pid = str(row["product_id"])
         if pid not in loaded:
-            product = failure = fp = None
+            product = failure = None
+            read: dict[str, str] = {}  # URI -> identity of the bytes read (the record's fingerprint)
             try:
-                fp = fingerprint.of_row(row)
                 if categories is not None:
                     categories.id_of(row["category"])
-                product = fetch_product(row, limits)
+                if scope is not None:
+                    for field in fingerprint.URI_FIELDS:
+                        if field != "reference_mask_uri" or row.get("reference_uri"):  # else unused
+                            scope.check(field, row.get(field))
+                product = fetch_product(row, limits, read)
             except Exception as e:  # noqa: BLE001 - an unexpected failure is still this row's failure
                 failure = Failure.of(LOAD, e)
+            fp = fingerprint.of_row(row, read)
             loaded[pid] = (fp, product, failure)
         fp, product, failure = loaded[pid]
         item = WorkItem({**row, "input_fingerprint": fp}, failure=failure)
         if product is not None:
             try:
                 item.product = _placed(product, row.get("placement"), limits)
+                if work is not None:
+                    limits.check_work(item.product.image.width * item.product.image.height / 1e6, *work)
             except Exception as e:  # noqa: BLE001 - this placement's failure
-                item.failure = Failure.of(LOAD, e)
+                item.product, item.failure = None, Failure.of(LOAD, e)
         items.append(item)
     return items
 
@@ -231,7 +257,7 @@ def write_item(item: WorkItem, ctx: RunContext) -> dict:
         return ctx.record(item.row, failure=item.failure)
     if item.output is None:
         return ctx.record(item.row, failure=Failure(GENERATE, "generation_error", "the row was never generated"))
-    uri = output_uri(ctx.output_root, item.row, ctx.output)
+    uri = output_uri(ctx.output_root, item.row, ctx.output, ctx.run)
     try:
         storage.write_bytes(uri, imaging.encode_image(item.output, ctx.output.image_format, ctx.output.quality),
                             staging=ctx.staging)

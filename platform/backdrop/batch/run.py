@@ -280,14 +280,19 @@ def run_backfill(config: BackfillConfig, generator_cls: type | None = None,
 
     with _tracking_run(config, model, target) as run_id:
         ctx = RunContext(config.output, model.name, str(model.version), target.params_hash, config.seed,
-                         config.output_config(), run_id, lease.staging)
+                         config.output_config(), run_id, lease.staging, lease.namespace)
         result = BackfillResult(config, model.name, str(model.version), target.params_hash, run_id, plan, Tally())
         if planned_here:
             write_rejected(config.output, plan, run_id, lease.staging)
         if plan.todo:
-            _execute(config, resolved, plan, ctx, result, generator_cls, on_records)
+            try:
+                _execute(config, resolved, plan, ctx, result, generator_cls, on_records)
+            except Exception:
+                lease.check()  # a lost lease is the reason (a stage raised it, wrapped by Ray): say so
+                raise
         lease.check()  # a run that lost its lease must not rewrite the manifest
-        final = manifest.consolidate(config.output, lease.staging)
+        final = manifest.consolidate(config.output, lease.staging, plan.parts, lease.namespace)
+        manifest.prune_images(config.output, final, lease.namespace)
         result.stale = manifest.stale_count(final)
         result.seconds = time.perf_counter() - started
         storage.write_bytes(storage.join(config.output, manifest.SUMMARY_FILE),

@@ -38,7 +38,8 @@ from ..categories import CategoryMap
 from ..errors import Failure
 from ..inputs import Product
 from ..limits import Limits
-from . import manifest
+from ..scope import InputScope
+from . import lease, manifest
 from .config import BackfillConfig, RowSelection
 from .plan import Plan
 from .keys import PHOTO
@@ -141,9 +142,11 @@ def select_rows(batch: pa.Table, *, selection: RowSelection, done_keys: pa.Array
     return rows.sort_by([("category", "ascending"), ("placement", "ascending")])
 
 
-def load_batch(batch: pa.Table, *, categories: CategoryMap, limits: Limits) -> pa.Table:
-    """Fetch, decode and validate on CPU; an unknown category fails before any fetch."""
-    return items_to_table(load_items(batch.to_pylist(), categories, limits))
+def load_batch(batch: pa.Table, *, categories: CategoryMap, limits: Limits, scope: InputScope,
+               work: tuple[int, int]) -> pa.Table:
+    """Fetch, decode, validate and price on CPU; an unknown category or an input outside the
+    job's scope fails before any fetch."""
+    return items_to_table(load_items(batch.to_pylist(), categories, limits, scope, work))
 
 
 def cpu_threads(threads: int | None, max_actors: int) -> int:
@@ -175,10 +178,14 @@ class GeneratorActor:
 
 
 def write_batch(batch: pa.Table, *, ctx: RunContext) -> pa.Table:
-    """Write the batch's images (each atomically), then its records as one manifest part."""
+    """Write the batch's images (each atomically), then its records as one manifest part, all
+    in the run's namespace; first make sure the run still holds the output's lease (a run
+    that lost it raises ``LeaseLostError`` here and writes nothing more)."""
+    if ctx.run:
+        lease.assert_holder(ctx.output_root, ctx.lease_token)
     records = [write_item(item, ctx) for item in items_from_table(batch)]
     if records:
-        manifest.write_part(ctx.output_root, records, staging=ctx.staging)
+        manifest.write_part(ctx.output_root, records, staging=ctx.staging, run=ctx.run)
     return pa.Table.from_pylist(records, schema=manifest.SCHEMA)
 
 
@@ -238,7 +245,7 @@ def build_dataset(config: BackfillConfig, plan: Plan, ctx: RunContext, categorie
         # each finished batch becomes one manifest part (the unit of resume).
         .repartition(target_num_rows_per_block=config.batch_size, strict=True)
         .map_batches(load_batch, batch_format="pyarrow", batch_size=config.batch_size,
-                     fn_kwargs=dict(categories=categories, limits=config.limits))
+                     fn_kwargs=config.load_kwargs(categories))
         .map_batches(generator.cls, batch_format="pyarrow", batch_size=config.batch_size,
                      compute=ray.data.ActorPoolStrategy(min_size=1, max_size=generator.concurrency),
                      num_cpus=generator.num_cpus, num_gpus=generator.num_gpus or None,
@@ -260,7 +267,7 @@ def run_local(config: BackfillConfig, plan: Plan, ctx: RunContext, categories: C
     if plan.first_rows is not None and plan.first_rows.num_rows:
         selected = itertools.chain(selected, [select_rows(plan.first_rows, **select)])
     for rows in _rebatch(selected, config.batch_size):
-        loaded = load_batch(rows, categories=categories, limits=config.limits)
+        loaded = load_batch(rows, **config.load_kwargs(categories))
         yield write_batch(generator(loaded), ctx=ctx)
 
 

@@ -21,7 +21,7 @@ from ..errors import FetchError, ImageTooLargeError, InvalidParameterError
 from ..limits import DEFAULT_LIMITS, SCHEDULER_MAX_STEPS, Limits
 from ..placements import Placement, parse_placements
 from ..schedulers import DEFAULT_SCHEDULER
-from .scope import SCHEME, UriScope
+from ..scope import SCHEME, UriScope
 
 logger = logging.getLogger(__name__)
 

@@ -1,18 +1,28 @@
-"""Which remote objects an HTTP caller may name as an input: an allowlist of ``s3://bucket/prefix/``.
+"""Which objects a caller may name as an input: an allowlist of prefixes.
 
-The service reads objects with its own credentials, which reach far more than any one caller
+Over HTTP (:class:`UriScope`), an allowlist of ``s3://bucket/prefix/``. The service reads objects with its own credentials, which reach far more than any one caller
 should see; a URI in a request is therefore admitted only when its canonical form lies under
 one of the configured prefixes, compared on whole path segments (``s3://brand`` never admits
 ``s3://brand-other``). Rather than normalising odd spellings (``..``, ``//``, ``%2e``, a
 backslash, a query) into something that might mean another object to the store, they are
 refused: a URI is admitted only when it is already canonical. Nothing is admitted unless
 configured, and a local path never is (only the ``s3`` scheme exists here).
+
+In a batch job (:class:`InputScope`), a catalog is data from outside too: its URIs may name
+``/proc/self/environ``, any object the job's credentials reach, or a symlink out of its folder.
+A job reads only under its catalog's own bucket (an ``s3://`` catalog) or its catalog's folder
+(a local one), plus the prefixes and folders it is given (``--allow-inputs``); local paths are
+compared after resolving symlinks and ``..``. Anything else fails its row as
+``input_out_of_scope``, before a byte is read.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Mapping, Sequence
+
+from .errors import InputOutOfScopeError
 
 # S3's bucket naming rules (lower case, 3..63, no "..", no leading/trailing dot or hyphen).
 _BUCKET = r"[a-z0-9](?:[a-z0-9-]|\.(?!\.)){1,61}[a-z0-9]"
@@ -81,3 +91,53 @@ class UriScope:
 
     def __bool__(self) -> bool:
         return bool(self.prefixes) or any(self.per_key.values())
+
+
+class InputScope:
+    """The inputs a batch job may read: ``s3://bucket[/prefix]`` prefixes and local folders."""
+
+    def __init__(self, entries: Sequence[str]) -> None:
+        remote, local = [], []
+        for entry in entries:
+            entry = str(entry).strip()
+            if entry.startswith(SCHEME):
+                remote.append(entry)
+            else:
+                path = entry.removeprefix("file://")
+                if not os.path.isabs(path):
+                    raise ScopeConfigError(f"allowed input folder {entry!r} is not an absolute path")
+                local.append(os.path.join(os.path.realpath(path), ""))
+        self.prefixes, self.folders = _prefixes(remote), tuple(local)
+
+    @classmethod
+    def of_catalog(cls, catalog: str, extra: Sequence[str] = ()) -> "InputScope":
+        """The catalog's own bucket, or its folder (a catalog file's folder, a catalog folder
+        itself), plus ``extra``."""
+        catalog = str(catalog)
+        if catalog.startswith(SCHEME):
+            own = SCHEME + catalog[len(SCHEME):].split("/", 1)[0]
+        else:
+            path = os.path.abspath(catalog.removeprefix("file://"))
+            own = path if os.path.isdir(path) else os.path.dirname(path)
+        return cls([own, *extra])
+
+    def describe(self) -> str:
+        return ", ".join([*self.prefixes, *self.folders]) or "nothing"
+
+    def admits(self, uri: str) -> bool:
+        uri = str(uri)
+        if uri.startswith(SCHEME):
+            c = canonical(uri)
+            return c is not None and any(c.startswith(p) for p in self.prefixes)
+        if "://" in uri and not uri.startswith("file://"):
+            return False  # another scheme
+        path = uri.removeprefix("file://")
+        if "\x00" in path or not os.path.isabs(path):
+            return False
+        return any(os.path.join(os.path.realpath(path), "").startswith(f) for f in self.folders)
+
+    def check(self, field: str, uri: str | None) -> None:
+        """Raise ``InputOutOfScopeError`` (naming the field, never the object's content) unless admitted."""
+        if uri and not self.admits(uri):
+            raise InputOutOfScopeError(f"{field} is outside this job's input scope ({self.describe()}); "
+                                       "allow more with --allow-inputs PREFIX")
