@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import ray
 
@@ -28,3 +29,21 @@ def init_ray(address: str | None = None, num_cpus: float | None = None) -> None:
         runtime_env["env_vars"] = forwarded_env()
     kwargs = {"num_cpus": num_cpus} if num_cpus is not None and address == "local" else {}
     ray.init(address=address, runtime_env=runtime_env, **kwargs)
+
+
+@contextmanager
+def parquet_reader_v1():
+    """Ray Data's v2 Parquet reader lists files through a pool of up to 32 footer-reader actors,
+    each placed on a whole free CPU. On a small cluster whose CPUs the training workers (or the
+    generator actors) hold, the listing waits for them (25 s of a 4-CPU two-node cluster's
+    first batch) or starts processes the machine cannot spare, so our reads use the v1 reader,
+    which reads footers inside the fractional-CPU read tasks."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = ctx.use_datasource_v2
+    ctx.use_datasource_v2 = False
+    try:
+        yield
+    finally:
+        ctx.use_datasource_v2 = before

@@ -229,12 +229,15 @@ def build_dataset(config: BackfillConfig, plan: Plan, ctx: RunContext, categorie
     (the done ids included) in the object store once, not into every task."""
     import ray
 
+    from ..cluster import parquet_reader_v1
+
     fs, files = catalog_files(config.catalog)
     present = pads.dataset(files[:1], filesystem=fs, format="parquet").schema.names
     select = dict(selection=config.selection(), done_keys=plan.done_keys, scope_ids=plan.scope_ids,
                   placements=config.placement_names)
-    ds = (ray.data.read_parquet(files, filesystem=fs)
-          .select_columns([c for c in GENERATION_COLUMNS if c in present])
+    with parquet_reader_v1():
+        ds = ray.data.read_parquet(files, filesystem=fs)
+    ds = (ds.select_columns([c for c in GENERATION_COLUMNS if c in present])
           .map_batches(select_rows, batch_format="pyarrow", fn_kwargs=dict(select, exclude_ids=plan.exclude_ids)))
     if plan.first_rows is not None and plan.first_rows.num_rows:
         ds = ds.union(ray.data.from_arrow(plan.first_rows)

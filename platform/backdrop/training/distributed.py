@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import tempfile
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 
 from .. import registry, runtime, storage
 from ..catalog import resize_pair
+from ..cluster import parquet_reader_v1
 from ..inputs import Product, fetch_pair
 from ..errors import InvalidInputError
 from ..gallery import contact_sheet, masked_product
@@ -135,27 +135,11 @@ def training_dataset(catalog: str, resolution: int, cpus_per_task: float = 0.25)
     import ray.data
 
     fs, path = storage.pyarrow_filesystem(catalog)
-    with _parquet_reader_v1():
+    with parquet_reader_v1():
         ds = ray.data.read_parquet(path, filesystem=fs, columns=["category", "image_uri", "mask_uri"],
                                    ray_remote_args={"num_cpus": cpus_per_task})
     return ds.map_batches(DecodeBatch(resolution), batch_size=64, num_cpus=cpus_per_task)
 
-
-@contextmanager
-def _parquet_reader_v1():
-    """Ray Data's v2 Parquet reader lists files through a pool of 32 footer-reader actors that
-    each need a whole free CPU to be placed. While the training workers hold a small cluster's
-    CPUs, the listing waits for them (25 s of a 4-CPU two-node cluster's first batch), so the
-    training read uses the v1 reader, which reads footers in the fractional-CPU read tasks."""
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    before = ctx.use_datasource_v2
-    ctx.use_datasource_v2 = False
-    try:
-        yield
-    finally:
-        ctx.use_datasource_v2 = before
 
 
 def shard_batches(shard, batch_size: int):
