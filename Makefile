@@ -45,11 +45,9 @@ checkpoint: install
 	rm -rf runs/checkpoint && mkdir -p runs/checkpoint/prev
 	git archive $(PREV) checkpoints/tiny-64 | tar -x -C runs/checkpoint/prev
 	$(BIN)/backdrop synth --prior --rows 20000 --output runs/checkpoint/prior
-	$(BIN)/backdrop train --catalog runs/checkpoint/prior/train.parquet --init runs/checkpoint/prev/checkpoints/tiny-64 \
-		--stages vae,base --steps vae=1000,base=3500 --output runs/checkpoint/prior-model
+	$(BIN)/backdrop train --config recipes/tiny-64-prior.yaml
 	$(BIN)/backdrop synth --output runs/checkpoint/catalog
-	$(BIN)/backdrop train --catalog runs/checkpoint/catalog/train.parquet --init runs/checkpoint/prior-model \
-		--stages cg,pg --steps cg=1500,pg=300 --output runs/checkpoint/tiny-64
+	$(BIN)/backdrop train --config recipes/tiny-64-demo.yaml
 
 clean:
 	rm -rf runs .pytest_cache

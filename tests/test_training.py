@@ -284,3 +284,5 @@ def test_backdrop_train_is_tracked_and_can_register(catalog, tmp_path, monkeypat
     assert run.data.metrics["cg/steps_per_s"] > 0
     assert run.data.tags["data_fingerprint"] and run.data.tags["init"] == checkpoint
     assert registry.describe_registered("adapted")["versions"] == ["1"]
+    recipe = client.download_artifacts(run.info.run_id, "recipe.yaml", str(tmp_path))
+    assert "steps:\n  cg: 3\n" in open(recipe).read() and "register: adapted" in open(recipe).read()

@@ -52,45 +52,45 @@ def cmd_synth(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .training import STAGES, parse_budgets, train_generator
+    from .training import train_generator
+    from .training import recipe as recipes
     from .training.loop import learning_rates_by_stage, training_device
 
-    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-    bad = [s for s in stages if s not in STAGES]
-    if bad:
-        raise SystemExit(f"unknown stage(s) {bad}; choose from {','.join(STAGES)}")
     try:  # refused before any data is read, in words
-        minutes = parse_budgets(args.minutes) or None
-        steps = {k: int(v) for k, v in parse_budgets(args.steps).items()} or None
-        learning_rates = learning_rates_by_stage(parse_budgets(args.learning_rate, "learning rate"))
-        device = training_device(args.device, args.mixed_precision)
+        recipe = recipes.resolve(args)
+        learning_rates = learning_rates_by_stage(recipe.learning_rate)
+        device = training_device(recipe.device, recipe.mixed_precision)
     except ValueError as e:
         raise SystemExit(f"backdrop train: {e}")
-    print(f"training on {device} (mixed precision: {args.mixed_precision}"
-          f"{', gradient checkpointing' if args.gradient_checkpointing else ''})")
+    r = recipe
+    print(f"training on {device} (mixed precision: {r.mixed_precision}"
+          f"{', gradient checkpointing' if r.gradient_checkpointing else ''})")
     import mlflow
 
     from .training.tracking import record_generator, training_run
 
-    config = dict(catalog=args.catalog, output=args.output, stages=",".join(stages), minutes=minutes, steps=steps,
-                  init=args.init, batch_size=args.batch_size, resolution=args.resolution, seed=args.seed,
-                  device=str(device), mixed_precision=args.mixed_precision,
-                  gradient_checkpointing=args.gradient_checkpointing, learning_rates=learning_rates)
-    with training_run(args.run_name, config) as on_log:  # loss curves, config, model + lineage in MLflow
+    stages = tuple(r.stages)
+    config = dict(catalog=r.catalog, output=r.output, stages=",".join(stages), minutes=r.minutes or None,
+                  steps=r.steps or None, init=r.init, batch_size=r.batch_size, resolution=r.resolution, seed=r.seed,
+                  device=str(device), mixed_precision=r.mixed_precision,
+                  gradient_checkpointing=r.gradient_checkpointing, learning_rates=learning_rates,
+                  recipe=args.config)
+    with training_run(r.run_name, config) as on_log:  # loss curves, config, model + lineage in MLflow
+        mlflow.log_text(recipes.to_yaml(recipe), "recipe.yaml")  # the resolved recipe: rerun it as it is
         model, results = train_generator(
-            args.catalog, args.output, stages=stages, minutes=minutes, steps=steps, init=args.init,
-            batch_size=args.batch_size, resolution=args.resolution, seed=args.seed, device=device,
-            mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+            r.catalog, r.output, stages=stages, minutes=r.minutes or None, steps=r.steps or None, init=r.init,
+            batch_size=r.batch_size, resolution=r.resolution, seed=r.seed, device=device,
+            mixed_precision=r.mixed_precision, gradient_checkpointing=r.gradient_checkpointing,
             learning_rates=learning_rates, on_log=on_log,
         )
-        mlflow.log_metrics({f"{r.stage}/steps_per_s": r.steps / max(r.seconds, 1e-9) for r in results})
-        version = record_generator(model, args.catalog, stages, args.run_name, register=args.register, init=args.init)
+        mlflow.log_metrics({f"{x.stage}/steps_per_s": x.steps / max(x.seconds, 1e-9) for x in results})
+        version = record_generator(model, r.catalog, stages, r.run_name, register=r.register, init=r.init)
         run_id = mlflow.active_run().info.run_id
-    for r in results:
-        print(f"  {r.stage:5s} {r.steps:6d} steps {r.seconds / 60:5.1f} min  lr {r.learning_rate:g}  "
-              f"final loss {r.final_loss:.4f}")
-    print(f"saved generator to {args.output}; MLflow run {run_id}"
-          + (f"; registered {args.register} v{version.version}" if version else ""))
+    for x in results:
+        print(f"  {x.stage:5s} {x.steps:6d} steps {x.seconds / 60:5.1f} min  lr {x.learning_rate:g}  "
+              f"final loss {x.final_loss:.4f}")
+    print(f"saved generator to {r.output}; MLflow run {run_id}"
+          + (f"; registered {r.register} v{version.version}" if version else ""))
     return 0
 
 
@@ -187,26 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "part of each photo that training never sees)")
     s.set_defaults(func=cmd_synth)
 
-    t = sub.add_parser("train", help="train generator stages on one process (tiny preset: vae,base,cg,pg)")
-    t.add_argument("--catalog", required=True, help="training catalog Parquet (image = ad image, mask = product)")
-    t.add_argument("--output", required=True, help="where to save the generator (dir or s3://)")
-    t.add_argument("--init", help="continue from this saved generator instead of a fresh tiny preset")
-    t.add_argument("--stages", default="vae,base,cg,pg", help="comma-separated, in order")
-    t.add_argument("--minutes", help="time budget per stage, e.g. vae=5,base=4,cg=12,pg=4")
-    t.add_argument("--steps", help="step budget per stage, e.g. cg=500 (whichever budget ends first)")
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--resolution", type=int, default=64)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--learning-rate", help="per stage, e.g. cg=1e-5 (default: the model preset's, "
-                   "tiny cg=1e-3, sd-inpainting cg=1e-5)")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when torch sees a GPU")
-    t.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
-                   help="CUDA only: autocast, frozen networks in this dtype, trained weights in fp32")
-    t.add_argument("--gradient-checkpointing", action="store_true",
-                   help="recompute activations in the backward pass: less memory, ~1/3 more compute")
-    t.add_argument("--register", metavar="NAME", help="register the trained generator as a new version of NAME "
-                   "in the MLflow registry (the run, its loss curves and the model are logged either way)")
-    t.add_argument("--run-name", default="train", help="the MLflow run's name")
+    t = sub.add_parser("train", help="train generator stages on one process (tiny preset: vae,base,cg,pg), "
+                                     "from a recipe (--config recipes/*.yaml), flags and key=value overrides")
+    from .training.recipe import add_arguments as add_recipe_arguments
+
+    add_recipe_arguments(t)
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="generate a catalog in this process (the backfill without Ray: "

@@ -1,0 +1,135 @@
+"""A training recipe: every knob ``backdrop train`` takes, declared once, as data.
+
+Torchtune's shape: a recipe is a YAML file of :class:`TrainRecipe`'s fields (``recipes/*.yaml``
+in the repository: the shipped checkpoint's two steps, the README's adaptation), and the
+command line overrides it with ``key=value`` pairs (OmegaConf's dotlist)::
+
+    backdrop train --config recipes/adapt.yaml catalog=my/train.parquet output=runs/adapted steps.cg=3000
+
+The flags (``--catalog``, ``--steps cg=1500,pg=300``, ...) are generated from the same fields
+(:func:`add_arguments`), so a flag cannot drift from the recipe's key. Precedence, lowest
+first: the field's default, the ``--config`` file, flags, ``key=value``. The resolved recipe
+is what the MLflow run logs (:func:`to_yaml`), so a run says exactly how it was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING as NO_DEFAULT
+from dataclasses import dataclass, field, fields
+from typing import Dict, List, Optional
+
+from .loop import STAGES, parse_budgets
+
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _knob(default=NO_DEFAULT, help: str = "", **extra):
+    kwargs = {"default_factory": default} if callable(default) else {} if default is NO_DEFAULT else {"default": default}
+    return field(metadata={"help": help, **extra}, **kwargs)
+
+
+@dataclass
+class TrainRecipe:
+    """What one ``backdrop train`` run does. ``steps``/``minutes`` are per-stage budgets
+    (whichever ends first); empty means the stage's default."""
+
+    catalog: str = _knob("???", "training catalog Parquet (image = ad image, mask = product)")
+    output: str = _knob("???", "where to save the generator (directory or s3://)")
+    init: Optional[str] = _knob(None, "continue from this saved generator instead of a fresh tiny preset")
+    stages: List[str] = _knob(lambda: list(STAGES), "stages, in order (vae, base, cg, pg)")
+    steps: Dict[str, int] = _knob(dict, "step budget per stage, e.g. cg=500")
+    minutes: Dict[str, float] = _knob(dict, "time budget per stage, e.g. vae=5,base=4,cg=12,pg=4")
+    learning_rate: Dict[str, float] = _knob(dict, "per stage, e.g. cg=1e-5 (default: the model preset's, "
+                                                  "tiny cg=1e-3, sd-inpainting cg=1e-5)")
+    batch_size: int = _knob(32, "images per step")
+    resolution: int = _knob(64, "training resolution (pixels, square)")
+    seed: int = _knob(0, "random seed")
+    device: str = _knob("auto", "auto: CUDA when torch sees a GPU", choices=DEVICES)
+    mixed_precision: str = _knob("no", "CUDA only: autocast, frozen networks in this dtype, trained weights in "
+                                       "fp32", choices=MIXED_PRECISIONS)
+    gradient_checkpointing: bool = _knob(False, "recompute activations in the backward pass: less memory, "
+                                                "~1/3 more compute")
+    register: Optional[str] = _knob(None, "register the trained generator as a new version of NAME in the MLflow "
+                                          "registry (the run, its loss curves and the model are logged either way)")
+    run_name: str = _knob("train", "the MLflow run's name")
+
+    def validate(self) -> "TrainRecipe":
+        """Refuse, in words, what would fail later: before any data is read."""
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad or not self.stages:
+            raise ValueError(f"unknown stage(s) {bad or self.stages}; choose from {','.join(STAGES)}")
+        for name in ("steps", "minutes"):  # learning rates: training.loop.learning_rates_by_stage
+            unknown = sorted(set(getattr(self, name)) - set(STAGES))
+            if unknown:
+                raise ValueError(f"{name}: unknown stage(s) {unknown}; choose from {','.join(STAGES)}")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        if self.batch_size < 1 or self.resolution < 8:
+            raise ValueError("batch_size must be >= 1 and resolution >= 8")
+        return self
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, one flag per recipe field, and trailing ``key=value`` overrides. A flag
+    not given stays out of the merge (its default is the dataclass's, applied first)."""
+    parser.add_argument("--config", metavar="RECIPE.yaml", help="a recipe file (recipes/*.yaml); flags and "
+                                                               "key=value override it")
+    for f in fields(TrainRecipe):
+        flag = "--" + f.name.replace("_", "-")
+        kw = dict(dest=f"recipe.{f.name}", default=argparse.SUPPRESS, help=f.metadata["help"])
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true", **kw)
+        elif f.type.startswith("Dict"):  # parsed in resolve(): a bad value is refused in words
+            parser.add_argument(flag, metavar="STAGE=N,...", **kw)
+        elif f.type.startswith("List"):
+            parser.add_argument(flag, type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+                                metavar="A,B", **kw)
+        else:
+            parser.add_argument(flag, type=int if f.type == "int" else str, choices=f.metadata.get("choices"),
+                                metavar=None if f.metadata.get("choices") else f.name.upper(), **kw)
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="recipe overrides, e.g. steps.cg=3000 stages=[cg,pg] (OmegaConf dotlist)")
+
+
+def resolve(args: argparse.Namespace) -> TrainRecipe:
+    """The recipe that parsed arguments describe (see the module docstring); ``ValueError``
+    names what is wrong (an unknown key, a value of the wrong type, a missing field)."""
+    flags = {k.removeprefix("recipe."): v for k, v in vars(args).items() if k.startswith("recipe.")}
+    for f in fields(TrainRecipe):
+        if f.type.startswith("Dict") and isinstance(flags.get(f.name), str):  # "cg=1500,pg=300"
+            cast = int if f.type.endswith("int]") else float
+            what = f.name.replace("_", " ")
+            flags[f.name] = {k: cast(v) for k, v in parse_budgets(flags[f.name], what).items()}
+    return load(args.config, flags, list(args.overrides or []))
+
+
+def load(path: str | None = None, values: dict | None = None, overrides: list[str] | None = None) -> TrainRecipe:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    bad = [o for o in overrides or [] if "=" not in o]
+    if bad:
+        raise ValueError(f"expected key=value overrides, got {bad}")
+    try:
+        merged = OmegaConf.structured(TrainRecipe)
+        if path:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        merged = OmegaConf.merge(merged, OmegaConf.create(values or {}), OmegaConf.from_dotlist(overrides or []))
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise ValueError(f"the recipe needs {' and '.join(missing)} (a flag, key=value, or the --config file)")
+        recipe = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:  # name the key: "batch_size: Value 'many' ... Integer"
+        key = getattr(e, "full_key", None)
+        raise ValueError(f"{key + ': ' if key else ''}{str(e).splitlines()[0]}") from None
+    return recipe.validate()
+
+
+def to_yaml(recipe: TrainRecipe) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(recipe))

@@ -1,0 +1,72 @@
+"""Training recipes (issue #23): YAML over one dataclass, flags generated from it, key=value on top."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+
+import pytest
+
+from backdrop.training import recipe as recipes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _parse(*argv: str) -> recipes.TrainRecipe:
+    parser = argparse.ArgumentParser()
+    recipes.add_arguments(parser)
+    return recipes.resolve(parser.parse_args(list(argv)))
+
+
+def test_defaults_then_file_then_flags_then_key_value(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("catalog: a.parquet\noutput: out\nstages: [cg, pg]\nsteps: {cg: 10, pg: 5}\nbatch_size: 8\n")
+    r = _parse("--config", str(path))
+    assert (r.catalog, r.stages, r.steps, r.batch_size, r.resolution) == ("a.parquet", ["cg", "pg"],
+                                                                           {"cg": 10, "pg": 5}, 8, 64)
+    r = _parse("--config", str(path), "--steps", "cg=20", "--batch-size", "4")
+    assert (r.steps, r.batch_size) == ({"cg": 20, "pg": 5}, 4)  # dicts merge key by key
+    r = _parse("--config", str(path), "--batch-size", "4", "batch_size=2", "steps.pg=7", "init=ckpt")
+    assert (r.batch_size, r.steps, r.init) == (2, {"cg": 10, "pg": 7}, "ckpt")
+    # the flags alone, as before recipes existed
+    r = _parse("--catalog", "c.parquet", "--output", "o", "--stages", "vae,base", "--minutes", "vae=5,base=4",
+               "--gradient-checkpointing")
+    assert (r.stages, r.minutes, r.gradient_checkpointing, r.steps) == (["vae", "base"], {"vae": 5.0, "base": 4.0},
+                                                                        True, {})
+
+
+@pytest.mark.parametrize("argv, says", [
+    ((), "needs catalog and output"),
+    (("catalog=c", "output=o", "batch_szie=3"), "batch_szie"),  # a typo is refused, never ignored
+    (("catalog=c", "output=o", "batch_size=many"), "batch_size"),
+    (("catalog=c", "output=o", "stages=[cg,cgg]"), "unknown stage(s) ['cgg']"),
+    (("catalog=c", "output=o", "steps.cgg=3"), "steps: unknown stage(s) ['cgg']"),
+    (("catalog=c", "output=o", "device=tpu"), "device must be one of auto, cpu, cuda"),
+    (("catalog=c", "output=o", "--steps", "cg"), "expected STAGE=NUMBER"),
+    (("catalog=c", "output=o", "steps"), "expected key=value"),
+])
+def test_a_bad_recipe_is_refused_in_words(argv, says):
+    with pytest.raises(ValueError) as e:
+        _parse(*argv)
+    assert says in str(e.value)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "recipes", "*.yaml"))),
+                         ids=os.path.basename)
+def test_every_shipped_recipe_resolves(path):
+    r = _parse("--config", path, "catalog=c.parquet", "output=o")  # adapt.yaml leaves both to the user
+    assert r.stages and set(r.steps) <= set(r.stages) and r.run_name
+    assert recipes.load(None, None, [f"{k}={v}" for k, v in [("catalog", "c"), ("output", "o")]]).stages == \
+        ["vae", "base", "cg", "pg"]
+    assert "stages:" in recipes.to_yaml(r)
+
+
+def test_the_recipes_are_the_commands_the_readme_and_makefile_run():
+    makefile = open(os.path.join(REPO, "Makefile")).read()
+    readme = open(os.path.join(REPO, "README.md")).read()
+    assert "backdrop train --config recipes/tiny-64-prior.yaml" in makefile
+    assert "backdrop train --config recipes/tiny-64-demo.yaml" in makefile
+    assert "backdrop train --config recipes/adapt.yaml" in readme
+    adapt = _parse("--config", os.path.join(REPO, "recipes", "adapt.yaml"), "catalog=c", "output=o")
+    assert (adapt.init, adapt.stages, adapt.steps) == ("checkpoints/tiny-64", ["cg", "pg"], {"cg": 1500, "pg": 300})
