@@ -415,7 +415,6 @@ def test_a_second_run_refuses_with_the_holder_named(home, model_dir, good_rows, 
 
 
 def _parts(output: str) -> int:
-    from backdrop import storage
     from backdrop.batch.manifest import part_paths
 
     return len(part_paths(output))
@@ -774,3 +773,18 @@ def test_an_output_over_the_work_budget_fails_alone_with_its_figure(home, model_
     big = records["1200x1000"]
     assert (big["status"], big["error_code"]) == ("failed", "request_too_large")
     assert "1.2 output megapixels x 1 candidates x 1 steps" in big["error_message"]
+
+
+def test_one_progress_line_per_interval_with_rate_and_eta(caplog, monkeypatch):
+    from backdrop.batch import run
+
+    clock = iter([0.0, 1.0, 2.0, 11.0, 12.0])  # Progress starts at 0; updates at 1, 2, 11, 12 s
+    monkeypatch.setattr(run.time, "monotonic", lambda: next(clock))
+    progress = run.Progress(4, every_s=10)
+    with caplog.at_level("INFO", logger="backdrop.batch.run"):
+        for done in (1, 2, 3, 4):
+            progress.update(done)
+    assert [r.getMessage() for r in caplog.records] == [
+        "3/4 rows done (75%), 0.27 rows/s, ETA 4 s",  # the first update 10 s after the last line
+        "4/4 rows done (100%), 0.33 rows/s, ETA 0 s",  # and always the last
+    ]

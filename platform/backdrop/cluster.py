@@ -29,6 +29,21 @@ def init_ray(address: str | None = None, num_cpus: float | None = None) -> None:
         runtime_env["env_vars"] = forwarded_env()
     kwargs = {"num_cpus": num_cpus} if num_cpus is not None and address == "local" else {}
     ray.init(address=address, runtime_env=runtime_env, **kwargs)
+    quiet_data_progress()
+
+
+def quiet_data_progress() -> None:
+    """Ray Data's progress bars are for a terminal: in a non-TTY log (``ray job submit``, CI)
+    they print a block of a dozen lines every few seconds on top of the job's own one progress
+    line. Off unless stderr is a terminal (a dataset takes the driver's setting with it)."""
+    import sys
+
+    from ray.data import DataContext
+
+    if not sys.stderr.isatty():
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.enable_operator_progress_bars = False
 
 
 @contextmanager

@@ -24,7 +24,7 @@ import torch
 
 from .. import registry, runtime, storage
 from ..catalog import resize_pair
-from ..cluster import parquet_reader_v1
+from ..cluster import parquet_reader_v1, quiet_data_progress
 from ..inputs import Product, fetch_pair
 from ..errors import InvalidInputError
 from ..gallery import contact_sheet, masked_product
@@ -134,6 +134,7 @@ def training_dataset(catalog: str, resolution: int, cpus_per_task: float = 0.25)
     most CPUs, and whole-CPU read tasks would never be scheduled (the stream would stall)."""
     import ray.data
 
+    quiet_data_progress()
     fs, path = storage.pyarrow_filesystem(catalog)
     with parquet_reader_v1():
         ds = ray.data.read_parquet(path, filesystem=fs, columns=["category", "image_uri", "mask_uri"],
