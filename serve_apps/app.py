@@ -624,7 +624,7 @@ class Backdrop:
         responses={
             200: {"description": "One PNG (`format=png`) or a JSON envelope of base64 PNGs (`format=json`), "
                                  "each with its placement, size, device-seconds and QA scores",
-                  "content": {"image/png": {}, "application/json": {}}},
+                  "content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}, "application/json": {}}},
             401: {"description": "missing or invalid API key"},
             403: {"description": "the model version or alias asked for is not offered by this service"},
             404: {"description": "the model version or alias asked for does not exist"},
@@ -668,12 +668,13 @@ class Backdrop:
         if choice.alias:
             headers["X-Backdrop-Model-Alias"] = choice.alias
         headers["X-Backdrop-Device-Seconds"] = f"{result.device_seconds:.6f}"
+        media_type = f"image/{params.image_format}"
         if params.format == "png":
-            return Response(result.images[0], media_type="image/png", headers=headers)
+            return Response(result.images[0], media_type=media_type, headers=headers)
         return JSONResponse({
             "model": {"name": result.model_name, "version": result.model_version, "alias": choice.alias},
-            "images": [{**out, "media_type": "image/png", "data": base64.b64encode(png).decode()}
-                       for out, png in zip(result.outputs, result.images)],
+            "images": [{**out, "media_type": media_type, "data": base64.b64encode(data).decode()}
+                       for out, data in zip(result.outputs, result.images)],
             "candidates": params.candidates,
             "device_seconds": round(result.device_seconds, 6),
             "seed": params.seed,

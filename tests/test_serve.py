@@ -535,6 +535,19 @@ def test_python_client_and_cli(stack, tmp_path):
     assert main(["call", "--url", stack["url"], "--api-key", "bad", "--image", str(tmp_path / "p.png"),
                  "--category", "mug"]) == 1
 
+    # every option through the client and the CLI (tests/test_front_doors.py walks the table)
+    answer = client.generate(product_rgba(), category="mug", steps=2, guidance=1.5, scheduler="dpm++", seed=3,
+                             placements=["1:1", "16:9"], candidates=1, image_format="webp", quality=90)
+    assert answer.placements == ["1:1", "16:9"] and answer.media_type == "image/webp"
+    assert [Image.open(io.BytesIO(i)).format for i in answer.images] == ["WEBP", "WEBP"]
+    assert [Image.open(io.BytesIO(i)).size[0] / Image.open(io.BytesIO(i)).size[1] for i in answer.images] == \
+        pytest.approx([1.0, 16 / 9], rel=0.05)
+    out = tmp_path / "ad.jpg"
+    assert main(["call", "--url", stack["url"], "--api-key", API_KEY, "--image", str(tmp_path / "p.png"),
+                 "--category", "mug", "--steps", "2", "--scheduler", "unipc", "--placements", "1:1",
+                 "--candidates", "1", "--image-format", "jpeg", "--quality", "80", "--output", str(out)]) == 0
+    assert Image.open(out).format == "JPEG"
+
 
 def test_one_log_line_per_request_with_its_id_and_never_the_key(stack):
     r = generate(stack["url"], data={"category": "sofa"})

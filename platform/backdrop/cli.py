@@ -147,17 +147,18 @@ def cmd_call(args) -> int:
         answer = client.generate(
             args.image, category=args.category, mask=args.mask, reference=args.reference,
             reference_mask=args.reference_mask, prompt=args.prompt, seed=args.seed, steps=args.steps,
-            guidance=args.guidance, num_images=args.num_images, model_version=args.model_version,
-            model_alias=args.model_alias)
+            guidance=args.guidance, num_images=args.num_images, scheduler=args.scheduler,
+            placements=args.placements, candidates=args.candidates, image_format=args.image_format,
+            quality=args.quality, model_version=args.model_version, model_alias=args.model_alias)
     except ServiceError as e:
         print(f"backdrop call: {e}", file=sys.stderr)
         return 1
     stem, ext = os.path.splitext(args.output)
-    for i, (png, seed) in enumerate(zip(answer.images, answer.seeds)):
+    for i, (data, seed, placement) in enumerate(zip(answer.images, answer.seeds, answer.placements)):
         path = args.output if len(answer.images) == 1 else f"{stem}-{i}{ext or '.png'}"
         with open(path, "wb") as f:
-            f.write(png)
-        print(f"{path}: {answer.model} v{answer.version} seed {seed}")
+            f.write(data)
+        print(f"{path}: {answer.model} v{answer.version} seed {seed} placement {placement} ({answer.media_type})")
     print(f"batch size {answer.batch_size}, {answer.timing_ms.get('total', '?')} ms, "
           f"{answer.attempts} attempt(s), request id {answer.request_id}")
     return 0
@@ -237,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=int)
     c.add_argument("--guidance", type=float)
     c.add_argument("--num-images", type=int, default=1)
+    c.add_argument("--scheduler", help="ddim (default), dpm++ or unipc")
+    c.add_argument("--placements", metavar="LIST", help="ad placements, e.g. 1:1,16:9 or 300x250: one image each")
+    c.add_argument("--candidates", type=int, help="best-of-N (needs a model with a QA scorer)")
+    c.add_argument("--image-format", choices=["png", "webp", "jpeg"], help="how the images are encoded (default png)")
+    c.add_argument("--quality", type=int, help="webp/jpeg quality 1..100")
     c.add_argument("--model-version", help="a registry version instead of the default alias")
     c.add_argument("--model-alias", help="a registry alias instead of the default (e.g. challenger)")
     c.add_argument("--retries", type=int, default=4, help="retries on 503 (each after Retry-After)")

@@ -52,7 +52,7 @@ class ServiceError(BackdropError):
 
 @dataclass
 class GenerateResult:
-    images: list[bytes]  # PNG files
+    images: list[bytes]  # image files, encoded as media_type
     seeds: list[int]
     model: str
     version: str
@@ -61,6 +61,8 @@ class GenerateResult:
     timing_ms: dict = field(default_factory=dict)
     request_id: str | None = None
     attempts: int = 1  # 1 + the retries after a 503
+    placements: list[str] = field(default_factory=list)  # each image's placement ("photo": as uploaded)
+    media_type: str = "image/png"  # the images' encoding (the request's image_format)
 
 
 class BackdropClient:
@@ -94,12 +96,21 @@ class BackdropClient:
         steps: int | None = None,
         guidance: float | None = None,
         num_images: int = 1,
+        scheduler: str | None = None,
+        placements: str | list[str] | None = None,
+        candidates: int | None = None,
+        image_format: str | None = None,
+        quality: int | None = None,
         model_version: str | int | None = None,
         model_alias: str | None = None,
     ) -> GenerateResult:
-        """Backgrounds for one product (optionally in the reference's style)."""
+        """Backgrounds for one product (optionally in the reference's style), on each of
+        ``placements`` (``"1:1,16:9"`` or a list), best of ``candidates``, encoded as ``image_format``."""
+        if isinstance(placements, (list, tuple)):
+            placements = ",".join(placements)
         fields = {"category": category, "prompt": prompt, "seed": seed, "steps": steps, "guidance": guidance,
-                  "num_images": num_images, "format": "json"}
+                  "num_images": num_images, "scheduler": scheduler, "placements": placements,
+                  "candidates": candidates, "image_format": image_format, "quality": quality, "format": "json"}
         fields = {k: v for k, v in fields.items() if v is not None}
         images = {"image": image, "mask": mask, "reference": reference, "reference_mask": reference_mask}
         images = {k: v for k, v in images.items() if v is not None}
@@ -120,6 +131,8 @@ class BackdropClient:
         return GenerateResult(
             images=[base64.b64decode(i["data"]) for i in answer["images"]],
             seeds=[i["seed"] for i in answer["images"]],
+            placements=[i.get("placement", "photo") for i in answer["images"]],
+            media_type=answer["images"][0].get("media_type", "image/png") if answer["images"] else "image/png",
             model=answer["model"]["name"],
             version=str(answer["model"]["version"]),
             alias=answer["model"].get("alias"),

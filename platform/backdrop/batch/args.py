@@ -36,7 +36,8 @@ def add_generation_arguments(p) -> None:
                    help="rows per denoising loop, padded: a row's pixels never depend on its batch mates "
                         "(default 8 on CUDA, 4 on a CPU)")
     p.add_argument("--threads-per-actor", type=int, help="torch threads for CPU inference (default cores/actors)")
-    p.add_argument("--format", default="png", choices=["png", "jpeg", "webp"], help="output image format")
+    p.add_argument("--image-format", "--format", dest="format", default="png", choices=["png", "jpeg", "webp"],
+                   help="how the output images are encoded (png: lossless, the default; --format is the old name)")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality 1..100")
     p.add_argument("--limit", type=int, help="only the first N rows (after --category) in catalog order")
     p.add_argument("--wait-for-lease", type=float, default=0.0, metavar="SECONDS",

@@ -62,7 +62,7 @@ def load_job(params: GenerateParams, *, image: bytes | None = None, mask: bytes 
 class Generated:
     """One job's answer."""
 
-    images: list[bytes]  # PNG files (lossless: the product's pixels stay bit-identical)
+    images: list[bytes]  # encoded as the request's image_format (PNG by default: the product's pixels bit-identical)
     seeds: list[int]  # the request's seeds (each placement is made once per seed)
     model_name: str
     model_version: str
@@ -129,8 +129,9 @@ def run_jobs(gen: LoadedGenerator, jobs: list[Job]) -> list[Generated | Failure]
             mine, placements = images[k:k + n], names[k:k + n]
             k += n
             failed = next((r for r in mine if isinstance(r, Failure)), None)
-            results[i] = failed or Generated([encode_image(g.image) for g in mine], jobs[i].params.seeds, gen.name,
-                                             gen.version, len(members), len(requests), seconds, number,
+            p = jobs[i].params
+            results[i] = failed or Generated([encode_image(g.image, p.image_format, p.quality) for g in mine], p.seeds,
+                                             gen.name, gen.version, len(members), len(requests), seconds, number,
                                              [describe_output(g, p, seed) for g, (p, seed) in zip(mine, placements)])
     return results
 

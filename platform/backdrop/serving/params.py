@@ -114,11 +114,16 @@ class GenerateParams(BaseModel):
     format: Literal["png", "json"] = Field(
         default_factory=lambda data: "png" if data.get("num_images", 1) == 1 and _count(data.get("placements")) <= 1
         else "json",
-        description="png (one image; the default for one) or json (base64 PNGs with their placement, cost and "
-                    "QA scores in an envelope)")
+        description="the answer's envelope: png (the one image itself, encoded as image_format; the default for "
+                    "one) or json (the images base64-encoded with their placement, cost and QA scores)")
+    image_format: Literal["png", "webp", "jpeg"] = Field(
+        "png", description="how each image is encoded: png (lossless, the default: the product's pixels stay "
+                           "bit-identical), webp or jpeg (smaller; lossy below quality 100 for webp, always for "
+                           "jpeg, so the product's pixels are approximated)")
+    quality: Int = Field(95, ge=1, le=100, description="webp and jpeg quality (1..100)")
 
     FIELDS: ClassVar[tuple[str, ...]] = ("category", "prompt", "seed", "steps", "guidance", "scheduler", "num_images",
-                                         "placements", "candidates", "format")
+                                         "placements", "candidates", "format", "image_format", "quality")
 
     @model_validator(mode="before")
     @classmethod
