@@ -196,6 +196,30 @@ def test_work_items_survive_the_trip_between_stages():
     assert back[1].failure == gone and back[1].product is None
 
 
+def test_real_world_oddities_and_malformed_uris_on_ray(ray_local, catalogs, model_dir, tmp_path):
+    """The oddity catalog (tests/oddities.py) through the Ray executor, and the nightly planner
+    over it: every good row is done, every odd one ok or its typed failure, nothing raises.
+    (The in-process executor runs it in test_batch_safety.py.)"""
+    from backdrop.batch.config import BackfillConfig
+    from backdrop.batch.nightly import plan_nightly
+    from backdrop.batch.run import run_backfill
+    from oddities import oddity_rows
+
+    odd, expected = oddity_rows(tmp_path / "odd", catalogs["rows"][0])
+    rows = catalogs["rows"][1:3] + odd
+    catalog = str(tmp_path / "catalog.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), catalog)
+    config = BackfillConfig(catalog=catalog, model=model_dir, output=str(tmp_path / "out"), steps=1, batch_size=4,
+                            max_failure_rate=1.0)
+    result = run_backfill(config)
+    records = {r["product_id"]: r for r in _manifest(config.output)}
+    assert len(records) == len(rows) == result.ok + result.failed
+    assert {pid: records[pid]["error_code"] for pid in expected} == expected
+    assert [records[r["product_id"]]["status"] for r in rows[:2]] == ["ok", "ok"]
+    plan = plan_nightly(config)  # fingerprints every row, the malformed ones too: never raises
+    assert plan.plan.total == len(rows)
+
+
 def test_in_process_executor_records_bad_rows_as_failed(catalogs, model_dir, tmp_path):
     """The local executor (no Ray) runs the same stages; rows in = ok + failed."""
     from backdrop.batch.config import BackfillConfig

@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import save_tiny_generator
+from oddities import MALFORMED_URIS, oddity_rows
 from ray_head import REPO, end_process_tree
 from backdrop.batch.lease import current_holder
 
@@ -595,14 +596,6 @@ def test_a_run_that_stalled_past_its_lease_writes_nothing_after_a_takeover(home,
 
 # --------------------------------------------------------------------------- issue #22: isolation
 
-MALFORMED_URIS = {
-    "bad-bucket": "s3://Bad_Bucket!/x.png",
-    "unknown-scheme": "gopher://example/x.png",
-    "nul-byte": "/tmp/a\x00b.png",
-    "huge-uri": "s3://bucket/" + "k" * 10_000,
-    "unicode": "s3://bücket/日本.png",
-    "empty-bucket": "s3:///x.png",
-}
 
 
 def test_malformed_uris_and_vanishing_masks_fail_their_row_only(home, model_dir, good_rows, tmp_path):
@@ -788,3 +781,18 @@ def test_one_progress_line_per_interval_with_rate_and_eta(caplog, monkeypatch):
         "3/4 rows done (75%), 0.27 rows/s, ETA 4 s",  # the first update 10 s after the last line
         "4/4 rows done (100%), 0.33 rows/s, ETA 0 s",  # and always the last
     ]
+
+
+def test_real_world_oddities_are_ok_or_a_typed_failure_in_process(home, model_dir, good_rows, tmp_path):
+    """EXIF rotations, CMYK, 16-bit, palette, opaque cut-outs and malformed URIs (tests/oddities.py)
+    beside good rows: the run completes and every row is ok or its typed failure. The same
+    catalog runs on Ray in test_batch.py."""
+    from backdrop.batch.run import run_backfill
+
+    odd, expected = oddity_rows(tmp_path / "odd", good_rows[0])
+    rows = good_rows[1:3] + odd
+    result = run_backfill(_config(_catalog(rows, tmp_path / "catalog.parquet"), model_dir, str(tmp_path / "out")))
+    _assert_accounted(result, len(rows))
+    records = _manifest(str(tmp_path / "out"))
+    assert {pid: records[pid]["error_code"] for pid in expected} == expected
+    assert {records[r["product_id"]]["status"] for r in good_rows[1:3]} == {"ok"}
