@@ -9,7 +9,11 @@ Two deployments, both thin over the library (:mod:`backdrop.serving` holds the l
   decodes and validates the upload with the same rules as the batch jobs, picks a concrete
   model version (``models:/NAME@champion`` unless a header asks for another alias or
   version), hands the job to the generator and maps every error onto an HTTP status in one
-  place (:data:`STATUS`). It also serves the try-it page at ``/``.
+  place (:data:`backdrop.serving.http.STATUS`). It also serves the try-it page at ``/``.
+
+This file keeps the deployments and the routes; their arguments (:mod:`backdrop.serving.config`),
+the HTTP edge (errors, body reading, middleware, OpenAPI: :mod:`backdrop.serving.http`) and the
+test hooks (:mod:`backdrop.testhooks`) live in the library.
 * ``Generator`` holds the models, one per registry version (``@serve.multiplexed``, at most
   ``BACKDROP_MAX_MODELS_PER_REPLICA`` per replica, LRU), and runs concurrent requests
   through shared denoising loops (``@serve.batch``; batch size and wait from ``user_config``).
@@ -22,13 +26,10 @@ import base64
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
 import weakref
-from http import HTTPStatus
 from pathlib import Path
-from typing import Literal
 
 import ray
 from fastapi import Depends, FastAPI, Header, Request, Security
@@ -37,7 +38,6 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import (
@@ -52,24 +52,29 @@ from starlette.exceptions import HTTPException
 from swagger_ui_bundle import swagger_ui_path
 
 from backdrop import runtime
-from backdrop.errors import (
-    CorruptImageError,
-    Failure,
-    ImageTooLargeError,
-    InvalidInputError,
-    InvalidParameterError,
-    UnsupportedImageError,
-)
-from backdrop.limits import DEFAULT_LIMITS, SCHEDULER_MAX_STEPS, Limits
-from backdrop.errors import RegistryError, RegistryUnavailableError
+from backdrop.errors import Failure, InvalidInputError, RegistryError, RegistryUnavailableError
 from backdrop.runtime import LoadedGenerator
-from backdrop.schedulers import SCHEDULERS
-from backdrop.serving.auth import ApiKeys
-from backdrop.serving.jobs import Generated, Job, check_job, load_job, run_jobs
-from backdrop.serving.models import ModelNotAllowed, ModelSelector
-from backdrop.serving.params import FILE_FIELDS, GenerateParams, body_schema, parse_json_body, read_input
-from backdrop.serving.quota import KeyQuota, QuotaExceeded
 from backdrop.scope import UriScope
+from backdrop.serving.auth import ApiKeys
+from backdrop.serving.config import AppArgs
+from backdrop.serving.http import (
+    STATUS,
+    GenerationFailed,
+    ModelUnavailable,
+    ObserveRequests,
+    Overloaded,
+    RequestTimeout,
+    Unauthorized,
+    error_response,
+    install_openapi,
+    read_body,
+    request_id,
+)
+from backdrop.serving.jobs import Generated, Job, check_job, load_job, run_jobs
+from backdrop.serving.models import ModelSelector
+from backdrop.serving.params import GenerateParams
+from backdrop.serving.quota import KeyQuota
+from backdrop.testhooks import TestHold
 
 logger = logging.getLogger("ray.serve")
 
@@ -79,91 +84,7 @@ LATENCY_BUCKETS_MS = [25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 600
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64]
 
 
-# --- errors: one table from exception to HTTP status ---------------------------------------
-class PayloadTooLarge(Exception):
-    """The request body is over ``max_body_bytes``."""
-
-
-class UnsupportedMediaType(Exception):
-    """Neither multipart/form-data nor application/json."""
-
-
-class Unauthorized(Exception):
-    """No API key, or not one of the configured keys."""
-
-
-class Overloaded(Exception):
-    """The generator's queue is full (or its replica went away): come back later."""
-
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class ModelUnavailable(Overloaded):
-    """No model answers to the default reference yet (nothing registered, or loading)."""
-
-
-class RequestTimeout(Exception):
-    """The answer did not come within ``request_timeout_s``."""
-
-
-class GenerationFailed(Exception):
-    """The generator could not make this request's image (the failure is logged, not answered)."""
-
-    def __init__(self, failure: Failure) -> None:
-        super().__init__(failure.line)
-        self.failure = failure
-
-
-# First match wins: subclasses before their bases.
-STATUS: list[tuple[type[BaseException], int, str]] = [
-    (Unauthorized, 401, "unauthorized"),
-    (ModelNotAllowed, 403, ModelNotAllowed.code),
-    (PayloadTooLarge, 413, "payload_too_large"),
-    (ImageTooLargeError, 413, ImageTooLargeError.code),
-    (UnsupportedMediaType, 415, "unsupported_media_type"),
-    (CorruptImageError, 415, CorruptImageError.code),
-    (UnsupportedImageError, 415, UnsupportedImageError.code),
-    (RegistryUnavailableError, 503, RegistryUnavailableError.code),  # never 404: it says nothing of the model
-    (RegistryError, 404, "unknown_model"),
-    (InvalidInputError, 422, InvalidInputError.code),  # masks, category, parameters, URIs
-    (RequestValidationError, 422, "invalid_request"),
-    (QuotaExceeded, 429, "too_many_requests"),
-    (ModelUnavailable, 503, "model_unavailable"),
-    (Overloaded, 503, "overloaded"),
-    (RequestTimeout, 504, "timeout"),
-]
-
-
-async def error_response(request: Request, exc: BaseException) -> JSONResponse:
-    """The JSON error answer for ``exc``: a status, a code and a readable message; no trace."""
-    exc = _cause(exc)
-    status, code = next(((s, c) for cls, s, c in STATUS if isinstance(exc, cls)), (500, "internal_error"))
-    if isinstance(exc, InvalidInputError):
-        code, message = exc.code, exc.message
-    elif isinstance(exc, RequestValidationError):
-        message = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in exc.errors())
-    elif isinstance(exc, HTTPException):  # an unknown route, a malformed multipart body, ...
-        status, message = exc.status_code, str(exc.detail)
-        code = HTTPStatus(status).phrase.lower().replace(" ", "_")
-    elif status == 500:
-        message = "internal error; the request id identifies it in the service's logs"
-    else:
-        message = str(exc)
-    headers = {}
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="backdrop"'
-    if status in (429, 503):
-        retry = getattr(exc, "retry_after_s", None) or _ingress().settings.retry_after_s
-        headers["Retry-After"] = str(max(1, math.ceil(retry)))
-    request.state.error = code
-    # A message may quote the caller's input: escape what UTF-8 cannot carry (a lone surrogate).
-    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
-    body = {"error": {"code": code, "message": message, "request_id": _request_id(request)}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
+# --- errors: the table is backdrop.serving.http.STATUS; Ray's wrappers come off first ---------
 def _cause(exc: BaseException) -> BaseException:
     """The user-level exception inside Ray's wrappers (an error raised in the generator)."""
     while isinstance(exc, RayTaskError) and exc.cause is not None and exc.cause is not exc:
@@ -171,120 +92,9 @@ def _cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _request_id(request: Request) -> str:
-    return request.headers.get("x-request-id", "")  # set by Serve's proxy on every request
-
-
-# --- configuration ------------------------------------------------------------------------
-class AppArgs(BaseModel):
-    """Application arguments (``args:`` in serve_apps/config.yaml)."""
-
-    model_name: str = Field("backdrop", description="registered model to serve")
-    default_alias: str = Field("champion", description="alias a request gets unless it asks otherwise")
-    model_path: str | None = Field(None, description="serve this saved generator (dir or s3://) instead "
-                                                     "of the registry: local development")
-    alias_ttl_s: float = Field(2.0, ge=0, description="how long an alias lookup is reused")
-    allowed_aliases: list[str] = Field(default_factory=list, description="aliases callers may ask for, "
-                                                                         "besides default_alias")
-    allowed_versions: list[str] = Field(default_factory=list, description="versions callers may ask "
-                                                                          "for by number; \"*\": any")
-    model_cache_size: int = Field(64, ge=1, description="alias/version lookups kept (LRU)")
-    api_key_sha256: list[str] = Field(default_factory=list, description="hex SHA-256 of each accepted key")
-    api_keys_env: str = Field("BACKDROP_API_KEYS", description="env var with more keys, comma-separated")
-    max_body_bytes: int = Field(48 * 2**20, gt=0, description="413 over this request body size")
-    # The one set of limits (backdrop.limits): the same defaults as the batch jobs.
-    max_image_bytes: int = Field(DEFAULT_LIMITS.max_image_bytes, gt=0, description="413 over this size per file")
-    max_pixels: int = Field(DEFAULT_LIMITS.max_pixels, gt=0, description="413 over this many pixels per image")
-    max_steps: int = Field(DEFAULT_LIMITS.max_steps, ge=1, le=SCHEDULER_MAX_STEPS)
-    max_images: int = Field(DEFAULT_LIMITS.max_images, ge=1, le=16)
-    max_candidates: int = Field(DEFAULT_LIMITS.max_candidates, ge=1, le=64, description="best-of-N per image")
-    request_timeout_s: float = Field(60.0, gt=0, description="504 when an answer takes longer")
-    retry_after_s: float = Field(2.0, gt=0, description="Retry-After on 503 when Serve gives none")
-    allowed_uri_prefixes: list[str] = Field(default_factory=list, description="s3://bucket/prefix/ a JSON "
-                                            "body may point at (none: remote inputs are off)")
-    uri_prefixes_by_key: dict[str, list[str]] = Field(default_factory=dict, description="a key's SHA-256 "
-                                                      "-> its own prefixes, instead of allowed_uri_prefixes")
-    rate_per_key_per_s: float | None = Field(None, gt=0, description="429 past this average rate per key")
-    burst_per_key: int | None = Field(None, ge=1, description="requests a key may send at once before its "
-                                                              "rate applies")
-    max_concurrent_per_key: int | None = Field(None, ge=1, description="429 past this many requests of one "
-                                                                       "key in progress")
-    max_request_work: float = Field(DEFAULT_LIMITS.max_request_work, gt=0,
-                                    description="422 over this price of one request: output megapixels x "
-                                                "candidates x steps (the answer says the figure)")
-    work_per_key_per_s: float | None = Field(None, gt=0, description="429 past this average work per key "
-                                             "(megapixel-steps/s): a token bucket weighted by each request's price")
-    work_burst_per_key: float | None = Field(None, gt=0, description="work a key may spend at once before "
-                                             "work_per_key_per_s applies (default: max_request_work)")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_gpus: float | Literal["auto"] = Field("auto", description="per generator replica; auto: 1 if the "
-                                                                  "cluster has a GPU, else 0")
-    generator_num_cpus: float = Field(0.5, gt=0)
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per generator")
-    schedulers: list[str] = Field(list(SCHEDULERS), min_length=1,
-                                  description="denoising schedulers a request may ask for (422 otherwise)")
-    compile: Literal["auto", "on", "off"] = Field(
-        "auto", description="torch.compile the networks (CUDA graphs on a GPU); auto: on CUDA only. A compiled "
-                            "replica loads and warms up its default model at start, off the request path")
-    batch_bucket: int | None = Field(None, ge=1, description="rows per denoising loop, padded so a row's pixels "
-                                                             "never depend on its batch mates (default 8 on "
-                                                             "CUDA, 4 on a CPU)")
-    hold_dir: str | None = Field(None, description="tests only (TestHold): batches wait while <dir>/hold exists")
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels,
-                      max_steps=self.max_steps, max_images=self.max_images, max_candidates=self.max_candidates,
-                      schedulers=tuple(self.schedulers), max_request_work=self.max_request_work)
-
-
 def _ingress():
     """The ``Backdrop`` replica serving this request (for code outside its methods)."""
     return serve.get_replica_context().servable_object
-
-
-# --- test hook: a hold the tests control (inert unless hold_dir is set) ----------------------
-class TestHold:
-    """Lets a test decide when a batch runs, instead of hoping the machine is slow or fast.
-
-    While ``<dir>/hold`` exists, each request that reaches the generator writes
-    ``<dir>/arrived-<n>.json`` (its seeds, steps and model id), and a batch waits before its
-    denoising loop: it writes ``<dir>/entered-<n>.json`` (its jobs' seeds and steps) when it
-    starts waiting and ``<dir>/done-<n>.json`` (per job: ``ok`` or the exception) when done.
-    """
-
-    __test__ = False  # not a pytest class
-
-    def __init__(self, directory: str) -> None:
-        self.dir = Path(directory)
-        self.count = 0
-
-    def _write(self, name: str, record: dict) -> None:
-        tmp = self.dir / f".{name}.tmp"
-        tmp.write_text(json.dumps(record))
-        tmp.rename(self.dir / name)  # atomic: a reader never sees half a marker
-
-    def arrived(self, job: Job, model_id: str) -> None:
-        if (self.dir / "hold").exists():
-            self.count += 1
-            self._write(f"arrived-{os.getpid()}-{self.count}.json", {
-                "seeds": job.params.seeds, "steps": job.params.steps, "model_id": model_id})
-
-    async def wait(self, jobs: list[Job]) -> str | None:
-        if not (self.dir / "hold").exists():
-            return None
-        self.count += 1
-        marker = f"{os.getpid()}-{self.count}.json"
-        self._write(f"entered-{marker}", {"seeds": [j.params.seeds for j in jobs],
-                                          "steps": [j.params.steps for j in jobs]})
-        while (self.dir / "hold").exists():
-            await asyncio.sleep(0.02)
-        return marker
-
-    def done(self, marker: str, results: list) -> None:
-        self._write(f"done-{marker}", {"results": [
-            "ok" if isinstance(r, Generated) else r.line if isinstance(r, Failure) else f"{type(r).__name__}: {r}"
-            for r in results]})
 
 
 # --- the generator ------------------------------------------------------------------------
@@ -430,66 +240,19 @@ async def admit_key(request: Request, _=Depends(require_api_key)):
         quota.release(key)
 
 
-def _openapi() -> dict:
-    """FastAPI's schema, with the generate body from :class:`GenerateParams` and this deployment's limits."""
-    if api.openapi_schema is None:
-        schema = FastAPI.openapi(api)
-        limits = _ingress().limits
-        content = schema["paths"]["/v1/generate"]["post"]["requestBody"]["content"]
-        content["multipart/form-data"]["schema"] = body_schema(limits, binary=True)
-        content["application/json"]["schema"] = body_schema(limits, binary=False)
-        api.openapi_schema = schema
-    return api.openapi_schema
+install_openapi(api, lambda: _ingress().limits)
 
 
-api.openapi = _openapi
+async def _error_response(request: Request, exc: BaseException) -> JSONResponse:
+    return error_response(request, _cause(exc), _ingress().settings.retry_after_s)
+
 
 
 for _exc in (Exception, HTTPException, RequestValidationError, *{cls for cls, _, _ in STATUS}):
-    api.add_exception_handler(_exc, error_response)
+    api.add_exception_handler(_exc, _error_response)
 
 
-class ObserveRequests:
-    """Per request: the body limit, then one log line and the metrics (ASGI middleware)."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        service = _ingress()
-        limit = service.settings.max_body_bytes
-        started, status = time.perf_counter(), [500]
-        state = scope.setdefault("state", {})
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise PayloadTooLarge(f"request body is over the limit of {limit:,} bytes")
-            return message
-
-        async def capture_send(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        try:
-            if declared.isdigit() and int(declared) > limit:  # refused before reading the body
-                too_large = PayloadTooLarge(f"request body is {int(declared):,} bytes, over the limit of {limit:,} bytes")
-                response = await error_response(Request(scope), too_large)
-                await response(scope, receive, capture_send)
-            else:
-                await self.app(scope, limited_receive, capture_send)
-        finally:
-            service.observe(scope, status[0], time.perf_counter() - started, state)
-
-
-api.add_middleware(ObserveRequests)
+api.add_middleware(ObserveRequests, service=_ingress)
 
 
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
@@ -619,7 +382,7 @@ class Backdrop:
         "/v1/generate",
         summary="Generate backgrounds for a product, optionally in a reference's style",
         dependencies=[Depends(admit_key)],
-        openapi_extra={"requestBody": {"required": True, "content": {  # schemas: _openapi
+        openapi_extra={"requestBody": {"required": True, "content": {  # schemas: install_openapi
             "multipart/form-data": {"schema": {}}, "application/json": {"schema": {}}}}},
         responses={
             200: {"description": "One PNG (`format=png`) or a JSON envelope of base64 PNGs (`format=json`), "
@@ -643,7 +406,7 @@ class Backdrop:
         x_backdrop_model_alias: str | None = Header(None, description="serve the version this alias points to"),
     ) -> Response:
         started = time.perf_counter()
-        fields, files = await self._read_body(request)
+        fields, files = await read_body(request, self.limits, self.scope)
         params = GenerateParams.from_fields(fields, self.limits)
         request.state.seed = params.seed
         job = await asyncio.to_thread(load_job, params, limits=self.limits, **files)
@@ -683,39 +446,10 @@ class Backdrop:
             "scheduler": params.loop_key[2],
             "batch_size": result.batch_requests,
             "timing_ms": {"generate": round(result.generate_s * 1000, 1), "total": round(total_ms, 1)},
-            "request_id": _request_id(request),
+            "request_id": request_id(request),
         }, headers=headers)
 
     # --- helpers -----------------------------------------------------------------------------
-    async def _read_body(self, request: Request) -> tuple[dict, dict[str, bytes | None]]:
-        """Form fields and file bytes, from a multipart upload or a JSON body."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        files: dict[str, bytes | None] = {}
-        if content_type == "multipart/form-data":
-            form = await request.form(max_files=len(FILE_FIELDS), max_fields=16, max_part_size=64 * 1024)
-            fields = {}
-            for key, value in form.multi_items():
-                if key in FILE_FIELDS:
-                    if isinstance(value, str):
-                        raise InvalidParameterError(f"{key} must be a file upload")
-                    data = await value.read()
-                    files[key] = data if data or value.filename else None  # a form's empty file input
-                elif isinstance(value, str):
-                    fields[key] = value
-                else:
-                    raise InvalidParameterError(f"{key} must be a text field, not a file")
-            return fields, files
-        if content_type == "application/json":
-            body = parse_json_body(await request.body())
-            for key in FILE_FIELDS:
-                value = body.pop(key, None)
-                files[key] = await asyncio.to_thread(read_input, value, key, limits=self.limits, scope=self.scope,
-                                                     key_digest=request.state.key_digest)
-            return body, files
-        raise UnsupportedMediaType(
-            f"send multipart/form-data (file uploads) or application/json (base64 or s3:// URIs), "
-            f"not {content_type or 'no content type'}")
-
     async def _choose(self, version: str | None, alias: str | None):
         try:
             return await asyncio.to_thread(self.models.select, version, alias)

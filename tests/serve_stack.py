@@ -159,7 +159,7 @@ def deploy_ingress(name: str, route_prefix: str, args: dict, generator_app: str,
 
 
 class Hold:
-    """The test's side of ``serve_apps.app.TestHold``: while held (``with Hold(dir) as hold``),
+    """The test's side of ``backdrop.testhooks.TestHold``: while held (``with Hold(dir) as hold``),
     requests reach the generator (``arrived``) but no denoising loop starts until ``release()``.
     Every wait polls for a condition; its deadline only guards against a hang."""
 

@@ -1,6 +1,5 @@
 """Ray Train for real: two raylets on loopback, DDP across them, a killed worker, resume."""
 
-import glob
 import os
 import signal
 import threading
@@ -42,6 +41,17 @@ def two_node_cluster(tmp_path, monkeypatch):
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+def _registered_checkpoints(run_dir: str) -> int:
+    """Checkpoints Ray Train's controller has registered (its checkpoint manager's snapshot)."""
+    import json
+
+    try:
+        with open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")) as f:
+            return len(json.load(f).get("checkpoint_results") or [])
+    except (FileNotFoundError, ValueError):  # not written yet, or being written
+        return 0
 
 
 def _train_workers() -> dict[int, int]:
@@ -91,9 +101,11 @@ def test_two_nodes_survive_a_killed_worker(two_node_cluster, catalog, init_model
     runner.start()
 
     deadline = time.monotonic() + 300  # a hang guard
-    # wait for a second checkpoint: by then the first one is registered with Ray Train
-    while len(glob.glob(os.path.join(storage_path, "two-node", "checkpoint_*"))) < 2:
-        assert runner.is_alive() and time.monotonic() < deadline, f"no checkpoint appeared: {outcome}"
+    # wait until Ray Train's controller has registered a checkpoint (its snapshot lists it): a
+    # checkpoint directory alone may not be registered yet, and a group killed before that
+    # would restart from nothing
+    while _registered_checkpoints(os.path.join(storage_path, "two-node")) < 1:
+        assert runner.is_alive() and time.monotonic() < deadline, f"no checkpoint registered: {outcome}"
         time.sleep(0.1)
     workers = _train_workers()
     assert len(workers) == 2 and len(set(workers.values())) == 2  # one worker under each raylet

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
@@ -54,3 +55,20 @@ def test_rayservice_serves_the_same_application():
               if local_app["args"].get(k) != cluster_app["args"].get(k)}
     assert differ <= {"api_key_sha256", "num_gpus"}, differ
     AppArgs.model_validate(cluster_app["args"])
+
+
+def test_test_hooks_need_the_test_environment_and_no_shipped_config_sets_them(monkeypatch, tmp_path):
+    """Fault injection (backdrop.testhooks) cannot be switched on by production config alone."""
+    from pathlib import Path
+
+    from backdrop import testhooks
+
+    monkeypatch.delenv(testhooks.ENV, raising=False)
+    with pytest.raises(RuntimeError, match="BACKDROP_TEST_HOOKS=1"):
+        testhooks.TestHold(str(tmp_path))
+    with pytest.raises(RuntimeError, match="BACKDROP_TEST_HOOKS=1"):
+        testhooks.training_hold(str(tmp_path / "hold"))
+    repo = Path(__file__).resolve().parents[1]
+    for shipped in [repo / "serve_apps" / "config.yaml", *sorted((repo / "infra").glob("*.yaml"))]:
+        text = shipped.read_text()
+        assert testhooks.ENV not in text and "hold_dir" not in text and "hold_file" not in text, shipped

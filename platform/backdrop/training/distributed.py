@@ -29,6 +29,7 @@ from ..inputs import Product, fetch_pair
 from ..errors import InvalidInputError
 from ..gallery import contact_sheet, masked_product
 from ..models.generator import BackdropModel
+from ..testhooks import training_hold
 from .tracking import record_generator
 from .loop import StageConfig, StageTrainer, learning_rates_by_stage, starting_model, train_stage
 
@@ -65,8 +66,9 @@ class DistributedTrainConfig:
     seed: int = 0
     experiment: str = registry.DEFAULT_EXPERIMENT
     registered_model_name: str | None = "backdrop"
-    # Tests only: after a checkpoint at or past ``hold_after_step``, workers wait while this
-    # file exists, so a test can act on a run that surely has work left (inert when None).
+    # Tests only (backdrop.testhooks; refused unless BACKDROP_TEST_HOOKS=1): after a checkpoint at
+    # or past ``hold_after_step``, workers wait while this file exists, so a test can act on a
+    # run that surely has work left (inert when None).
     hold_file: str | None = None
     hold_after_step: int = 0
     # filled in by the driver for the workers
@@ -207,14 +209,6 @@ def _sample_grid(model: BackdropModel, batch: dict, stage: str, n: int = 4):
                          column_labels=["product", "reference", "output", "original"])
 
 
-def _hold(path: str) -> None:
-    """Wait while a test's hold file exists (``DistributedTrainConfig.hold_file``)."""
-    import time
-
-    while os.path.exists(path):
-        time.sleep(0.05)
-
-
 def train_loop_per_worker(config: dict) -> None:
     import mlflow
     import ray.train
@@ -268,7 +262,7 @@ def train_loop_per_worker(config: dict) -> None:
                     _report({"stage": cfg.stages[index], "step": step}, model,
                             {**state, "stage_index": index, "step": step, "elapsed": elapsed}, rank, tr.optimizer)
                 if cfg.hold_file and step >= cfg.hold_after_step:
-                    _hold(cfg.hold_file)
+                    training_hold(cfg.hold_file)
             if rank == 0 and cfg.mlflow_run_id and cfg.log_images_every and step % cfg.log_images_every == 0 \
                     and cfg.stages[index] != "vae" and last_batch:
                 with tr.unwrapped_model():
