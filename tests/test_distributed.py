@@ -136,9 +136,9 @@ def test_ray_job_submit_trains_registers_and_logs(catalog, init_model, tmp_path,
     home = tmp_path / "home"
     job = shared_ray_head.submit(
         ["python", "jobs/train.py", "--catalog", catalog["train"], "--storage-path", str(tmp_path / "ckpt"),
-         "--name", "submitted", "--init", init_model, "--stages", "cg,pg", "--steps", "cg=4,pg=2",
+         "--run-name", "submitted", "--init", init_model, "--stages", "cg,pg", "--steps", "cg=4,pg=2",
          "--batch-size", "4", "--num-workers", "2", "--cpus-per-worker", "0.5", "--checkpoint-every", "2",
-         "--log-images-every", "2", "--registered-model-name", "backdrop-submitted"],
+         "--log-images-every", "2", "--register", "backdrop-submitted"],
         env_vars={"BACKDROP_HOME": str(home)})
     assert job.returncode == 0, f"ray job submit failed:\n{job.stdout[-6000:]}\n{job.stderr[-3000:]}"
     assert "succeeded" in job.stdout.lower()

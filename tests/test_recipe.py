@@ -70,3 +70,22 @@ def test_the_recipes_are_the_commands_the_readme_and_makefile_run():
     assert "backdrop train --config recipes/adapt.yaml" in readme
     adapt = _parse("--config", os.path.join(REPO, "recipes", "adapt.yaml"), "catalog=c", "output=o")
     assert (adapt.init, adapt.stages, adapt.steps) == ("checkpoints/tiny-64", ["cg", "pg"], {"cg": 1500, "pg": 300})
+
+
+def test_the_ray_train_job_takes_the_same_recipe_plus_the_clusters_knobs():
+    import sys
+
+    sys.path.insert(0, REPO)
+    try:
+        from jobs.train import parse_args
+    finally:
+        sys.path.remove(REPO)
+    cfg = parse_args(["--config", os.path.join(REPO, "recipes", "adapt.yaml"), "--cpus-per-worker", "0.5",
+                      "catalog=c.parquet", "storage_path=/tmp/ckpt", "num_workers=3", "register="])
+    assert (cfg.stages, cfg.steps, cfg.num_workers, cfg.cpus_per_worker) == (("cg", "pg"), {"cg": 1500, "pg": 300},
+                                                                             3, 0.5)
+    assert cfg.init.endswith("checkpoints/tiny-64") and cfg.registered_model_name is None and cfg.name == "adapt"
+    parser = argparse.ArgumentParser()
+    recipes.add_arguments(parser, recipes.DistributedRecipe)
+    with pytest.raises(ValueError, match="keeps the model in its checkpoints"):
+        recipes.resolve(parser.parse_args(["catalog=c", "storage_path=s", "output=o"]), recipes.DistributedRecipe)

@@ -88,6 +88,18 @@ class DistributedTrainConfig:
             raise ValueError(f"mixed precision {self.mixed_precision} needs GPU workers (--use-gpu); "
                              "CPU workers train in fp32 (--mixed-precision no)")
 
+    @classmethod
+    def from_recipe(cls, r) -> "DistributedTrainConfig":
+        """The config a :class:`~backdrop.training.recipe.DistributedRecipe` describes."""
+        return cls(catalog=r.catalog, storage_path=r.storage_path, name=r.run_name, stages=tuple(r.stages),
+                   minutes=dict(r.minutes), steps=dict(r.steps), init=r.init, resolution=r.resolution,
+                   batch_size=r.batch_size, grad_accum=r.grad_accum, mixed_precision=r.mixed_precision,
+                   gradient_checkpointing=r.gradient_checkpointing, learning_rates=dict(r.learning_rate),
+                   num_workers=r.num_workers, use_gpu=r.use_gpu or r.device == "cuda",
+                   cpus_per_worker=r.cpus_per_worker, placement_strategy=r.placement_strategy,
+                   max_failures=r.max_failures, checkpoint_every=r.checkpoint_every,
+                   log_images_every=r.log_images_every, registered_model_name=r.register or None, seed=r.seed)
+
     def stage_config(self, index: int, rank: int) -> StageConfig:
         stage = self.stages[index]
         return StageConfig(stage, max_steps=int(self.steps.get(stage, 100_000)),

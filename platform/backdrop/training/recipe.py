@@ -73,12 +73,44 @@ class TrainRecipe:
         return self
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config``, one flag per recipe field, and trailing ``key=value`` overrides. A flag
+@dataclass
+class DistributedRecipe(TrainRecipe):
+    """What ``jobs/train.py`` does on Ray Train: the same knobs, plus the cluster's. It saves to
+    its checkpoints (``storage_path``) and registers under ``register`` by default."""
+
+    output: Optional[str] = _knob(None, "not used here: the model stays in storage_path's checkpoints and "
+                                        "the registry (backdrop train saves to a directory)")
+    register: Optional[str] = _knob("backdrop", "register the trained generator as a new version of NAME "
+                                                "(null or '' to skip)")
+    run_name: str = _knob("backdrop-train", "the run's name (Ray Train and MLflow): the same name and "
+                                            "storage_path resume from the last checkpoint")
+    storage_path: str = _knob("???", "checkpoint location (local or s3://)")
+    grad_accum: int = _knob(1, "micro-batches per optimizer step")
+    num_workers: int = _knob(2, "Ray Train workers (DDP)")
+    use_gpu: bool = _knob(False, "one GPU per worker (device=cuda says the same)")
+    cpus_per_worker: float = _knob(1.0, "CPUs reserved per worker")
+    placement_strategy: str = _knob("PACK", "SPREAD/STRICT_SPREAD put workers on different nodes",
+                                    choices=("PACK", "SPREAD", "STRICT_SPREAD"))
+    max_failures: int = _knob(2, "worker-group restarts (from the last checkpoint) before the run fails")
+    checkpoint_every: int = _knob(100, "steps between checkpoints")
+    log_images_every: int = _knob(200, "steps between sample grids logged to MLflow (0: never)")
+
+    def validate(self) -> "DistributedRecipe":
+        super().validate()
+        if self.output:
+            raise ValueError("output: jobs/train.py keeps the model in its checkpoints (storage_path) and the "
+                             "registry (register); `backdrop train` saves to a directory")
+        if self.num_workers < 1 or self.cpus_per_worker <= 0 or self.checkpoint_every < 1:
+            raise ValueError("num_workers and checkpoint_every must be >= 1, cpus_per_worker > 0")
+        return self
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainRecipe) -> None:
+    """``--config``, one flag per field of ``cls``, and trailing ``key=value`` overrides. A flag
     not given stays out of the merge (its default is the dataclass's, applied first)."""
     parser.add_argument("--config", metavar="RECIPE.yaml", help="a recipe file (recipes/*.yaml); flags and "
                                                                "key=value override it")
-    for f in fields(TrainRecipe):
+    for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kw = dict(dest=f"recipe.{f.name}", default=argparse.SUPPRESS, help=f.metadata["help"])
         if f.type == "bool":
@@ -89,25 +121,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
                                 metavar="A,B", **kw)
         else:
-            parser.add_argument(flag, type=int if f.type == "int" else str, choices=f.metadata.get("choices"),
+            cast = {"int": int, "float": float}.get(f.type, str)
+            parser.add_argument(flag, type=cast, choices=f.metadata.get("choices"),
                                 metavar=None if f.metadata.get("choices") else f.name.upper(), **kw)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="recipe overrides, e.g. steps.cg=3000 stages=[cg,pg] (OmegaConf dotlist)")
+                        help="recipe overrides after the flags, e.g. steps.cg=3000 stages=[cg,pg] (OmegaConf dotlist)")
 
 
-def resolve(args: argparse.Namespace) -> TrainRecipe:
+def resolve(args: argparse.Namespace, cls: type = TrainRecipe) -> TrainRecipe:
     """The recipe that parsed arguments describe (see the module docstring); ``ValueError``
     names what is wrong (an unknown key, a value of the wrong type, a missing field)."""
     flags = {k.removeprefix("recipe."): v for k, v in vars(args).items() if k.startswith("recipe.")}
-    for f in fields(TrainRecipe):
+    for f in fields(cls):
         if f.type.startswith("Dict") and isinstance(flags.get(f.name), str):  # "cg=1500,pg=300"
             cast = int if f.type.endswith("int]") else float
             what = f.name.replace("_", " ")
             flags[f.name] = {k: cast(v) for k, v in parse_budgets(flags[f.name], what).items()}
-    return load(args.config, flags, list(args.overrides or []))
+    return load(args.config, flags, list(args.overrides or []), cls)
 
 
-def load(path: str | None = None, values: dict | None = None, overrides: list[str] | None = None) -> TrainRecipe:
+def load(path: str | None = None, values: dict | None = None, overrides: list[str] | None = None,
+         cls: type = TrainRecipe) -> TrainRecipe:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -115,7 +149,7 @@ def load(path: str | None = None, values: dict | None = None, overrides: list[st
     if bad:
         raise ValueError(f"expected key=value overrides, got {bad}")
     try:
-        merged = OmegaConf.structured(TrainRecipe)
+        merged = OmegaConf.structured(cls)
         if path:
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
         merged = OmegaConf.merge(merged, OmegaConf.create(values or {}), OmegaConf.from_dotlist(overrides or []))
