@@ -484,8 +484,11 @@ def test_chaos_kill_rerun_then_nightly_after_edits(home, model_dir, good_rows, t
     made_before = {r["product_id"]: r["created_at"] for r in manifest.read_records(output).to_pylist()
                    if r["status"] == "ok"}
 
-    # 2. rerun at once: the dead driver's lease (same host, pid gone) is taken over
-    rerun = _job("catalog_backfill.py", args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # 2. rerun at once: the dead driver's lease (same host, pid gone) is taken over. In process: the
+    #    lease, the plan and the resume are executor-independent, and a second Ray start-up would
+    #    only cost CI time (the Ray executor's resume is test_batch.py's killed-actor test)
+    local = [*args[:-1], "local"]
+    rerun = _job("catalog_backfill.py", local, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = rerun.communicate(timeout=600)[0]
     assert rerun.returncode == 0, out[-4000:]
     assert f"{n_in} rows in scope = {n_in - 3} ok + 3 failed" in out  # a duplicate, a null id, /dev/zero
@@ -503,10 +506,8 @@ def test_chaos_kill_rerun_then_nightly_after_edits(home, model_dir, good_rows, t
     edited = {rows[0]["product_id"], rows[4]["product_id"], rows[2]["product_id"]}
     catalog_rows[2] = {**catalog_rows[2], "prompt": "on a marble table"}
     _catalog(catalog_rows, catalog)
-    # the nightly planner and its backfills are executor-independent: in-process here (a fourth
-    # Ray start-up would only cost CI time; the Ray path ran steps 1 and 2 on local disk)
-    nightly_args = [*args[:-1], "local"]
-    nightly = _job("nightly_regen.py", nightly_args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # the nightly planner and its backfills are executor-independent: in-process here too
+    nightly = _job("nightly_regen.py", local, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = nightly.communicate(timeout=600)[0]
     assert nightly.returncode == 0, out[-4000:]
     assert "input_changed" in out
@@ -565,10 +566,13 @@ def test_a_run_that_stalled_past_its_lease_writes_nothing_after_a_takeover(home,
             assert time.monotonic() < deadline, "A's lease never expired"
             time.sleep(0.1)
 
-        b = _job("catalog_backfill.py", args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        out_b = b.communicate(timeout=600)[0]
-        assert b.returncode == 0, out_b[-4000:]
-        assert f"{len(good_rows)} rows in scope = {len(good_rows)} ok + 0 failed" in out_b
+        # B: the same job's run, in this process (another process needs no more to show the takeover)
+        from backdrop.batch.config import BackfillConfig
+        from backdrop.batch.run import run_backfill
+
+        b = run_backfill(BackfillConfig(catalog=catalog, model=model_dir, output=output, steps=2, batch_size=1,
+                                        executor="local"))
+        assert (b.ok, b.failed, b.plan.skipped) == (len(good_rows), 0, 1)  # A's first batch adopted, not redone
         b_lease = _store(output).read()
         assert b_lease.token != a_token and b_lease.epoch == 2 and b_lease.released_at is not None
         left_by_b = _tree(output)

@@ -374,30 +374,50 @@ def test_zero_padded_versions_share_one_download(home):
     assert "1" in cached and cached <= {"1", "2"}, cached
 
 
-def test_promote_job_exit_codes(gate):
+def _promote(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``jobs/promote.py``'s ``main`` in this process (the first call of the test below runs the
+    job as a process; the rest need only its exit codes and messages, not seven more start-ups)."""
+    import importlib
+
+    sys.path.insert(0, str(REPO))
+    try:
+        promote = importlib.import_module("jobs.promote")
+    finally:
+        sys.path.remove(str(REPO))
+    capsys.readouterr()
+    try:
+        code = promote.main(list(args))
+    except SystemExit as e:  # argparse's refusal
+        code = e.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["promote.py", *args], code, out, err)
+
+
+def test_promote_job_exit_codes(gate, capsys):
     first = _job("promote.py", "--name", gate, "--version", "1")
     assert first.returncode == 3 and "--allow-first" in first.stderr, first.stderr[-3000:]
-    ok = _job("promote.py", "--name", gate, "--version", "1", "--allow-first")
+
+    ok = _promote(capsys, "--name", gate, "--version", "1", "--allow-first")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert json.loads(ok.stdout[ok.stdout.index("{"):])["version"] == "1"
 
-    refused = _job("promote.py", "--name", gate, "--version", "2")
+    refused = _promote(capsys, "--name", gate, "--version", "2")
     assert refused.returncode == 3, refused.stderr[-3000:]
     assert "promotion refused" in refused.stderr and "0.4000" in refused.stderr
     MlflowClient().set_model_version_tag(gate, "3", "eval.category_consistency", "inf")
-    bad = _job("promote.py", "--name", gate, "--version", "3")
+    bad = _promote(capsys, "--name", gate, "--version", "3")
     assert bad.returncode == 3 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
     assert "non-finite 'category_consistency'" in bad.stderr and "'inf'" in bad.stderr
     assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "1")
 
-    typo = _job("promote.py", "--name", gate, "--version", "2", "--metric", "pattern_consistency=lots")
+    typo = _promote(capsys, "--name", gate, "--version", "2", "--metric", "pattern_consistency=lots")
     assert typo.returncode == 2 and "must be a number" in typo.stderr, typo.stderr[-3000:]
-    within = _job("promote.py", "--name", gate, "--version", "2",
+    within = _promote(capsys, "--name", gate, "--version", "2",
                   "--metric", "category_consistency=0.1", "--metric", "pattern_consistency=0.15")
     assert within.returncode == 0, within.stderr[-3000:]  # 0.4 vs 0.5: inside each metric's own tolerance
     assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "2")
 
-    forced = _job("promote.py", "--name", gate, "--version", "1", "--force")
+    forced = _promote(capsys, "--name", gate, "--version", "1", "--force")
     assert forced.returncode == 0, forced.stderr[-3000:]
     assert registry.resolve_version(f"models:/{gate}@champion") == (gate, "1")
 

@@ -46,8 +46,10 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         endpoint = s3_endpoint_url()
         if endpoint:
             kwargs["client_kwargs"] = {"endpoint_url": endpoint}
-        # No listings cache: jobs check for objects that another process just wrote.
-        fs = fsspec.filesystem("s3", use_listings_cache=False, skip_instance_cache=True, **kwargs)
+        # No listings cache: jobs check for objects that another process just wrote. The instance
+        # is cached (per endpoint and process: fsspec's cache is keyed by the arguments and cleared
+        # after a fork), so each call does not build a new client (a quarter second each on S3).
+        fs = fsspec.filesystem("s3", use_listings_cache=False, **kwargs)
         return fs, uri[len("s3://"):]
     if uri.startswith("file://"):
         uri = uri[len("file://"):]
