@@ -551,8 +551,9 @@ def test_a_run_that_stalled_past_its_lease_writes_nothing_after_a_takeover(home,
             "--executor", "local"]
     hold = tmp_path / "hold"
     hold.touch()
-    # A writes one batch, then its generator holds the second (a hold, not a race with the clock)
-    a = _job(REPO / "tests" / "held_backfill.py", [*args, "--lease-ttl", "5", "--pass-batches", "1",
+    # A writes one batch, then its generator holds the second (a hold, not a race with the clock).
+    # A 10 s TTL leaves each renewal attempt 0.5 s (lease_client_config): ample on a busy machine.
+    a = _job(REPO / "tests" / "held_backfill.py", [*args, "--lease-ttl", "10", "--pass-batches", "1",
                                                    "--hold-file", str(hold)],
              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

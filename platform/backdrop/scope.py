@@ -107,7 +107,7 @@ class InputScope:
                 if not os.path.isabs(path):
                     raise ScopeConfigError(f"allowed input folder {entry!r} is not an absolute path")
                 local.append(os.path.join(os.path.realpath(path), ""))
-        self.prefixes, self.folders = _prefixes(remote), tuple(local)
+        self.remote, self.folders = UriScope(remote), tuple(local)
 
     @classmethod
     def of_catalog(cls, catalog: str, extra: Sequence[str] = ()) -> "InputScope":
@@ -122,13 +122,12 @@ class InputScope:
         return cls([own, *extra])
 
     def describe(self) -> str:
-        return ", ".join([*self.prefixes, *self.folders]) or "nothing"
+        return ", ".join([*self.remote.prefixes, *self.folders]) or "nothing"
 
     def admits(self, uri: str) -> bool:
         uri = str(uri)
         if uri.startswith(SCHEME):
-            c = canonical(uri)
-            return c is not None and any(c.startswith(p) for p in self.prefixes)
+            return self.remote.admit(uri) is not None
         if "://" in uri and not uri.startswith("file://"):
             return False  # another scheme
         path = uri.removeprefix("file://")

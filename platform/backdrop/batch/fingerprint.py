@@ -49,13 +49,20 @@ def object_identity(uri: str | None) -> str | None:
     return storage.identity(info)
 
 
+def input_uris(row: dict) -> dict[str, str | None]:
+    """The row's input URIs by field, as they are used: a reference mask without a reference
+    is ignored (as ``inputs.fetch_product`` ignores it)."""
+    uris = {f: row.get(f) or None for f in URI_FIELDS}
+    if not uris["reference_uri"]:
+        uris["reference_mask_uri"] = None
+    return uris
+
+
 def of_row(row: dict, read: dict[str, str] | None = None) -> str:
     """The fingerprint of one catalog row (see the module docstring). ``read`` maps a URI to
     the identity of the bytes actually read from it (``storage.read_object``), which wins over
     a stat: the record then names exactly the inputs its pixels came from."""
-    uris = {f: row.get(f) or None for f in URI_FIELDS}
-    if not uris["reference_uri"]:
-        uris["reference_mask_uri"] = None  # ignored without a reference (as inputs.fetch_product does)
+    uris = input_uris(row)
     read = read or {}
     blob = {"category": row.get("category"), "prompt": row.get("prompt") or None, "uris": uris,
             "objects": {f: read.get(u) or object_identity(u) for f, u in uris.items()}}

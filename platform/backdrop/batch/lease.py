@@ -84,11 +84,6 @@ class Holder:
     epoch: int = 0  # leases written before fencing had none
     released_at: float | None = None  # a tombstone: the run ended and let go
 
-    @property
-    def namespace(self) -> str:
-        """Where this holder's files go (images and manifest parts): a path segment."""
-        return namespace(self.epoch, self.token)
-
     def describe(self) -> str:
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at))
         if self.released_at is not None:
@@ -128,6 +123,17 @@ def epoch_of(segment: str) -> int | None:
     """The epoch of a namespace segment; None for anything else (files written before fencing)."""
     m = NAMESPACE.fullmatch(segment)
     return int(m.group(1)) if m else None
+
+
+def token_of(segment: str) -> str | None:
+    """The run token of a namespace segment; None for anything else."""
+    m = NAMESPACE.fullmatch(segment)
+    return m.group(2) if m else None
+
+
+def _held_by(holder: "Holder | None", token: str) -> bool:
+    """Run ``token`` holds the lease ``holder`` describes (and has not released it)."""
+    return holder is not None and holder.token == token and holder.released_at is None
 
 
 # --------------------------------------------------------------------------- conditional stores
@@ -239,7 +245,7 @@ def assert_holder(output: str, token: str) -> None:
     if store is None:
         store = _STORES[output] = _store(output)
     holder = store.read()
-    if holder is None or holder.token != token or holder.released_at is not None:
+    if not _held_by(holder, token):
         raise LeaseLostError(_lost_message(output, token, holder))
 
 
@@ -280,9 +286,6 @@ class Lease:
     def staging(self) -> str:
         """This run's scratch directory for temporary files (see the module docstring)."""
         return storage.join(self.output, STAGING_DIR, self.token)
-
-    def _mine(self, current: Holder | None) -> bool:
-        return current is not None and current.token == self.token
 
     def acquire(self, wait_s: float = 0.0, poll_s: float = 1.0) -> "Lease":
         """Take the lease (a free, expired or dead holder's), or raise ``OutputBusyError``."""
@@ -334,7 +337,7 @@ class Lease:
         return ok
 
     def _live_mine(self, current: Holder | None) -> bool:
-        return self._mine(current) and current.released_at is None
+        return _held_by(current, self.token)
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl_s / 4):

@@ -204,22 +204,29 @@ def consolidate(output_root: str, staging: str | None = None, adopted: tuple[str
         return read_records(output_root, parts=())
     table = latest(read_records(output_root, parts=tuple(used)))
     storage.write_bytes(manifest_uri(output_root), parquet_bytes(table), staging=staging)
-    _remove(output_root, used + fenced)
+    _remove(output_root, used + fenced, under=storage.filesystem(storage.join(output_root, PARTS_DIR))[1])
     return table
 
 
-def _remove(output_root: str, paths: list[str]) -> None:
-    """Delete files; on local disk also the namespace folders they leave empty."""
+def _remove(output_root: str, paths: list[str], under: str) -> None:
+    """Delete files; on local disk also the folders below ``under`` that they leave empty."""
     if not paths:
         return
     fs, _ = storage.filesystem(output_root)
     fs.rm(paths)
-    if not storage.is_remote(output_root):
-        for folder in sorted({os.path.dirname(p) for p in paths}, reverse=True):
+    if storage.is_remote(output_root):
+        return  # an object store has no folders
+    stop = under.rstrip("/")
+    folders = {os.path.dirname(p) for p in paths}
+    while folders:
+        folder = max(folders, key=len)  # deepest first: a parent empties after its children
+        folders.discard(folder)
+        if folder.startswith(stop + "/"):
             try:
                 os.rmdir(folder)  # only if empty
             except OSError:
-                pass
+                continue
+            folders.add(os.path.dirname(folder))
 
 
 def prune_images(output_root: str, records: pa.Table, run: str) -> int:
@@ -239,13 +246,7 @@ def prune_images(output_root: str, records: pa.Table, run: str) -> int:
     mine = f"{images_dir.rstrip('/')}/{run}/"
     debris = [p for p in present if p not in named and not p.startswith(mine)
               and storage.TMP_MARKER not in p.rsplit("/", 1)[-1]]
-    _remove(output_root, debris)
-    for folder in sorted({os.path.dirname(os.path.dirname(p)) for p in debris}, reverse=True):
-        if not storage.is_remote(output_root) and folder.startswith(images_dir.rstrip("/") + "/"):
-            try:
-                os.rmdir(folder)  # a run folder whose category folders all went
-            except OSError:
-                pass
+    _remove(output_root, debris, under=images_dir)
     return len(debris)
 
 

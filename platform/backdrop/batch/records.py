@@ -110,7 +110,7 @@ class RunContext:
 
     @property
     def lease_token(self) -> str | None:
-        return self.run.split("-", 1)[1] if self.run else None
+        return lease.token_of(self.run) if self.run else None
 
     def record(self, row: dict, uri: str | None = None, failure: Failure | None = None,
                made: runtime.Generated | None = None) -> dict:
@@ -198,9 +198,8 @@ def load_items(rows: list[dict], categories: CategoryMap | None = None,
                 if categories is not None:
                     categories.id_of(row["category"])
                 if scope is not None:
-                    for field in fingerprint.URI_FIELDS:
-                        if field != "reference_mask_uri" or row.get("reference_uri"):  # else unused
-                            scope.check(field, row.get(field))
+                    for field, uri in fingerprint.input_uris(row).items():
+                        scope.check(field, uri)
                 product = fetch_product(row, limits, read)
             except Exception as e:  # noqa: BLE001 - an unexpected failure is still this row's failure
                 failure = Failure.of(LOAD, e)

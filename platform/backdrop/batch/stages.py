@@ -269,8 +269,9 @@ def run_local(config: BackfillConfig, plan: Plan, ctx: RunContext, categories: C
                 for table in iter_catalog(config.catalog, list(GENERATION_COLUMNS)))
     if plan.first_rows is not None and plan.first_rows.num_rows:
         selected = itertools.chain(selected, [select_rows(plan.first_rows, **select)])
+    load = config.load_kwargs(categories)  # the scope is resolved once, not per batch
     for rows in _rebatch(selected, config.batch_size):
-        loaded = load_batch(rows, **config.load_kwargs(categories))
+        loaded = load_batch(rows, **load)
         yield write_batch(generator(loaded), ctx=ctx)
 
 
