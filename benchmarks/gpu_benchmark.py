@@ -96,12 +96,8 @@ def step_flops(gen, batch: int, with_reference: bool) -> float:
 
     pipe = gen.pipe
     reqs = requests(batch, gen.model.config.resolution, with_reference)
-    cond = pipe.prepare(reqs)
-    from backdrop.pipeline import Conditioning
-
-    guided = cond.with_guidance(Conditioning(cond.product_mask, cond.masked_latents, cond.cg_image,
-                                             *pipe.unconditional(len(reqs))))
-    h, w = cond.product_mask.shape[-2:]
+    guided = pipe.guided(pipe.prepare(reqs))
+    h, w = guided.product_mask.shape[-2:]
     x = torch.randn(2 * batch, 4, h, w, device=gen.model.device, dtype=gen.model.dtype)
     t = torch.full((2 * batch,), 500, device=gen.model.device)
     counter = FlopCounterMode(display=False)

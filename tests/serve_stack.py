@@ -58,13 +58,13 @@ def decode(data: bytes) -> np.ndarray:
 
 
 # --- models -------------------------------------------------------------------------------
-def tiny_model(seed: int = 0):
+def tiny_model(seed: int = 0, family: str = "sd-inpainting"):
     import torch
 
     from backdrop.models.generator import BackdropModel
 
     torch.manual_seed(seed)
-    model = BackdropModel.tiny(CATEGORIES, seed=seed)
+    model = BackdropModel.tiny(CATEGORIES, seed=seed, family_name=family)
     with torch.no_grad():  # untrained ControlNets start at zero: nudge them so they act
         for net in (model.cg, model.pg):
             for p in net.parameters():
@@ -72,23 +72,26 @@ def tiny_model(seed: int = 0):
     return model
 
 
-def register_versions(n: int = 2) -> list[str]:
-    """Register ``n`` tiny generators as versions of ``backdrop``; champion -> 1, challenger -> 2."""
+def register_version(seed: int, family: str = "sd-inpainting") -> str:
+    """Register a tiny generator of ``family`` as a new version of ``backdrop`` (no alias)."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     from backdrop import pyfunc, registry
 
-    experiment = registry.ensure_experiment()
-    versions = []
-    for seed in range(n):
-        with mlflow.start_run(experiment_id=experiment, run_name=f"tiny-{seed}"):
-            versions.append(pyfunc.log_generator(tiny_model(seed), registered_model_name="backdrop").version)
+    with mlflow.start_run(experiment_id=registry.ensure_experiment(), run_name=f"tiny-{family}-{seed}"):
+        return str(pyfunc.log_generator(tiny_model(seed, family), registered_model_name="backdrop").version)
+
+
+def register_versions(n: int = 2) -> list[str]:
+    """Register ``n`` tiny generators as versions of ``backdrop``; champion -> 1, challenger -> 2."""
+    from mlflow.tracking import MlflowClient
+
+    versions = [register_version(seed) for seed in range(n)]
     client = MlflowClient()
     client.set_registered_model_alias("backdrop", "champion", versions[0])
     if n > 1:
         client.set_registered_model_alias("backdrop", "challenger", versions[1])
-    return [str(v) for v in versions]
+    return versions
 
 
 # --- Ray + Serve ----------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from serve_stack import (
     product_mask,
     product_rgba,
     reference_rgb,
+    register_version,
     register_versions,
     serve_log_files,
     tiny_model,
@@ -377,6 +378,22 @@ def test_a_header_picks_another_version_through_multiplexing(stack):
     assert_error(generate(stack["url"], headers={"X-Backdrop-Model-Version": "two"}), 422, "invalid_parameter")
     info = requests.get(f"{stack['url']}/v1/models", headers=KEY).json()
     assert set(info["loaded"]) == {v1, v2}
+
+
+def test_a_version_of_another_model_family_is_served_by_the_same_deployment(stack):
+    """The model-family seam over HTTP: an SDXL-shaped generator (two text encoders, added
+    conditions) registered as a new version is loaded and run by the same generator deployment
+    and runtime; its product pixels are kept like any other version's."""
+    from backdrop import registry
+
+    registry.configure()  # the stack's own store
+    version = register_version(7, family="sdxl-inpainting")
+    r = generate(stack["url"], headers={"X-Backdrop-Model-Version": version})
+    assert r.status_code == 200, r.text[:500]
+    assert r.headers["X-Backdrop-Model-Version"] == version
+    keep = product_mask()
+    assert np.array_equal(decode(r.content)[keep], np.asarray(product_rgba().convert("RGB"))[keep])
+    assert r.content != generate(stack["url"]).content
 
 
 def test_champion_moves_mid_run_without_dropping_in_flight_requests(stack):

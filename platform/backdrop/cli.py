@@ -71,8 +71,8 @@ def cmd_train(args) -> int:
 
     stages = tuple(r.stages)
     config = dict(catalog=r.catalog, output=r.output, stages=",".join(stages), minutes=r.minutes or None,
-                  steps=r.steps or None, init=r.init, batch_size=r.batch_size, resolution=r.resolution, seed=r.seed,
-                  device=str(device), mixed_precision=r.mixed_precision,
+                  steps=r.steps or None, init=r.init, family=r.family, batch_size=r.batch_size,
+                  resolution=r.resolution, seed=r.seed, device=str(device), mixed_precision=r.mixed_precision,
                   gradient_checkpointing=r.gradient_checkpointing, learning_rates=learning_rates,
                   recipe=args.config)
     with training_run(r.run_name, config) as on_log:  # loss curves, config, model + lineage in MLflow
@@ -81,7 +81,7 @@ def cmd_train(args) -> int:
             r.catalog, r.output, stages=stages, minutes=r.minutes or None, steps=r.steps or None, init=r.init,
             batch_size=r.batch_size, resolution=r.resolution, seed=r.seed, device=device,
             mixed_precision=r.mixed_precision, gradient_checkpointing=r.gradient_checkpointing,
-            learning_rates=learning_rates, on_log=on_log,
+            learning_rates=learning_rates, on_log=on_log, family=r.family,
         )
         mlflow.log_metrics({f"{x.stage}/steps_per_s": x.steps / max(x.seconds, 1e-9) for x in results})
         version = record_generator(model, r.catalog, stages, r.run_name, register=r.register, init=r.init)

@@ -1,4 +1,4 @@
-"""The denoising loop: CG (+ PG when a reference is given) steering a frozen SD-inpainting UNet.
+"""The denoising loop: CG (+ PG when a reference is given) steering a frozen inpainting UNet.
 
 ``BackdropPipeline.__call__`` takes a batch of products of mixed categories, with or without
 references, and returns one image per product, each the size of its input, with the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -82,6 +82,12 @@ class Conditioning:
     # (R,) bool: which pg_rows really have a reference. Inference runs PG on every row of a loop
     # that has any reference (a fixed shape); the others' PG residuals are exactly zero.
     pg_gate: torch.Tensor | None = None
+    # what the UNet (and CG, PG) take besides the context, per row: the model family's
+    # added_cond_kwargs (SDXL: pooled text embedding, size micro-conditioning); None for SD
+    added: dict[str, torch.Tensor] | None = None
+
+    def added_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        return None if self.added is None else {k: v[rows] for k, v in self.added.items()}
 
     def unet_input(self, latents: torch.Tensor) -> torch.Tensor:
         """9 channels: noisy latent, inpainting mask (1 = generate), masked-image latent."""
@@ -104,6 +110,7 @@ class Conditioning:
             pg_rows=None if rows is None else torch.cat([rows, rows + len(self.product_mask)]),
             pg_image=cat(self.pg_image, self.pg_image),
             pg_gate=cat(self.pg_gate, self.pg_gate),
+            added=None if self.added is None else {k: torch.cat([uncond.added[k], v]) for k, v in self.added.items()},
         )
 
 
@@ -113,13 +120,15 @@ def predict_noise(
     """ε prediction of UNet + CG residuals (+ PG residuals masked by 1−M on reference rows)."""
     x = cond.unet_input(noisy_latents)
     if cond.cg_image is None:  # the bare base (tiny preset's base-training stage)
-        return model.unet(x, timesteps, encoder_hidden_states=cond.unet_context, return_dict=False)[0]
+        return model.unet(x, timesteps, encoder_hidden_states=cond.unet_context, added_cond_kwargs=cond.added,
+                          return_dict=False)[0]
     down, mid = model.cg(
         x,
         timesteps,
         encoder_hidden_states=cond.cg_context,
         controlnet_cond=cond.cg_image,
         cross_attention_kwargs={"product_mask": cond.product_mask} if model.mask_guided else None,
+        added_cond_kwargs=cond.added,
         return_dict=False,
     )
     if cond.pg_rows is not None and len(cond.pg_rows) and model.pg is not None:
@@ -130,6 +139,7 @@ def predict_noise(
             t_rows,
             encoder_hidden_states=cond.unet_context[rows],
             controlnet_cond=cond.pg_image,
+            added_cond_kwargs=cond.added_rows(rows),
             return_dict=False,
         )
         pg_down, pg_mid = mask_residuals(pg_down, pg_mid, cond.product_mask[rows])
@@ -143,6 +153,7 @@ def predict_noise(
         x,
         timesteps,
         encoder_hidden_states=cond.unet_context,
+        added_cond_kwargs=cond.added,
         down_block_additional_residuals=down,
         mid_block_additional_residual=mid,
         return_dict=False,
@@ -181,8 +192,9 @@ class BackdropPipeline:
 
     # --- text -----------------------------------------------------------------------
     @torch.no_grad()
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Prompt embeddings, each computed once, alone, and cached.
+    def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompt embeddings ``(hidden (B,L,D), pooled (B,P) or None)``, each prompt's computed
+        once, alone, by the model's family, and cached.
 
         Alone, so an embedding never depends on which other prompts happened to be missing
         from the cache at the time (a batched encode rounds differently). Keyed by the text
@@ -190,38 +202,54 @@ class BackdropPipeline:
         """
         encoder = self.model.text_encoder
         where = (str(encoder.device), encoder.dtype)
-        found: dict[str, torch.Tensor] = {}
+        found: dict[str, tuple] = {}
         for text in dict.fromkeys(texts):
             key = (*where, text)
             if key not in self._text_cache:
-                tok = self.model.tokenizer
-                ids = tok([text], padding="max_length", max_length=tok.model_max_length,
-                          truncation=True, return_tensors="pt").input_ids.to(encoder.device)
-                self._text_cache[key] = encoder(ids)[0][0]
+                self._text_cache[key] = self.model.family.encode_prompt(self.model.text_components(), text)
             self._text_cache.move_to_end(key)
             found[text] = self._text_cache[key]
         while len(self._text_cache) > TEXT_CACHE_SIZE:
             self._text_cache.popitem(last=False)
-        return torch.stack([found[t] for t in texts]).to(self.model.dtype)
+        hidden = torch.stack([found[t][0] for t in texts]).to(self.model.dtype)
+        pooled = None if found[texts[0]][1] is None else torch.stack([found[t][1] for t in texts]).to(self.model.dtype)
+        return hidden, pooled
 
-    def text_conditioning(self, categories: list[str], extras: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(UNet/PG context, CG context) for each row."""
+    def text_conditioning(
+        self, categories: list[str], extras: list[str | None]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(UNet/PG context, CG context, pooled full-prompt embedding or None) for each row."""
         if not self.model.mask_guided:  # the plain-ControlNet baseline: "A photo of {category}"
             for c in categories:
                 self.model.categories.id_of(c)
-            full = self.encode_text([plain_prompt(c, e) for c, e in zip(categories, extras)])
-            return full, full
+            full, pooled = self.encode_text([plain_prompt(c, e) for c, e in zip(categories, extras)])
+            return full, full, pooled
         prompts = [
             build_prompts(c, self.model.categories.identifier(c), e) for c, e in zip(categories, extras)
         ]
-        full = self.encode_text([p.full for p in prompts])
-        split = torch.cat([self.encode_text([p.foreground for p in prompts]),
-                           self.encode_text([p.background for p in prompts])], dim=1)
-        return full, split
+        full, pooled = self.encode_text([p.full for p in prompts])
+        split = torch.cat([self.encode_text([p.foreground for p in prompts])[0],
+                           self.encode_text([p.background for p in prompts])[0]], dim=1)
+        return full, split, pooled
 
-    def unconditional(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        empty = self.encode_text([""] * n)
-        return empty, (torch.cat([empty, empty], dim=1) if self.model.mask_guided else empty)
+    def unconditional(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        empty, pooled = self.encode_text([""] * n)
+        return empty, (torch.cat([empty, empty], dim=1) if self.model.mask_guided else empty), pooled
+
+    def added_conditions(self, pooled: torch.Tensor | None, latent_size: tuple[int, int]) -> dict | None:
+        """The family's ``added_cond_kwargs`` for rows generated at ``latent_size``."""
+        if pooled is None:
+            return None
+        f = self.model.vae_scale_factor
+        return self.model.family.added_cond_kwargs(pooled, (latent_size[0] * f, latent_size[1] * f))
+
+    def guided(self, cond: Conditioning) -> Conditioning:
+        """``cond`` with the unconditional (empty-prompt) batch stacked before it, for
+        classifier-free guidance."""
+        full, split, pooled = self.unconditional(len(cond.product_mask))
+        uncond = replace(cond, unet_context=full, cg_context=split,
+                         added=self.added_conditions(pooled, cond.product_mask.shape[-2:]))
+        return cond.with_guidance(uncond)
 
     # --- images ---------------------------------------------------------------------
     @torch.no_grad()
@@ -348,12 +376,16 @@ class BackdropPipeline:
         """
         latent_size = (images.shape[-2] // self.model.vae_scale_factor, images.shape[-1] // self.model.vae_scale_factor)
         product = images * masks
-        full, split = self.text_conditioning(categories, extras or [None] * len(categories))
+        full, split, pooled = self.text_conditioning(categories, extras or [None] * len(categories))
         if drop_prompt is not None and drop_prompt.any():
-            empty_full, empty_split = self.unconditional(int(drop_prompt.sum()))
+            empty_full, empty_split, empty_pooled = self.unconditional(int(drop_prompt.sum()))
             full, split = full.clone(), split.clone()
             full[drop_prompt], split[drop_prompt] = empty_full, empty_split
+            if pooled is not None:
+                pooled = pooled.clone()
+                pooled[drop_prompt] = empty_pooled
         cond = Conditioning(
+            added=self.added_conditions(pooled, latent_size),
             product_mask=mask_at(masks, latent_size),
             masked_latents=self.encode_images(product) if masked_latents is None
             else masked_latents.to(images.device, self.model.vae.dtype),
@@ -430,9 +462,7 @@ class BackdropPipeline:
         latents = self.initial_latents(padded, cond, scheduler, config.reference_init)
 
         guided = config.guidance_scale > 1.0
-        step_cond = cond.with_guidance(Conditioning(
-            cond.product_mask, cond.masked_latents, cond.cg_image, *self.unconditional(len(padded))
-        )) if guided else cond
+        step_cond = self.guided(cond) if guided else cond
 
         for i, t in enumerate(scheduler.timesteps):
             if self.compiled:  # CUDA graphs: this step's outputs may reuse the last step's memory

@@ -1,9 +1,11 @@
-"""The whole generator as one object: frozen SD-inpainting base + CG + optional PG.
+"""The whole generator as one object: a frozen inpainting base + CG + optional PG.
 
 Saved as diffusers-format subfolders (``vae/ unet/ text_encoder/ tokenizer/ scheduler/ cg/
-pg/``) plus ``backdrop.json`` (config and the category map), to a local directory or an
-``s3://`` prefix. A plain SD-inpainting directory (no ``cg/``) loads too: CG and PG are then
-freshly made from its UNet, which is how real weights enter the platform.
+pg/``, plus ``text_encoder_2/ tokenizer_2/`` for an SDXL-shaped base) and ``backdrop.json``
+(config and the category map), to a local directory or an ``s3://`` prefix. A plain
+inpainting base directory (no ``cg/``) loads too: CG and PG are then freshly made from its
+UNet, which is how real weights enter the platform. Which text encoders a base has and what
+its UNet takes besides them is its family's business (``models.families``).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
-from transformers import AutoTokenizer, CLIPTextModel
+from transformers import CLIPTextModel
 
 from .. import storage
 from ..categories import CategoryMap
 from .attention import install_mask_guided_attention
 from .controlnets import make_category_generator, make_personality_generator
-from .presets import TinyPreset, build_tiny_base
+from .families import DEFAULT_FAMILY, ModelFamily, detect, family
+from .presets import TinyPreset
 
 CONFIG_NAME = "backdrop.json"
 QA_SCORER_NAME = "qa/scorer.json"  # the QA scorer fitted for this model (backdrop.quality.qa), if any
@@ -34,6 +37,7 @@ class ModelConfig:
     # "mask-guided" is the paper's CG; "plain" is the ControlNet baseline it is compared with
     # (ordinary attention, prompt "A photo of {category}", no identifier).
     cg_variant: str = "mask-guided"
+    family: str = DEFAULT_FAMILY  # a name of models.families.FAMILIES
     extra: dict = field(default_factory=dict)  # free-form provenance (training stages, data hash)
 
 
@@ -52,15 +56,20 @@ class BackdropModel:
         pg: ControlNetModel | None,
         categories: CategoryMap,
         config: ModelConfig,
+        text_encoder_2: torch.nn.Module | None = None,
+        tokenizer_2=None,
     ) -> None:
         self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
+        self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2  # an SDXL-shaped family's
         self.unet, self.scheduler, self.cg, self.pg = unet, scheduler, cg, pg
         self.categories, self.config = categories, config
         # the QA scorer's state travels with the weights (through save/load and the registry);
         # the model only keeps it, backdrop.quality.qa interprets it
         self.qa_state: dict | None = None
-        for frozen in (vae, text_encoder, unet):
-            frozen.requires_grad_(False)
+        self.family: ModelFamily = family(config.family)
+        for frozen in (vae, text_encoder, text_encoder_2, unet):
+            if frozen is not None:
+                frozen.requires_grad_(False)
         self.eval()
 
     # --- construction -------------------------------------------------------------------
@@ -83,13 +92,13 @@ class BackdropModel:
     @classmethod
     def tiny(
         cls, categories: CategoryMap | list[str] = (), preset: TinyPreset = TinyPreset(), seed: int = 0,
-        cg_variant: str = "mask-guided",
+        cg_variant: str = "mask-guided", family_name: str = DEFAULT_FAMILY,
     ) -> "BackdropModel":
         if not isinstance(categories, CategoryMap):
             categories = CategoryMap().extend(categories)
         config = ModelConfig(resolution=preset.resolution, preset="tiny", cg_variant=cg_variant,
-                             extra={"tiny": asdict(preset)})
-        return cls.from_components(build_tiny_base(preset, seed), categories, config)
+                             family=family_name, extra={"tiny": asdict(preset)})
+        return cls.from_components(family(family_name).build_tiny(preset, seed), categories, config)
 
     def with_fresh_generators(self, cg_variant: str | None = None) -> "BackdropModel":
         """The same base with new CG/PG made from its UNet (e.g. to train a baseline variant)."""
@@ -97,8 +106,7 @@ class BackdropModel:
 
         config = deepcopy(self.config)
         config.cg_variant = cg_variant or config.cg_variant
-        components = {"vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer,
-                      "unet": self.unet, "scheduler": self.scheduler}
+        components = {"vae": self.vae, **self.text_components(), "unet": self.unet, "scheduler": self.scheduler}
         fresh = BackdropModel.from_components(components, deepcopy(self.categories), config,
                                               with_pg=self.pg is not None)
         fresh.qa_state = self.qa_state
@@ -122,11 +130,15 @@ class BackdropModel:
     def dtype(self) -> torch.dtype:
         return self.text_encoder.dtype
 
+    def text_components(self) -> dict:
+        """The text encoders and tokenizers, keyed by their sub-folder names (the family's)."""
+        return {name: getattr(self, name) for encoder, tokenizer, _ in self.family.text_encoders
+                for name in (encoder, tokenizer)}
+
     def networks(self) -> dict[str, torch.nn.Module]:
-        nets = {"vae": self.vae, "text_encoder": self.text_encoder, "unet": self.unet, "cg": self.cg}
-        if self.pg is not None:
-            nets["pg"] = self.pg
-        return nets
+        nets = {"vae": self.vae, "text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2,
+                "unet": self.unet, "cg": self.cg, "pg": self.pg}
+        return {name: net for name, net in nets.items() if net is not None}
 
     def to(self, device=None, dtype=None) -> "BackdropModel":
         if device is None and dtype is None:
@@ -160,7 +172,8 @@ class BackdropModel:
         os.makedirs(path, exist_ok=True)
         for name, net in self.networks().items():
             net.save_pretrained(os.path.join(path, name), safe_serialization=True)
-        self.tokenizer.save_pretrained(os.path.join(path, "tokenizer"))
+        for _, tokenizer, _ in self.family.text_encoders:
+            getattr(self, tokenizer).save_pretrained(os.path.join(path, tokenizer))
         self.scheduler.save_pretrained(os.path.join(path, "scheduler"))
         meta = {"config": asdict(self.config), "categories": json.loads(self.categories.to_json())}
         with open(os.path.join(path, CONFIG_NAME), "w") as f:
@@ -180,7 +193,8 @@ class BackdropModel:
         device: str | torch.device | None = None,
         torch_dtype: torch.dtype | None = None,
     ) -> "BackdropModel":
-        """Load a saved generator, or a bare SD-inpainting base (then CG/PG start fresh)."""
+        """Load a saved generator, or a bare inpainting base of a known family (then CG/PG start
+        fresh)."""
         with storage.local_copy(uri) as path:
             return cls._load_local(path, categories, resolution, device, torch_dtype)
 
@@ -189,26 +203,30 @@ class BackdropModel:
         def sub(name):
             return os.path.join(path, name)
 
+        meta_path = sub(CONFIG_NAME)
+        meta = None
+        if os.path.exists(meta_path):
+            with open(meta_path) as f:
+                meta = json.load(f)
+        kind = family(meta["config"].get("family", DEFAULT_FAMILY)) if meta else \
+            detect(lambda name: os.path.isdir(sub(name)))
         components = {
             "vae": AutoencoderKL.from_pretrained(sub("vae")),
-            "text_encoder": CLIPTextModel.from_pretrained(sub("text_encoder")),
-            "tokenizer": AutoTokenizer.from_pretrained(sub("tokenizer")),
+            **kind.load_text_encoders(path),
             "unet": UNet2DConditionModel.from_pretrained(sub("unet")),
             "scheduler": DDIMScheduler.from_pretrained(sub("scheduler")),
         }
         if components["unet"].config.in_channels != 2 * components["unet"].config.out_channels + 1:
             raise ValueError(f"{path}: the UNet is not an inpainting UNet (needs 9 input channels)")
-        meta_path = sub(CONFIG_NAME)
-        if os.path.exists(meta_path):
-            with open(meta_path) as f:
-                meta = json.load(f)
+        if meta is not None:
             config = ModelConfig(**meta["config"])
             saved = CategoryMap.from_json(json.dumps(meta["categories"]))
             categories = saved if categories is None else saved.extend(categories.names)
         else:  # a bare base model
             sample = components["unet"].config.sample_size
             factor = 2 ** (len(components["vae"].config.block_out_channels) - 1)
-            config = ModelConfig(resolution=resolution or sample * factor, preset="sd-inpainting")
+            config = ModelConfig(resolution=resolution or sample * factor, preset="sd-inpainting",
+                                 family=kind.name)
             categories = categories or CategoryMap()
         if os.path.isdir(sub("cg")):
             cg = ControlNetModel.from_pretrained(sub("cg"))

@@ -61,8 +61,9 @@ def build_tiny_vae(p: TinyPreset) -> AutoencoderKL:
     )
 
 
-def build_tiny_unet(p: TinyPreset) -> UNet2DConditionModel:
-    """A 9-input-channel inpainting UNet: noisy latent (4) + inpaint mask (1) + masked latent (4)."""
+def build_tiny_unet(p: TinyPreset, **family) -> UNet2DConditionModel:
+    """A 9-input-channel inpainting UNet: noisy latent (4) + inpaint mask (1) + masked latent (4).
+    ``family``: a model family's own UNet options (SDXL's ``addition_embed_type``, ...)."""
     n = len(p.unet_channels)
     return UNet2DConditionModel(
         sample_size=p.resolution // 2 ** (len(p.vae_channels) - 1),
@@ -75,6 +76,7 @@ def build_tiny_unet(p: TinyPreset) -> UNet2DConditionModel:
         cross_attention_dim=p.text_hidden,
         attention_head_dim=p.unet_attention_head_dim,
         norm_num_groups=p.norm_groups,
+        **family,
     )
 
 

@@ -28,6 +28,7 @@ from ..cluster import parquet_reader_v1, quiet_data_progress
 from ..inputs import Product, fetch_pair
 from ..errors import InvalidInputError
 from ..gallery import contact_sheet, masked_product
+from ..models.families import DEFAULT_FAMILY
 from ..models.generator import BackdropModel
 from ..testhooks import training_hold
 from .tracking import record_generator
@@ -49,6 +50,7 @@ class DistributedTrainConfig:
     minutes: dict = field(default_factory=dict)  # stage -> wall-clock budget
     steps: dict = field(default_factory=dict)  # stage -> step budget
     init: str | None = None  # starting generator: path or models:/ reference; None = fresh tiny
+    family: str = DEFAULT_FAMILY  # the fresh tiny preset's model family (models.families)
     resolution: int = 64
     batch_size: int = 32  # per worker
     grad_accum: int = 1
@@ -92,7 +94,7 @@ class DistributedTrainConfig:
     def from_recipe(cls, r) -> "DistributedTrainConfig":
         """The config a :class:`~backdrop.training.recipe.DistributedRecipe` describes."""
         return cls(catalog=r.catalog, storage_path=r.storage_path, name=r.run_name, stages=tuple(r.stages),
-                   minutes=dict(r.minutes), steps=dict(r.steps), init=r.init, resolution=r.resolution,
+                   minutes=dict(r.minutes), steps=dict(r.steps), init=r.init, family=r.family, resolution=r.resolution,
                    batch_size=r.batch_size, grad_accum=r.grad_accum, mixed_precision=r.mixed_precision,
                    gradient_checkpointing=r.gradient_checkpointing, learning_rates=dict(r.learning_rate),
                    num_workers=r.num_workers, use_gpu=r.use_gpu or r.device == "cuda",
@@ -242,7 +244,8 @@ def train_loop_per_worker(config: dict) -> None:
                 optimizer_state = torch.load(os.path.join(d, OPTIMIZER_FILE), map_location="cpu")
         log.info("rank %d resuming at stage %s step %d", rank, cfg.stages[min(state["stage_index"], len(cfg.stages) - 1)], state["step"])
     else:
-        model = starting_model(cfg.init, _catalog_categories(cfg.catalog), cfg.stages, cfg.resolution, cfg.seed)
+        model = starting_model(cfg.init, _catalog_categories(cfg.catalog), cfg.stages, cfg.resolution, cfg.seed,
+                               cfg.family)
     model.to(device)
 
     if rank == 0 and cfg.mlflow_run_id:

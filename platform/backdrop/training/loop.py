@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .augment import Perturbation
 from ..models.attention import mask_at
+from ..models.families import DEFAULT_FAMILY
 from ..models.generator import BackdropModel
 from ..pipeline import BackdropPipeline, Conditioning, predict_noise
 
@@ -291,12 +292,14 @@ class StageTrainer:
             captions = ["" if d else base_caption(self.cfg.base_caption, c)
                         for d, c in zip(drop.tolist(), batch["categories"])]
             latent = images.shape[-1] // self.model.vae_scale_factor
+            context, pooled = self.pipe.encode_text(captions)
             return Conditioning(
                 product_mask=mask_at(keep, (latent, latent)),
                 masked_latents=self.pipe.encode_images(images * keep),
                 cg_image=None,
-                unet_context=self.pipe.encode_text(captions),
+                unet_context=context,
                 cg_context=None,
+                added=self.pipe.added_conditions(pooled, (latent, latent)),
             )
         refs = ref_masks = rows = None
         if self.cfg.stage == "pg":  # self-supervised: the perturbed image is its own reference
@@ -499,14 +502,14 @@ def stage_budgets(stages: Iterable[str], minutes: dict[str, float] | None = None
 
 
 def starting_model(init: str | None, categories: list[str], stages: Iterable[str], resolution: int = 64,
-                   seed: int = 0) -> BackdropModel:
+                   seed: int = 0, family: str = DEFAULT_FAMILY) -> BackdropModel:
     """``init`` (a path, ``s3://`` or ``models:/`` reference) with the catalog's new categories
-    appended, or a fresh tiny preset. Only the category stages (CG, PG) learn identifiers, so a
+    appended, or a fresh tiny preset of ``family`` (``models.families``). Only the category stages (CG, PG) learn identifiers, so a
     base refit on the broad prior does not ship its one caption-less "prior" as a category."""
     from ..models.presets import TinyPreset
 
     if not init:
-        return BackdropModel.tiny(categories, TinyPreset(resolution=resolution), seed=seed)
+        return BackdropModel.tiny(categories, TinyPreset(resolution=resolution), seed=seed, family_name=family)
     from .. import runtime
 
     model = runtime.load(init, device="cpu").model
@@ -532,11 +535,12 @@ def train_generator(
     gradient_checkpointing: bool = False,
     learning_rates: dict[str, float] | None = None,
     cache_dir: str | None = None,
+    family: str = DEFAULT_FAMILY,
 ) -> tuple[BackdropModel, list[StageResult]]:
     """Train the listed stages in order on one process, then save (the tiny-preset recipe).
 
     ``init`` continues from a saved generator (its category ids are kept; new categories are
-    appended); without it a fresh tiny preset is built, which needs the ``vae`` and ``base``
+    appended); without it a fresh tiny preset of ``family`` is built, which needs the ``vae`` and ``base``
     stages before ``cg`` makes sense. ``device`` may be ``"auto"``; see :func:`training_device`
     for what is refused. A stage missing from ``learning_rates`` takes the preset's default.
     The catalog is prepared once on local disk (``cache_dir``, default under ``BACKDROP_HOME``;
@@ -549,7 +553,7 @@ def train_generator(
     budgets = stage_budgets(stages, minutes, steps)
     data = PreparedCatalog.prepare(catalog_uri, resolution, cache_dir)
     categories = sorted(set(data.categories))
-    model = starting_model(init, categories, stages, resolution, seed).to(device)
+    model = starting_model(init, categories, stages, resolution, seed, family).to(device)
     results = []
     for i, stage in enumerate(stages):
         max_steps, max_minutes = budgets[stage]

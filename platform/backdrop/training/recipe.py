@@ -19,6 +19,7 @@ from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional
 
+from ..models.families import DEFAULT_FAMILY, FAMILIES
 from .loop import STAGES, parse_budgets
 
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
@@ -38,6 +39,8 @@ class TrainRecipe:
     catalog: str = _knob("???", "training catalog Parquet (image = ad image, mask = product)")
     output: str = _knob("???", "where to save the generator (directory or s3://)")
     init: Optional[str] = _knob(None, "continue from this saved generator instead of a fresh tiny preset")
+    family: str = _knob(DEFAULT_FAMILY, "the fresh tiny preset's model family (without init; a saved "
+                                        "generator keeps its own)", choices=tuple(FAMILIES))
     stages: List[str] = _knob(lambda: list(STAGES), "stages, in order (vae, base, cg, pg)")
     steps: Dict[str, int] = _knob(dict, "step budget per stage, e.g. cg=500")
     minutes: Dict[str, float] = _knob(dict, "time budget per stage, e.g. vae=5,base=4,cg=12,pg=4")
