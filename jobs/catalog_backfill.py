@@ -12,6 +12,11 @@ On this machine (starts Ray, or joins the one `ray start` made)::
     python jobs/catalog_backfill.py --catalog runs/catalog/heldout.parquet \\
         --model models:/backdrop@champion --output runs/backfill
 
+Every flag is a field of ``BackfillConfig``; a YAML file of those fields is taken with
+``--config`` (e.g. ``recipes/generate/backfill.yaml``), and ``key=value`` pairs after the flags override
+both (``steps=20 'placements=["1:1","16:9"]'``). The run's MLflow record holds the resolved
+config as ``config.yaml``, which ``--config`` takes back.
+
 A submitted job's environment is the Ray head's (what `ray start` was started with) plus its
 runtime env's ``env_vars``: pass ``BACKDROP_HOME`` / ``MLFLOW_TRACKING_URI`` (the registry) and
 ``BACKDROP_S3_ENDPOINT_URL`` there unless the cluster already has them; its workers get the same.
@@ -41,15 +46,13 @@ from backdrop.batch.run import run_backfill  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a saved generator path")
     batch_args.add_generation_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    batch_args.prepare_job(args)
-    return batch_args.run_job(lambda: run_backfill(batch_args.config_from_args(args)).exit_code())
+    return batch_args.run_job(lambda: run_backfill(batch_args.start_job(args)).exit_code())
 
 
 if __name__ == "__main__":

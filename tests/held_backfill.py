@@ -42,8 +42,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pass-batches", type=int, required=True)
     parser.add_argument("--hold-file", required=True)
     args = parser.parse_args(argv)
-    batch_args.prepare_job(args)
-    config = batch_args.config_from_args(args)
+    config = batch_args.start_job(args)
     assert config.concurrency == 1, "one actor: the batches it lets through are counted in one place"
 
     class Generator(HeldGenerator):

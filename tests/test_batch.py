@@ -272,7 +272,7 @@ def test_cli_job_and_backdrop_backfill_share_their_flags():
 
 
 @pytest.mark.slow
-def test_bad_rows_become_failed_records_and_the_job_completes(first_backfill, catalogs):
+def test_bad_rows_become_failed_records_and_the_job_completes(first_backfill, catalogs, tmp_path_factory):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -312,6 +312,12 @@ def test_bad_rows_become_failed_records_and_the_job_completes(first_backfill, ca
     artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "gallery")}
     assert artifacts == {f"gallery/{c}.png" for c in CATEGORIES}
     assert mlflow.get_experiment(run.info.experiment_id).name == "backdrop-backfill"
+    # the resolved config, which --config takes back to the same run
+    from backdrop import config_files
+    from backdrop.batch.config import BackfillConfig
+
+    logged = MlflowClient().download_artifacts(result.run_id, "config.yaml", str(tmp_path_factory.mktemp("cfg")))
+    assert config_files.load(BackfillConfig, logged) == config
 
 
 @pytest.mark.slow

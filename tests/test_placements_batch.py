@@ -175,7 +175,6 @@ def test_placement_flags_reach_the_config_and_bad_ones_are_refused():
     from backdrop.errors import InvalidParameterError
 
     p = argparse.ArgumentParser()
-    p.add_argument("--model")
     add_generation_arguments(p)
     base = ["--model", "m", "--catalog", "c", "--output", "o"]
     config = config_from_args(p.parse_args(base + ["--placements", "1:1, 4:5,16:9,9:16,16:9", "--candidates", "4",

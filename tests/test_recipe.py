@@ -89,3 +89,65 @@ def test_the_ray_train_job_takes_the_same_recipe_plus_the_clusters_knobs():
     recipes.add_arguments(parser, recipes.DistributedRecipe)
     with pytest.raises(ValueError, match="keeps the model in its checkpoints"):
         recipes.resolve(parser.parse_args(["catalog=c", "storage_path=s", "output=o"]), recipes.DistributedRecipe)
+
+
+# --------------------------------------------------------------------------- generation jobs
+def _generation_config(*argv: str, **base):
+    from backdrop.batch.args import add_generation_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_generation_arguments(parser, **base)
+    return config_from_args(parser.parse_args(list(argv)))
+
+
+def test_generation_defaults_are_declared_once_in_the_config_dataclass():
+    """No flag declares a default: parsing only the required fields gives the dataclass's."""
+    from backdrop.batch.config import BackfillConfig
+
+    assert _generation_config("--catalog", "c", "--model", "m", "--output", "o") == BackfillConfig("c", "m", "o")
+    nightly = _generation_config("--catalog", "c", "--output", "o", model="models:/backdrop@champion")
+    assert nightly.model == "models:/backdrop@champion"
+
+
+def test_a_generation_config_file_under_flags_and_key_value(tmp_path):
+    path = tmp_path / "b.yaml"
+    path.write_text('model: models:/x@champion\nsteps: 20\nplacements: ["1:1", "16:9"]\ncategories: [mug]\n'
+                    'limits: {max_steps: 30}\n')
+    c = _generation_config("--config", str(path), "--catalog", "c", "--output", "o")
+    assert (c.model, c.steps, c.placements, c.categories, c.limits.max_steps) == \
+        ("models:/x@champion", 20, ("1:1", "16:9"), ("mug",), 30)
+    c = _generation_config("--config", str(path), "--catalog", "c", "--output", "o", "--steps", "10", "--model", "m",
+                           "--placements", "4:5", "guidance=3.5", "steps=12")
+    assert (c.model, c.steps, c.placements, c.guidance) == ("m", 12, ("4:5",), 3.5)
+    # a front door's own default (nightly's champion) is below the file
+    assert _generation_config("--config", str(path), "--catalog", "c", "--output", "o", model="dflt").model == \
+        "models:/x@champion"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--catalog", "c", "--output", "o"], "needs model"),
+    (["--catalog", "c", "--output", "o", "--model", "m", "stepz=3"], "stepz"),
+    (["--catalog", "c", "--output", "o", "--model", "m", "steps=many"], "steps"),
+    (["--catalog", "c", "--output", "o", "--model", "m", "steps=500"], "steps must be an integer in 1..100"),
+    (["--catalog", "c", "--output", "o", "--model", "m", "placements=[1:1]"], "quote it"),
+    (["--config", "/nonexistent/b.yaml"], "no such file"),
+])
+def test_a_bad_generation_config_is_refused_naming_what(argv, message):
+    from backdrop.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match=message):
+        _generation_config(*argv)
+
+
+@pytest.mark.parametrize("name", ["backfill", "nightly"])
+def test_the_shipped_generation_recipes_load(name):
+    c = _generation_config("--config", os.path.join(REPO, "recipes", "generate", f"{name}.yaml"), "--catalog", "c",
+                           "--output", "o")
+    assert c.model == "models:/backdrop@champion" and c.placements == ("1:1", "4:5", "16:9")
+
+
+def test_a_bad_config_ends_a_job_with_its_reason_before_anything_starts(capsys):
+    from jobs import catalog_backfill
+
+    assert catalog_backfill.main(["--catalog", "c", "--output", "o", "--model", "m", "stepz=3"]) == 2
+    assert "Key 'stepz' not in 'BackfillConfig'" in capsys.readouterr().err

@@ -96,11 +96,11 @@ def cmd_train(args) -> int:
 
 def cmd_generate(args) -> int:
     """The backfill's in-process executor: same plan, stages, manifest and resume, no Ray."""
-    from .batch.args import config_from_args, prepare_job, run_job
+    from .batch.args import run_job, start_job
     from .batch.run import run_backfill
 
-    prepare_job(args)  # --executor local (the default here) starts no Ray
-    return run_job(lambda: run_backfill(config_from_args(args, kind="generate")).exit_code())
+    # executor local (the default here) starts no Ray
+    return run_job(lambda: run_backfill(start_job(args, kind="generate")).exit_code())
 
 
 def cmd_qa_fit(args) -> int:
@@ -124,11 +124,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_backfill(args) -> int:
-    from .batch.args import config_from_args, prepare_job, run_job
+    from .batch.args import run_job, start_job
     from .batch.run import run_backfill
 
-    prepare_job(args)
-    return run_job(lambda: run_backfill(config_from_args(args)).exit_code())
+    return run_job(lambda: run_backfill(start_job(args)).exit_code())
 
 
 def cmd_call(args) -> int:
@@ -197,9 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate a catalog in this process (the backfill without Ray: "
                                          "same manifest, resume and flags)")
-    g.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a saved generator path")
-    add_generation_arguments(g)
-    g.set_defaults(func=cmd_generate, executor="local")
+    add_generation_arguments(g, executor="local")
+    g.set_defaults(func=cmd_generate)
 
     q = sub.add_parser("qa-fit", help="fit the QA scorer (best-of-N, review flags) on a train catalog and "
                                        "save it with a generator directory")
@@ -220,7 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     # backfill: the Ray Data catalog backfill (same flags and library call as jobs/catalog_backfill.py)
     b = sub.add_parser("backfill", help="catalog backfill on Ray Data: resumable, with a manifest and an MLflow run")
-    b.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a saved generator path")
     add_generation_arguments(b)
     b.set_defaults(func=cmd_backfill)
     # call: the HTTP client (backdrop.client) against a running `serve run serve_apps/config.yaml`

@@ -41,6 +41,7 @@ class Limits:
     max_request_work: float = 20_000.0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "schedulers", tuple(self.schedulers))  # a config file gives a list
         if not 1 <= self.max_steps <= SCHEDULER_MAX_STEPS:
             raise ValueError(f"max_steps must be in 1..{SCHEDULER_MAX_STEPS}, got {self.max_steps}")
         unknown = [s for s in self.schedulers if s not in SCHEDULERS]

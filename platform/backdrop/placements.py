@@ -62,7 +62,8 @@ def parse_placement(text: str, limits: Limits = DEFAULT_LIMITS) -> Placement:
         w, h = int(m[1]), int(m[2])
         size = (w, h)
     else:
-        raise InvalidParameterError(f"placement {text!r} is neither a ratio 'A:B' nor a size 'WxH'")
+        hint = " (an unquoted A:B in YAML reads as a base-60 number: quote it, '1:1')" if text.isdigit() else ""
+        raise InvalidParameterError(f"placement {text!r} is neither a ratio 'A:B' nor a size 'WxH'{hint}")
     if w <= 0 or h <= 0:
         raise InvalidParameterError(f"placement {text!r} has a zero side")
     aspect = w / h

@@ -1,17 +1,15 @@
 """What a backfill or nightly run is asked to do: one dataclass, shared by every front door.
 
 ``jobs/catalog_backfill.py``, ``jobs/nightly_regen.py``, ``backdrop backfill`` and ``backdrop
-generate`` all build a :class:`BackfillConfig` (from the same flags, :mod:`.args`) and call
-the same ``run_*`` function. No Ray and no torch here.
+generate`` all build a :class:`BackfillConfig` (from the same flags, :mod:`.args`, or a YAML
+file of its fields: ``--config recipes/generate/nightly.yaml``, :mod:`backdrop.config_files`) and call
+the same ``run_*`` function. Its defaults are the only ones: the flags declare none. No Ray here.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..categories import normalize
 from ..errors import InvalidParameterError
@@ -66,6 +64,10 @@ class BackfillConfig:
     allow_inputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("categories", "placements", "allow_inputs"):  # a YAML file gives lists
+            value = getattr(self, name)
+            object.__setattr__(self, name, tuple(p for p in value.split(",") if p.strip())
+                               if isinstance(value, str) else tuple(value))
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
         # Refused before any model is resolved or row is read, as the HTTP service refuses it.
@@ -125,7 +127,10 @@ class RowSelection:
     categories: tuple[str, ...] = ()
     limit: int | None = None
 
-    def by_category(self, rows: pa.Table) -> pa.Table:
+    def by_category(self, rows: "pa.Table") -> "pa.Table":
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         if not self.categories:
             return rows
         wanted = {normalize(c) for c in self.categories}

@@ -12,7 +12,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import registry, storage
+from .. import config_files, registry, storage
 from .config import BackfillConfig
 from .manifest import Target
 from .records import OK
@@ -37,6 +37,8 @@ def tracking_run(config: BackfillConfig, model, target: Target) -> Iterator[str]
         params = {k: v for k, v in asdict(config).items() if k not in ("experiment", "kind")}
         params.update(model_name=model.name, model_version=model.version, params_hash=target.params_hash)
         mlflow.log_params({k: ",".join(v) if isinstance(v, tuple) else v for k, v in params.items()})
+        # the resolved config, as a file the job takes back: --config config.yaml reruns it as it was
+        mlflow.log_text(config_files.to_yaml(config), "config.yaml")
         yield run.info.run_id
 
 

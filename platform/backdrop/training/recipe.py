@@ -19,6 +19,7 @@ from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional
 
+from .. import config_files
 from ..models.families import DEFAULT_FAMILY, FAMILIES
 from .loop import STAGES, parse_budgets
 
@@ -111,8 +112,7 @@ class DistributedRecipe(TrainRecipe):
 def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainRecipe) -> None:
     """``--config``, one flag per field of ``cls``, and trailing ``key=value`` overrides. A flag
     not given stays out of the merge (its default is the dataclass's, applied first)."""
-    parser.add_argument("--config", metavar="RECIPE.yaml", help="a recipe file (recipes/*.yaml); flags and "
-                                                               "key=value override it")
+    config_files.add_config_arguments(parser, "a recipe file")
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kw = dict(dest=f"recipe.{f.name}", default=argparse.SUPPRESS, help=f.metadata["help"])
@@ -127,46 +127,23 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainRecipe) -> N
             cast = {"int": int, "float": float}.get(f.type, str)
             parser.add_argument(flag, type=cast, choices=f.metadata.get("choices"),
                                 metavar=None if f.metadata.get("choices") else f.name.upper(), **kw)
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="recipe overrides after the flags, e.g. steps.cg=3000 stages=[cg,pg] (OmegaConf dotlist)")
 
 
 def resolve(args: argparse.Namespace, cls: type = TrainRecipe) -> TrainRecipe:
     """The recipe that parsed arguments describe (see the module docstring); ``ValueError``
     names what is wrong (an unknown key, a value of the wrong type, a missing field)."""
-    flags = {k.removeprefix("recipe."): v for k, v in vars(args).items() if k.startswith("recipe.")}
+    flags = config_files.given(args, "recipe.")
     for f in fields(cls):
         if f.type.startswith("Dict") and isinstance(flags.get(f.name), str):  # "cg=1500,pg=300"
             cast = int if f.type.endswith("int]") else float
             what = f.name.replace("_", " ")
             flags[f.name] = {k: cast(v) for k, v in parse_budgets(flags[f.name], what).items()}
-    return load(args.config, flags, list(args.overrides or []), cls)
+    return config_files.resolve(args, cls, flags).validate()
 
 
 def load(path: str | None = None, values: dict | None = None, overrides: list[str] | None = None,
          cls: type = TrainRecipe) -> TrainRecipe:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    bad = [o for o in overrides or [] if "=" not in o]
-    if bad:
-        raise ValueError(f"expected key=value overrides, got {bad}")
-    try:
-        merged = OmegaConf.structured(cls)
-        if path:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        merged = OmegaConf.merge(merged, OmegaConf.create(values or {}), OmegaConf.from_dotlist(overrides or []))
-        missing = sorted(OmegaConf.missing_keys(merged))
-        if missing:
-            raise ValueError(f"the recipe needs {' and '.join(missing)} (a flag, key=value, or the --config file)")
-        recipe = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:  # name the key: "batch_size: Value 'many' ... Integer"
-        key = getattr(e, "full_key", None)
-        raise ValueError(f"{key + ': ' if key else ''}{str(e).splitlines()[0]}") from None
-    return recipe.validate()
+    return config_files.load(cls, path, values, overrides).validate()
 
 
-def to_yaml(recipe: TrainRecipe) -> str:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_yaml(OmegaConf.structured(recipe))
+to_yaml = config_files.to_yaml

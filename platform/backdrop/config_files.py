@@ -1,0 +1,93 @@
+"""Configs as data: a dataclass, a YAML file of its fields, flags and ``key=value`` overrides.
+
+Torchtune's shape, one mechanism for every job that has a config dataclass (training:
+``training.recipe.TrainRecipe``; the backfill, ``backdrop generate`` and the nightly run:
+``batch.config.BackfillConfig``)::
+
+    backdrop train --config recipes/adapt.yaml catalog=my/train.parquet steps.cg=3000
+    python jobs/nightly_regen.py --config recipes/generate/nightly.yaml output=s3://b/out steps=20
+
+Precedence, lowest first: the dataclass's defaults (the one place a default is declared), the
+``--config`` file, the flags given (a flag that is not given stays out of the merge), then the
+``key=value`` pairs (OmegaConf's dotlist). The resolved config is what an MLflow run logs
+(:func:`to_yaml`), so a run says exactly how it was made and can be rerun from that file.
+
+A leaf: it knows no job; OmegaConf is imported on use.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+CONFIG_DEST = "config"
+OVERRIDES_DEST = "overrides"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, what: str = "a config file") -> None:
+    """``--config FILE.yaml`` and trailing ``key=value`` overrides."""
+    parser.add_argument("--config", dest=CONFIG_DEST, metavar="FILE.yaml",
+                        help=f"{what} (recipes/*.yaml); flags and key=value override it")
+    parser.add_argument(OVERRIDES_DEST, nargs="*", metavar="key=value",
+                        help="overrides after the flags, e.g. steps=20 placements=[\"1:1\",\"4:5\"] (OmegaConf "
+                             "dotlist; quote A:B values, which YAML reads as base-60 numbers)")
+
+
+def load(cls: type, path: str | None = None, values: dict | None = None, overrides: list[str] | None = None,
+         base: dict | None = None):
+    """An instance of the dataclass ``cls`` from its defaults, ``base`` (a front door's own
+    defaults), the YAML file at ``path``,
+    ``values`` (given flags, already typed) and ``overrides`` (``key=value``). A ``ValueError``
+    names what is wrong: an unknown key, a value of the wrong type, a missing field. The
+    dataclass's own checks (``__post_init__``) raise what they raise."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    bad = [o for o in overrides or [] if "=" not in o]
+    if bad:
+        raise ValueError(f"expected key=value overrides, got {bad}")
+    try:
+        merged = OmegaConf.merge(_writable(OmegaConf.structured(cls)), OmegaConf.create(base or {}))
+        if path:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        merged = OmegaConf.merge(merged, OmegaConf.create(values or {}), OmegaConf.from_dotlist(overrides or []))
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise ValueError(f"the config needs {' and '.join(missing)} (a flag, key=value, or the --config file)")
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:  # name the key: "batch_size: Value 'many' ... Integer"
+        key = getattr(e, "full_key", None)
+        raise ValueError(f"{key + ': ' if key else ''}{str(e).splitlines()[0]}") from None
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: no such file") from None
+
+
+def _writable(node):
+    """A frozen dataclass's schema (``BackfillConfig``, its ``Limits``) marks every node
+    read-only; the merge writes into it, and the dataclass itself stays frozen."""
+    from omegaconf import DictConfig, OmegaConf
+
+    OmegaConf.set_readonly(node, False)
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _writable(child)
+    return node
+
+
+def given(args: argparse.Namespace, prefix: str = "") -> dict:
+    """The flags a command line gave (their parser's default is ``argparse.SUPPRESS``), by
+    field name: ``dest`` is ``prefix + field``."""
+    return {k.removeprefix(prefix): v for k, v in vars(args).items()
+            if k.startswith(prefix) and k not in (CONFIG_DEST, OVERRIDES_DEST)}
+
+
+def resolve(args: argparse.Namespace, cls: type, values: dict):
+    """``cls`` from parsed arguments: ``--config``, then ``values`` (the given flags), then the
+    trailing ``key=value`` pairs."""
+    return load(cls, getattr(args, CONFIG_DEST, None), values, list(getattr(args, OVERRIDES_DEST, None) or []))
+
+
+def to_yaml(config) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
