@@ -39,6 +39,8 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -47,7 +49,8 @@ import _bootstrap  # noqa: E402,F401
 
 import numpy as np  # noqa: E402
 
-from backdrop import runtime  # noqa: E402
+from backdrop import config_files, runtime  # noqa: E402
+from backdrop.config_files import knob  # noqa: E402
 from backdrop.training.arrays import load_training_arrays  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.models.generator import BackdropModel  # noqa: E402
@@ -443,54 +446,73 @@ def write_report(results: dict, args) -> str:
 # --------------------------------------------------------------------------------- main
 
 
+@dataclass
+class QualityBarRecipe:
+    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
+    them (``recipes/benchmarks/*.yaml``: the README's runs) and ``key=value`` overrides."""
+
+    mode: str = knob("scratch", "scratch: from nothing on the demo catalog; adapt: from --init on unseen "
+                                "catalogs; table1: the paper's Table 1 question", choices=("scratch", "adapt", "table1"))
+    workdir: str = knob("runs/quality", "catalogs, checkpoints and evaluations go here")
+    results_dir: str = knob(os.path.join(HERE, "results"), "where the report (md, json, png) is written")
+    resolution: int = knob(64, "64 (the bar) or 128")
+    catalog_resolution: Optional[int] = knob(None, "the catalog's pixels (default: resolution); a user's 128 px "
+                                                   "catalog trains at 64")
+    categories: int = knob(8, "categories of the synthetic catalogs")
+    train_per_category: int = knob(SyntheticConfig.train_per_category, "training ads per category")
+    heldout_per_category: int = knob(SyntheticConfig.heldout_per_category, "held-out products per category")
+    pairs_per_category: int = knob(SyntheticConfig.pairs_per_category, "reference pairs per category")
+    batch_size: int = knob(32, "images per training step")
+    steps: str = knob("", "base budgets in steps, e.g. vae=2000,base=3000 (scratch, table1)")
+    minutes: str = knob("vae=5,base=4", "base budgets in wall minutes where steps has none")
+    cg_steps: int = knob(1500, "the last CG curve point")
+    curve_steps: Optional[str] = knob(None, "cumulative CG steps at which to evaluate (default: 4 points to cg_steps)")
+    curve_minutes: Optional[str] = knob(None, "cumulative CG wall minutes instead of steps", aliases=("--curve",))
+    pg_steps: int = knob(300, "PG steps")
+    pg_minutes: Optional[float] = knob(None, "PG budget in wall minutes instead of pg_steps")
+    init: str = knob(os.path.join(ROOT, "checkpoints", "tiny-64"),
+                     "adapt / table1: the checkpoint to start from (the shipped one or a prior model)")
+    style_seeds: str = knob("11,12,13", "adapt: one catalog per seed; table1: the first")
+    photo_catalogs: str = knob("", "adapt: photographic catalogs too (benchmarks/photo_catalogs.py: textures, "
+                                   "nature, outdoors)")
+    skip_baseline: bool = knob(False, "skip the plain-ControlNet baseline")
+    skip_pg: bool = knob(False, "skip PG")
+    pg_seeds: Optional[int] = knob(None, "adapt: train and measure PG on the first N catalogs only")
+    eval_steps: int = knob(20, "denoising steps of the evaluation")
+    per_category: int = knob(12, "held-out products evaluated per category")
+    pairs: int = knob(32, "reference pairs evaluated")
+    seed: int = knob(0, "random seed")
+    cg_timestep_sampling: str = knob("importance", "the ablation: 'uniform' draws CG's timesteps uniformly and "
+                                                   "weights the loss", choices=("importance", "uniform"))
+    report_tag: str = knob("", "appended to the report's file names (several runs side by side)")
+    reuse_base: bool = knob(False, "scratch: keep WORKDIR/base (and its measured steps and minutes) from an "
+                                   "earlier run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=("scratch", "adapt", "table1"), default="scratch")
-    p.add_argument("--workdir", default="runs/quality")
-    p.add_argument("--results-dir", default=os.path.join(HERE, "results"))
-    p.add_argument("--resolution", type=int, default=64, help="64 (the bar) or 128")
-    p.add_argument("--catalog-resolution", type=int,
-                   help="the catalog's pixels (default --resolution); a user's 128 px catalog trains at 64")
-    p.add_argument("--categories", type=int, default=8)
-    p.add_argument("--train-per-category", type=int, default=SyntheticConfig.train_per_category)
-    p.add_argument("--heldout-per-category", type=int, default=SyntheticConfig.heldout_per_category)
-    p.add_argument("--pairs-per-category", type=int, default=SyntheticConfig.pairs_per_category)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", default="", help="base budgets in steps, e.g. vae=2000,base=3000 (scratch, table1)")
-    p.add_argument("--minutes", default="vae=5,base=4", help="base budgets in wall minutes where --steps has none")
-    p.add_argument("--cg-steps", type=int, default=1500, help="the last CG curve point")
-    p.add_argument("--curve-steps", help="cumulative CG steps at which to evaluate (default: 4 points to --cg-steps)")
-    p.add_argument("--curve-minutes", "--curve", help="cumulative CG wall minutes instead of steps")
-    p.add_argument("--pg-steps", type=int, default=300)
-    p.add_argument("--pg-minutes", type=float, help="PG budget in wall minutes instead of --pg-steps")
-    p.add_argument("--init", default=os.path.join(ROOT, "checkpoints", "tiny-64"),
-                   help="adapt / table1: the checkpoint to start from (the shipped one or a prior model)")
-    p.add_argument("--style-seeds", default="11,12,13", help="adapt: one catalog per seed; table1: the first")
-    p.add_argument("--photo-catalogs", default="", help="adapt: photographic catalogs too "
-                   "(benchmarks/photo_catalogs.py: textures, nature, flowers)")
-    p.add_argument("--skip-baseline", action="store_true")
-    p.add_argument("--skip-pg", action="store_true")
-    p.add_argument("--pg-seeds", type=int, help="adapt: train and measure PG on the first N catalogs only")
-    p.add_argument("--eval-steps", type=int, default=20)
-    p.add_argument("--per-category", type=int, default=12)
-    p.add_argument("--pairs", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cg-timestep-sampling", default="importance", choices=["importance", "uniform"],
-                   help="the ablation: 'uniform' draws CG's timesteps uniformly and weights the loss")
-    p.add_argument("--report-tag", default="", help="appended to the report's file names (several runs side by side)")
-    p.add_argument("--reuse-base", action="store_true",
-                   help="scratch: keep WORKDIR/base (and its measured steps and minutes) from an earlier run")
+    config_files.add_arguments(p, QualityBarRecipe, what="a benchmark recipe")
     return p
 
 
+def parse(argv=None) -> QualityBarRecipe:
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        return config_files.resolve(args, QualityBarRecipe, config_files.given(args, "cfg.", QualityBarRecipe))
+    except ValueError as e:
+        p.error(str(e))
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     configure_logging()
     os.makedirs(args.workdir, exist_ok=True)
     results = {"scratch": run_scratch, "adapt": run_adapt, "table1": run_table1}[args.mode](args)
     results["resolution"] = args.resolution
     results["batch_size"] = args.batch_size
     results["cg_timestep_sampling"] = args.cg_timestep_sampling
+    results["recipe"] = config_files.to_yaml(args)
     write_report(results, args)
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 
 import pytest
 
@@ -25,6 +26,7 @@ TINY = ["--categories", "2", "--train-per-category", "4", "--heldout-per-categor
 def bar():
     spec = importlib.util.spec_from_file_location("quality_bar", os.path.join(ROOT, "benchmarks", "quality_bar.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses resolve their annotations there
     spec.loader.exec_module(module)
     return module
 
@@ -110,13 +112,13 @@ def test_scratch_and_table1_modes_end_to_end(bar, home):
 
 
 def test_budgets_in_steps_and_minutes(bar):
-    args = bar.build_parser().parse_args(["--cg-steps", "1500"])
+    args = bar.parse(["--cg-steps", "1500"])
     assert [b.steps for b in bar.curve_budgets(args)] == [375, 750, 1125, 1500]
-    args = bar.build_parser().parse_args(["--curve-steps", "10,20"])
+    args = bar.parse(["--curve-steps", "10,20"])
     assert [b.steps for b in bar.curve_budgets(args)] == [10, 20]
-    args = bar.build_parser().parse_args(["--curve-minutes", "3,6"])
+    args = bar.parse(["--curve-minutes", "3,6"])
     assert [b.minutes for b in bar.curve_budgets(args)] == [3.0, 6.0]
-    args = bar.build_parser().parse_args(["--steps", "vae=7", "--minutes", "base=2"])
+    args = bar.parse(["--steps", "vae=7", "--minutes", "base=2"])
     assert bar.stage_budget(args, "vae").steps == 7 and bar.stage_budget(args, "base").minutes == 2.0
     with pytest.raises(ValueError):
         bar.Budget()

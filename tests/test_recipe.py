@@ -43,7 +43,7 @@ def test_defaults_then_file_then_flags_then_key_value(tmp_path):
     (("catalog=c", "output=o", "stages=[cg,cgg]"), "unknown stage(s) ['cgg']"),
     (("catalog=c", "output=o", "steps.cgg=3"), "steps: unknown stage(s) ['cgg']"),
     (("catalog=c", "output=o", "device=tpu"), "device must be one of auto, cpu, cuda"),
-    (("catalog=c", "output=o", "--steps", "cg"), "expected STAGE=NUMBER"),
+    (("catalog=c", "output=o", "--steps", "cg"), "steps 'cg': expected KEY=VALUE"),
     (("catalog=c", "output=o", "steps"), "expected key=value"),
 ])
 def test_a_bad_recipe_is_refused_in_words(argv, says):
@@ -151,3 +151,34 @@ def test_a_bad_config_ends_a_job_with_its_reason_before_anything_starts(capsys):
 
     assert catalog_backfill.main(["--catalog", "c", "--output", "o", "--model", "m", "stepz=3"]) == 2
     assert "Key 'stepz' not in 'BackfillConfig'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- evaluation and benchmarks
+def test_the_evaluate_job_takes_a_config_file_flags_and_key_value(tmp_path):
+    from backdrop import config_files
+    from backdrop.quality.evaluation import EvaluateJob
+
+    parser = argparse.ArgumentParser()
+    config_files.add_arguments(parser, EvaluateJob)
+    args = parser.parse_args(["--config", os.path.join(REPO, "recipes", "evaluate", "held-out.yaml"),
+                              "--model", "m", "--no-references", "catalog_dir=c", "per_category=3"])
+    job = config_files.resolve(args, EvaluateJob, config_files.given(args, "cfg.", EvaluateJob))
+    assert (job.model, job.catalog_dir, job.references, job.per_category, job.steps, job.mlflow) == \
+        ("m", "c", False, 3, 20, True)
+    from jobs import evaluate  # the job itself runs in test_registry.py
+
+    with pytest.raises(SystemExit):
+        evaluate.main(["--model", "m"])  # no catalog_dir: argparse's error, naming it
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "recipes", "benchmarks", "*.yaml"))),
+                         ids=os.path.basename)
+def test_every_benchmark_recipe_resolves(path):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("quality_bar", os.path.join(REPO, "benchmarks", "quality_bar.py"))
+    bar = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bar)
+    recipe = bar.parse(["--config", path, "cg_steps=12"])
+    assert recipe.mode == "adapt" and recipe.cg_steps == 12

@@ -456,6 +456,8 @@ def test_evaluate_job_writes_table_and_records_eval_tags(home, tmp_path):
     runs = mlflow.search_runs([registry.ensure_experiment()], filter_string="tags.job = 'evaluate'",
                               output_format="list")
     assert runs and runs[0].data.metrics["category_consistency"] == pytest.approx(report["category_consistency"])
+    logged = mlflow.MlflowClient().download_artifacts(runs[0].info.run_id, "config.yaml", str(tmp_path))
+    assert "steps: 2\n" in Path(logged).read_text() and "per_category: 2\n" in Path(logged).read_text()
 
 
 # --------------------------------------------------------------------------- mlflow server + S3

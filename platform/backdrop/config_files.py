@@ -18,9 +18,60 @@ A leaf: it knows no job; OmegaConf is imported on use.
 from __future__ import annotations
 
 import argparse
+import typing
+from dataclasses import MISSING, field, fields
 
 CONFIG_DEST = "config"
 OVERRIDES_DEST = "overrides"
+
+
+def knob(default=MISSING, help: str = "", **extra):
+    """A config field with its help (and ``choices``, ``aliases``, ``metavar``) for the flag
+    :func:`add_arguments` makes of it; ``default`` may be a factory (``dict``, a lambda)."""
+    kwargs = {"default_factory": default} if callable(default) else {} if default is MISSING else {"default": default}
+    return field(metadata={"help": help, **extra}, **kwargs)
+
+
+def _plain(hint):
+    """``Optional[X]`` -> ``X``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "cfg.",
+                  what: str = "a config file") -> None:
+    """``--config``, one flag per field of the dataclass ``cls`` (``--batch-size`` for
+    ``batch_size``: a bool is ``--x/--no-x``, a list ``A,B``, a dict ``K=V,...``), and trailing
+    ``key=value`` overrides. No flag declares a default: one not given stays out of the merge
+    (:func:`resolve_flags`), so the dataclass's default is the only one."""
+    add_config_arguments(parser, what)
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        hint = _plain(hints[f.name])
+        meta = f.metadata
+        names = ["--" + f.name.replace("_", "-"), *meta.get("aliases", ())]
+        kw = dict(dest=prefix + f.name, default=argparse.SUPPRESS, help=meta.get("help", ""))
+        origin = typing.get_origin(hint)
+        if hint is bool:
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
+        elif origin is dict:  # "cg=1500,pg=300": split in given(), typed by the schema in the merge
+            parser.add_argument(*names, metavar=meta.get("metavar", "KEY=N,..."), **kw)
+        elif origin in (list, tuple):
+            parser.add_argument(*names, type=lambda text: [x.strip() for x in text.split(",") if x.strip()],
+                                metavar=meta.get("metavar", "A,B"), **kw)
+        else:
+            parser.add_argument(*names, type=hint if hint in (int, float) else str, choices=meta.get("choices"),
+                                metavar=None if meta.get("choices") else meta.get("metavar", f.name.upper()), **kw)
+
+
+def _pairs(name: str, text: str) -> dict:
+    out = {}
+    for part in filter(None, text.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"{name.replace('_', ' ')} {part!r}: expected KEY=VALUE, e.g. cg=10")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, what: str = "a config file") -> None:
@@ -74,11 +125,15 @@ def _writable(node):
     return node
 
 
-def given(args: argparse.Namespace, prefix: str = "") -> dict:
+def given(args: argparse.Namespace, prefix: str = "", cls: type | None = None) -> dict:
     """The flags a command line gave (their parser's default is ``argparse.SUPPRESS``), by
-    field name: ``dest`` is ``prefix + field``."""
-    return {k.removeprefix(prefix): v for k, v in vars(args).items()
-            if k.startswith(prefix) and k not in (CONFIG_DEST, OVERRIDES_DEST)}
+    field name: ``dest`` is ``prefix + field``. With ``cls``, a ``K=V,...`` flag of a dict
+    field becomes a dict here, so a bad one is a ``ValueError`` in words like any bad value."""
+    out = {k.removeprefix(prefix): v for k, v in vars(args).items()
+           if k.startswith(prefix) and k not in (CONFIG_DEST, OVERRIDES_DEST)}
+    hints = typing.get_type_hints(cls) if cls is not None else {}
+    return {k: _pairs(k, v) if isinstance(v, str) and typing.get_origin(_plain(hints.get(k))) is dict else v
+            for k, v in out.items()}
 
 
 def resolve(args: argparse.Namespace, cls: type, values: dict):

@@ -15,21 +15,19 @@ is what the MLflow run logs (:func:`to_yaml`), so a run says exactly how it was 
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING as NO_DEFAULT
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Dict, List, Optional
 
 from .. import config_files
 from ..models.families import DEFAULT_FAMILY, FAMILIES
-from .loop import STAGES, parse_budgets
+from .loop import STAGES
 
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def _knob(default=NO_DEFAULT, help: str = "", **extra):
-    kwargs = {"default_factory": default} if callable(default) else {} if default is NO_DEFAULT else {"default": default}
-    return field(metadata={"help": help, **extra}, **kwargs)
+PREFIX = "recipe."  # the dest prefix of a flag that sets a recipe field
+_knob = config_files.knob
 
 
 @dataclass
@@ -110,35 +108,15 @@ class DistributedRecipe(TrainRecipe):
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainRecipe) -> None:
-    """``--config``, one flag per field of ``cls``, and trailing ``key=value`` overrides. A flag
-    not given stays out of the merge (its default is the dataclass's, applied first)."""
-    config_files.add_config_arguments(parser, "a recipe file")
-    for f in fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        kw = dict(dest=f"recipe.{f.name}", default=argparse.SUPPRESS, help=f.metadata["help"])
-        if f.type == "bool":
-            parser.add_argument(flag, action="store_true", **kw)
-        elif f.type.startswith("Dict"):  # parsed in resolve(): a bad value is refused in words
-            parser.add_argument(flag, metavar="STAGE=N,...", **kw)
-        elif f.type.startswith("List"):
-            parser.add_argument(flag, type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
-                                metavar="A,B", **kw)
-        else:
-            cast = {"int": int, "float": float}.get(f.type, str)
-            parser.add_argument(flag, type=cast, choices=f.metadata.get("choices"),
-                                metavar=None if f.metadata.get("choices") else f.name.upper(), **kw)
+    """``--config``, one flag per field of ``cls`` (generated: ``config_files.add_arguments``),
+    and trailing ``key=value`` overrides."""
+    config_files.add_arguments(parser, cls, PREFIX, "a recipe file")
 
 
 def resolve(args: argparse.Namespace, cls: type = TrainRecipe) -> TrainRecipe:
     """The recipe that parsed arguments describe (see the module docstring); ``ValueError``
     names what is wrong (an unknown key, a value of the wrong type, a missing field)."""
-    flags = config_files.given(args, "recipe.")
-    for f in fields(cls):
-        if f.type.startswith("Dict") and isinstance(flags.get(f.name), str):  # "cg=1500,pg=300"
-            cast = int if f.type.endswith("int]") else float
-            what = f.name.replace("_", " ")
-            flags[f.name] = {k: cast(v) for k, v in parse_budgets(flags[f.name], what).items()}
-    return config_files.resolve(args, cls, flags).validate()
+    return config_files.resolve(args, cls, config_files.given(args, PREFIX, cls)).validate()
 
 
 def load(path: str | None = None, values: dict | None = None, overrides: list[str] | None = None,
