@@ -423,6 +423,7 @@ class Backdrop:
             "X-Backdrop-Model": result.model_name,
             "X-Backdrop-Model-Version": result.model_version,
             "X-Backdrop-Seed": str(params.seed),
+            "X-Backdrop-Scheduler": result.scheduler,
             "X-Backdrop-Batch-Size": str(result.batch_requests),
             "X-Backdrop-Work": f"{job.work:.1f}",  # the request's price in megapixel-steps
             "Server-Timing": f"generate;dur={result.generate_s * 1000:.1f}, total;dur={total_ms:.1f}",
@@ -443,7 +444,7 @@ class Backdrop:
             "seed": params.seed,
             "steps": params.steps,
             "guidance": params.guidance,
-            "scheduler": params.loop_key[2],
+            "scheduler": result.scheduler,
             "batch_size": result.batch_requests,
             "timing_ms": {"generate": round(result.generate_s * 1000, 1), "total": round(total_ms, 1)},
             "request_id": request_id(request),

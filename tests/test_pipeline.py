@@ -121,6 +121,34 @@ def test_schedulers_differ_and_unknown_ones_are_refused(tiny_model):
         pipe(requests(1), InferenceConfig(num_inference_steps=3, scheduler="euler"))
 
 
+def test_a_model_carries_the_scheduler_it_generates_with_when_none_is_named(tiny_model, tmp_path):
+    """ModelConfig.scheduler is saved in backdrop.json: a generator made for few dpm++ steps
+    runs dpm++ when a job or request names none, and the batch driver records that name."""
+    from copy import deepcopy
+
+    from backdrop import runtime
+    from backdrop.batch.config import BackfillConfig
+    from backdrop.batch.run import with_model_defaults
+    from backdrop.models.generator import BackdropModel
+
+    model = deepcopy(tiny_model)
+    model.config.scheduler = "dpm++"
+    model.save_pretrained(str(tmp_path / "m"))
+    loaded = BackdropModel.from_pretrained(str(tmp_path / "m"))
+    pipe = BackdropPipeline(loaded)
+    run = {s: np.asarray(pipe(requests(1), InferenceConfig(num_inference_steps=3, scheduler=s))[0])
+           for s in (None, "dpm++", "ddim")}
+    assert np.array_equal(run[None], run["dpm++"]) and not np.array_equal(run[None], run["ddim"])
+    assert pipe.scheduler_name(InferenceConfig()) == "dpm++"
+    assert BackdropPipeline(tiny_model).scheduler_name(InferenceConfig()) == "ddim"  # saved before: DDIM
+    info = runtime.read_model_info(str(tmp_path / "m"))
+    assert info.scheduler == "dpm++"
+    unnamed = BackfillConfig("c.parquet", "m", "o")
+    assert unnamed.scheduler is None and with_model_defaults(unnamed, info).scheduler == "dpm++"
+    named = BackfillConfig("c.parquet", "m", "o", scheduler="unipc")
+    assert with_model_defaults(named, info).scheduler == "unipc"
+
+
 def test_prompt_cache_follows_a_cast_model(tiny_model):
     """A cached embedding is keyed by the encoder's dtype and device: after a cast, the
     pipeline encodes again instead of failing with mismatched dtypes."""

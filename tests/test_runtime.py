@@ -46,7 +46,7 @@ def test_a_missing_path_is_an_unknown_model(tmp_path):
 
 
 def test_scheduler_is_checked_against_the_limits():
-    assert runtime.inference(10, 2.0).scheduler == "ddim"
+    assert runtime.inference(10, 2.0).scheduler is None  # none named: the model's own (pipeline.scheduler_name)
     assert runtime.inference(10, 2.0, scheduler="DPM++").scheduler == "dpm++"
     with pytest.raises(InvalidParameterError, match="scheduler must be one of ddim, unipc"):
         runtime.inference(10, 2.0, Limits(schedulers=("ddim", "unipc")), scheduler="dpm++")

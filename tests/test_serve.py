@@ -180,7 +180,7 @@ def test_generate_without_reference_answers_a_png_with_lineage_headers(stack):
     assert r.headers["X-Backdrop-Model"] == "backdrop"
     assert r.headers["X-Backdrop-Model-Version"] == stack["versions"][0]
     assert r.headers["X-Backdrop-Model-Alias"] == "champion"
-    assert r.headers["X-Backdrop-Seed"] == "7"
+    assert r.headers["X-Backdrop-Seed"] == "7" and r.headers["X-Backdrop-Scheduler"] == "ddim"
     assert int(r.headers["X-Backdrop-Batch-Size"]) >= 1
     assert r.headers["X-Request-Id"] and "generate;dur=" in r.headers["Server-Timing"]
     out = decode(r.content)

@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=int)
     c.add_argument("--guidance", type=float)
     c.add_argument("--num-images", type=int, default=1)
-    c.add_argument("--scheduler", help="ddim (default), dpm++ or unipc")
+    c.add_argument("--scheduler", help="ddim, dpm++ or unipc (default: the model's own)")
     c.add_argument("--placements", metavar="LIST", help="ad placements, e.g. 1:1,16:9 or 300x250: one image each")
     c.add_argument("--candidates", type=int, help="best-of-N (needs a model with a QA scorer)")
     c.add_argument("--image-format", choices=["png", "webp", "jpeg"], help="how the images are encoded (default png)")

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from .errors import InvalidParameterError, RequestTooLargeError
-from .schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+from .schedulers import SCHEDULERS
 
 # DDIM with SD's steps_offset cannot take one step per training timestep (1000): a hard
 # property of the scheduler, not a policy; Limits.max_steps must stay at or below it.
@@ -53,9 +53,11 @@ class Limits:
             raise InvalidParameterError(f"steps must be an integer in 1..{self.max_steps}, got {steps!r}")
         return steps
 
-    def check_scheduler(self, name) -> str:
+    def check_scheduler(self, name) -> str | None:
+        """A scheduler name a caller may ask for, normalised; ``None`` (none named: the model's
+        own, saved with it) stays ``None``."""
         if name is None:
-            name = DEFAULT_SCHEDULER if DEFAULT_SCHEDULER in self.schedulers else self.schedulers[0]
+            return None
         if not isinstance(name, str) or name.strip().lower() not in self.schedulers:
             raise InvalidParameterError(f"scheduler must be one of {', '.join(self.schedulers)}, got {name!r}")
         return name.strip().lower()

@@ -53,7 +53,7 @@ class InferenceConfig:
     num_inference_steps: int = 50
     guidance_scale: float = 2.0
     reference_init: bool = True  # z_T from the noised reference latent when PG is used
-    scheduler: str = DEFAULT_SCHEDULER  # a name of backdrop.schedulers.SCHEDULERS
+    scheduler: str | None = None  # a name of backdrop.schedulers.SCHEDULERS; None: the model's own
 
     def validate(self) -> None:
         """What the loop itself cannot run; policy (how many steps a caller may ask) is
@@ -63,7 +63,7 @@ class InferenceConfig:
             raise InvalidParameterError(f"steps must be an integer in [1, {SCHEDULER_MAX_STEPS}], got {steps!r}")
         if not (math.isfinite(float(self.guidance_scale)) and self.guidance_scale >= 0):
             raise InvalidParameterError(f"guidance must be a finite number >= 0, got {self.guidance_scale!r}")
-        if self.scheduler not in SCHEDULERS:
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise InvalidParameterError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
 
 
@@ -427,6 +427,10 @@ class BackdropPipeline:
             latents[rows] = scheduler.add_noise(refs, noise[rows], t0)
         return latents
 
+    def scheduler_name(self, config: InferenceConfig) -> str:
+        """The scheduler a loop runs: the config's, else the one saved with the model."""
+        return config.scheduler or self.model.config.scheduler or DEFAULT_SCHEDULER
+
     def loops(self, requests: list[GenerationRequest]) -> list[list[int]]:
         """Which requests share a denoising loop: same generation size, at most ``batch_bucket``
         of them, in request order."""
@@ -457,7 +461,7 @@ class BackdropPipeline:
         n = len(requests)
         padded = requests + [requests[-1]] * (self.batch_bucket - n)
         cond = self.prepare(padded)
-        scheduler = make_scheduler(config.scheduler, self.model.scheduler.config)
+        scheduler = make_scheduler(self.scheduler_name(config), self.model.scheduler.config)
         scheduler.set_timesteps(config.num_inference_steps, device=self.model.device)
         latents = self.initial_latents(padded, cond, scheduler, config.reference_init)
 

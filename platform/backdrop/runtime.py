@@ -40,6 +40,7 @@ from . import storage
 from .categories import CategoryMap
 from .errors import GENERATE, QA, BackdropError, Failure
 from .limits import DEFAULT_LIMITS, Limits
+from .schedulers import DEFAULT_SCHEDULER
 
 if TYPE_CHECKING:
     from .pipeline import BackdropPipeline, GenerationRequest, InferenceConfig
@@ -205,7 +206,7 @@ def generate_all(gen: LoadedGenerator, requests: list[GenerationRequest], config
 def inference(steps: int = 50, guidance: float = 2.0, limits: Limits = DEFAULT_LIMITS,
               scheduler: str | None = None) -> InferenceConfig:
     """A denoising configuration checked against the one set of limits (``scheduler`` None: the
-    default, DDIM)."""
+    one saved with the model)."""
     from .pipeline import InferenceConfig
 
     return InferenceConfig(num_inference_steps=limits.check_steps(steps),
@@ -431,6 +432,7 @@ class ModelInfo:
     resolution: int
     categories: CategoryMap
     qa_scorer: bool = False  # a QA scorer is saved with it (qa/scorer.json): best-of-N can run
+    scheduler: str = DEFAULT_SCHEDULER  # the one it generates with when a job names none
 
 
 def read_model_info(model_path: str) -> ModelInfo:
@@ -439,4 +441,5 @@ def read_model_info(model_path: str) -> ModelInfo:
 
     meta = json.loads(storage.read_bytes(storage.join(model_path, CONFIG_NAME)))
     return ModelInfo(int(meta["config"]["resolution"]), CategoryMap.from_json(json.dumps(meta["categories"])),
-                     storage.exists(storage.join(model_path, *QA_SCORER_NAME.split("/"))))
+                     storage.exists(storage.join(model_path, *QA_SCORER_NAME.split("/"))),
+                     meta["config"].get("scheduler") or DEFAULT_SCHEDULER)

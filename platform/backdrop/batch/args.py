@@ -49,7 +49,8 @@ def add_generation_arguments(p, **base) -> None:
     flag("--category", field="categories", action="append", help="only this category (repeatable)")
     flag("--steps", field="steps", type=int, help=f"denoising steps (default {_default('steps')})")
     flag("--scheduler", field="scheduler", choices=list(SCHEDULERS),
-         help=f"denoising scheduler (default {DEFAULT_SCHEDULER}; dpm++ and unipc need fewer steps, see the README)")
+         help=f"denoising scheduler (default: the model's own, {DEFAULT_SCHEDULER} unless saved otherwise; dpm++ and "
+              "unipc need fewer steps, see the README)")
     flag("--guidance", field="guidance", type=float, help=f"classifier-free guidance (default {_default('guidance')})")
     flag("--seed", field="seed", type=int, help="base seed; each product's seed derives from it")
     flag("--batch-size", field="batch_size", type=int,

@@ -32,7 +32,7 @@ class BackfillConfig:
     categories: tuple[str, ...] = ()  # only these (all when empty)
     steps: int = 50
     guidance: float = 2.0
-    scheduler: str | None = None  # a name of backdrop.schedulers.SCHEDULERS (None: DDIM)
+    scheduler: str | None = None  # a name of backdrop.schedulers.SCHEDULERS (None: the model's own)
     seed: int = 0
     batch_size: int = 16
     concurrency: int = 1  # actors: the pool scales between 1 and this

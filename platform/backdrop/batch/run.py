@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import pyarrow as pa
@@ -60,10 +60,17 @@ def resolve_target(config: BackfillConfig) -> Resolved:
     pinned = f"models:/{model.name}/{model.version}" if config.model.startswith("models:/") else model.path
     info = runtime.read_model_info(model.path)
     require_scorer(config.candidates, info.qa_scorer, config.model)
+    config = with_model_defaults(config, info)
     target = Target(model.name, str(model.version),
                     params_hash(config.inference(), config.output_config(), config.seed, info.resolution,
                                 config.candidates, config.qa_threshold))
     return Resolved(model, pinned, info, target)
+
+
+def with_model_defaults(config: BackfillConfig, info: runtime.ModelInfo) -> BackfillConfig:
+    """``config`` with what it left to the model filled in from it (the scheduler saved with the
+    model), so records, their parameter hash and the run say what was actually used."""
+    return config if config.scheduler else replace(config, scheduler=info.scheduler)
 
 
 def output_lease(config: BackfillConfig) -> Lease:
@@ -89,6 +96,7 @@ def run_backfill(config: BackfillConfig, generator_cls: type | None = None,
             return run_backfill(config, generator_cls, on_records, resolved, plan, own)
     started = time.perf_counter()
     resolved = resolved or resolve_target(config)
+    config = with_model_defaults(config, resolved.info)
     model, target = resolved.model, resolved.target
     planned_here = plan is None
     if plan is None:

@@ -38,6 +38,9 @@ class ModelConfig:
     # (ordinary attention, prompt "A photo of {category}", no identifier).
     cg_variant: str = "mask-guided"
     family: str = DEFAULT_FAMILY  # a name of models.families.FAMILIES
+    # the denoising scheduler (backdrop.schedulers) this model generates with when a job or a
+    # request names none: a model tuned for few steps of a multistep solver carries that choice
+    scheduler: str = "ddim"
     extra: dict = field(default_factory=dict)  # free-form provenance (training stages, data hash)
 
 

@@ -71,6 +71,7 @@ class Generated:
     generate_s: float  # wall time of that loop
     loop: int = 0  # which of its batch's denoising loops made it
     outputs: list[dict] = field(default_factory=list)  # per image: placement, seed, size, cost, QA
+    scheduler: str = ""  # the one that ran (the request's, else the model's own)
 
     @property
     def device_seconds(self) -> float:
@@ -116,9 +117,9 @@ def run_jobs(gen: LoadedGenerator, jobs: list[Job]) -> list[Generated | Failure]
                 raise Cancelled(f"all {len(members)} caller(s) gave up at step {step}/{total}")
 
         t = time.perf_counter()
+        config = InferenceConfig(steps, guidance, scheduler=scheduler)
         try:
-            images = generate_scored(gen, requests, InferenceConfig(steps, guidance, scheduler=scheduler), counts,
-                                     progress=stop_if_abandoned)
+            images = generate_scored(gen, requests, config, counts, progress=stop_if_abandoned)
         except Cancelled as e:
             for i in members:
                 results[i] = Failure.of(GENERATE, e)
@@ -132,7 +133,8 @@ def run_jobs(gen: LoadedGenerator, jobs: list[Job]) -> list[Generated | Failure]
             p = jobs[i].params
             results[i] = failed or Generated([encode_image(g.image, p.image_format, p.quality) for g in mine], p.seeds,
                                              gen.name, gen.version, len(members), len(requests), seconds, number,
-                                             [describe_output(g, p, seed) for g, (p, seed) in zip(mine, placements)])
+                                             [describe_output(g, p, seed) for g, (p, seed) in zip(mine, placements)],
+                                             gen.pipe.scheduler_name(config))
     return results
 
 

@@ -20,7 +20,6 @@ from .. import storage
 from ..errors import FetchError, ImageTooLargeError, InvalidParameterError
 from ..limits import DEFAULT_LIMITS, SCHEDULER_MAX_STEPS, Limits
 from ..placements import Placement, parse_placements
-from ..schedulers import DEFAULT_SCHEDULER
 from ..scope import SCHEME, UriScope
 
 logger = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ class GenerateParams(BaseModel):
     steps: Int = Field(DEFAULT_STEPS, ge=1, le=SCHEDULER_MAX_STEPS, description="denoising steps")
     guidance: Float = Field(2.0, ge=0.0, le=1000.0, allow_inf_nan=False, description="classifier-free guidance")
     scheduler: Text | None = Field(None, max_length=20,
-                                   description="denoising scheduler: ddim (the default), dpm++ or unipc (the "
+                                   description="denoising scheduler: ddim, dpm++ or unipc (default: the model's own, ddim unless saved otherwise; the "
                                                "last two need fewer steps for the same quality)")
     num_images: Int = Field(1, ge=1, le=16, description="how many images (seeds seed, seed+1, ...) per placement")
     placements: Text | None = Field(
@@ -172,9 +171,10 @@ class GenerateParams(BaseModel):
             raise InvalidParameterError(_describe(e)) from None
 
     @property
-    def loop_key(self) -> tuple[int, float, str]:
-        """Jobs with equal keys can share one denoising loop: (steps, guidance, scheduler)."""
-        return self.steps, self.guidance, self.scheduler or DEFAULT_SCHEDULER
+    def loop_key(self) -> tuple[int, float, str | None]:
+        """Jobs with equal keys can share one denoising loop: (steps, guidance, scheduler; None:
+        the model's own)."""
+        return self.steps, self.guidance, self.scheduler
 
     @property
     def seeds(self) -> list[int]:
