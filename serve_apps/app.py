@@ -54,7 +54,7 @@ from swagger_ui_bundle import swagger_ui_path
 from backdrop import runtime
 from backdrop.errors import Failure, InvalidInputError, RegistryError, RegistryUnavailableError
 from backdrop.runtime import LoadedGenerator
-from backdrop.scope import UriScope
+from backdrop.scope import StyleScope, UriScope
 from backdrop.serving.auth import ApiKeys
 from backdrop.serving.config import AppArgs
 from backdrop.serving.http import (
@@ -74,6 +74,7 @@ from backdrop.serving.jobs import Generated, Job, check_job, load_job, run_jobs
 from backdrop.serving.models import ModelSelector
 from backdrop.serving.params import GenerateParams
 from backdrop.serving.quota import KeyQuota
+from backdrop.serving.styles import Styles
 from backdrop.testhooks import TestHold
 
 logger = logging.getLogger("ray.serve")
@@ -269,6 +270,8 @@ class Backdrop:
                                     aliases=self.settings.allowed_aliases, versions=self.settings.allowed_versions,
                                     max_cached=self.settings.model_cache_size)
         self.scope = UriScope(self.settings.allowed_uri_prefixes, self.settings.uri_prefixes_by_key)
+        self.styles = Styles(StyleScope(self.settings.allowed_styles, self.settings.styles_by_key),
+                             ttl_s=self.settings.alias_ttl_s, max_cached=self.settings.model_cache_size)
         self.quota = KeyQuota(self.settings.rate_per_key_per_s, self.settings.burst_per_key,
                               self.settings.max_concurrent_per_key)
         self.work_quota = KeyQuota(self.settings.work_per_key_per_s,
@@ -378,6 +381,11 @@ class Backdrop:
     async def list_limits(self) -> dict:
         return self._limits()
 
+    @api.get("/v1/styles", summary="The brand style kits this API key may use (the `style` field of "
+                                   "/v1/generate), with their versions and aliases", dependencies=[Depends(admit_key)])
+    async def list_styles(self, request: Request) -> dict:
+        return {"styles": await asyncio.to_thread(self.styles.allowed, request.state.key_digest)}
+
     @api.post(
         "/v1/generate",
         summary="Generate backgrounds for a product, optionally in a reference's style",
@@ -389,8 +397,8 @@ class Backdrop:
                                  "each with its placement, size, device-seconds and QA scores",
                   "content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}, "application/json": {}}},
             401: {"description": "missing or invalid API key"},
-            403: {"description": "the model version or alias asked for is not offered by this service"},
-            404: {"description": "the model version or alias asked for does not exist"},
+            403: {"description": "the model version or alias, or the brand style, is not offered to this key"},
+            404: {"description": "the model version or alias, or the brand style, does not exist"},
             413: {"description": "upload over the size or pixel limit"},
             415: {"description": "not an image we can decode, or not multipart/JSON"},
             422: {"description": "wrong mask size, empty or full mask, unknown category, parameter out of range"},
@@ -409,6 +417,10 @@ class Backdrop:
         fields, files = await read_body(request, self.limits, self.scope)
         params = GenerateParams.from_fields(fields, self.limits)
         request.state.seed = params.seed
+        style = None
+        if params.style is not None:  # the kit's reference for this seed, as if it were uploaded
+            style = await asyncio.to_thread(self.styles.reference, params.style, params.seed,
+                                            request.state.key_digest, files)
         job = await asyncio.to_thread(load_job, params, limits=self.limits, **files)
         self.work_quota.acquire(request.state.key_id, cost=job.work, hold=False)  # 429: over its work rate
         choice = await self._choose(x_backdrop_model_version, x_backdrop_model_alias)
@@ -424,6 +436,7 @@ class Backdrop:
             "X-Backdrop-Model-Version": result.model_version,
             "X-Backdrop-Seed": str(params.seed),
             "X-Backdrop-Scheduler": result.scheduler,
+            **({"X-Backdrop-Style": style} if style else {}),
             "X-Backdrop-Batch-Size": str(result.batch_requests),
             "X-Backdrop-Work": f"{job.work:.1f}",  # the request's price in megapixel-steps
             "Server-Timing": f"generate;dur={result.generate_s * 1000:.1f}, total;dur={total_ms:.1f}",
@@ -445,6 +458,7 @@ class Backdrop:
             "steps": params.steps,
             "guidance": params.guidance,
             "scheduler": result.scheduler,
+            "style": style,
             "batch_size": result.batch_requests,
             "timing_ms": {"generate": round(result.generate_s * 1000, 1), "total": round(total_ms, 1)},
             "request_id": request_id(request),

@@ -312,12 +312,12 @@ def test_bad_rows_become_failed_records_and_the_job_completes(first_backfill, ca
     artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "gallery")}
     assert artifacts == {f"gallery/{c}.png" for c in CATEGORIES}
     assert mlflow.get_experiment(run.info.experiment_id).name == "backdrop-backfill"
-    # the resolved config, which --config takes back to the same run
+    # the resolved config (what the model filled in too: its scheduler), which --config takes back
     from backdrop import config_files
     from backdrop.batch.config import BackfillConfig
 
     logged = MlflowClient().download_artifacts(result.run_id, "config.yaml", str(tmp_path_factory.mktemp("cfg")))
-    assert config_files.load(BackfillConfig, logged) == config
+    assert config.scheduler is None and config_files.load(BackfillConfig, logged) == replace(config, scheduler="ddim")
 
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ def test_params_parse_form_strings_and_json_values_alike():
     a = GenerateParams.from_fields({"category": " Mug ", "steps": "20", "guidance": "2.5", "seed": "3",
                                     "num_images": "2"})
     b = GenerateParams.from_fields({"category": "Mug", "steps": 20, "guidance": 2.5, "seed": 3, "num_images": 2})
-    assert a == b and a.format == "json" and a.seeds == [3, 4] and a.loop_key == (20, 2.5, "ddim")
+    assert a == b and a.format == "json" and a.seeds == [3, 4] and a.loop_key == (20, 2.5, None)
     one = GenerateParams.from_fields({"category": "mug", "prompt": "  "})
     assert one.format == "png" and one.prompt is None and one.steps == 50 and 0 <= one.seed < 2**31
 

@@ -18,9 +18,10 @@ from . import storage
 
 
 REQUIRED_COLUMNS = ("product_id", "category", "image_uri", "mask_uri")
-# What generation reads from a row (``reference_mask_uri``: the reference's product mask, optional).
+# What generation reads from a row (``reference_mask_uri``: the reference's product mask, optional;
+# ``brand_style``: a brand style kit, backdrop.brands, instead of a reference).
 GENERATION_COLUMNS = ("product_id", "category", "image_uri", "mask_uri", "reference_uri",
-                      "reference_mask_uri", "prompt")
+                      "reference_mask_uri", "prompt", "brand_style")
 
 
 def read_catalog(uri: str, columns: list[str] | None = None):

@@ -11,6 +11,8 @@
     backdrop demo                                            all of the above, small and fast
     backdrop call --image p.png --category mug --reference ad.png   through the HTTP service
     backdrop backfill --model models:/backdrop@champion --catalog ... --output ...   on Ray Data
+    backdrop brand add acme --references ad1.png ad2.png [--masks m1.png m2.png]   a brand style kit
+    backdrop brand list | show acme | remove acme [--version 2]
 
 Every path may be a local path or an ``s3://`` URI (endpoint from BACKDROP_S3_ENDPOINT_URL).
 """
@@ -130,6 +132,27 @@ def cmd_backfill(args) -> int:
     return run_job(lambda: run_backfill(start_job(args)).exit_code())
 
 
+def cmd_brand(args) -> int:
+    """Brand style kits in the registry (``backdrop.brands``): add, list, show, remove."""
+    import json
+
+    from . import brands
+
+    if args.action == "add":
+        kit = brands.add_kit(args.name, args.references, args.masks, alias=args.alias)
+        print(f"brand style {kit['name']}: version {kit['versions'][0]['version']} "
+              f"({kit['versions'][0]['references']} references); aliases {kit['aliases']}")
+    elif args.action == "list":
+        for kit in brands.list_kits():
+            print(f"{kit['name']}: versions {[v['version'] for v in kit['versions']]}, aliases {kit['aliases']}")
+    elif args.action == "show":
+        print(json.dumps(brands.describe_kit(args.name), indent=2))
+    else:
+        brands.remove_kit(args.name, args.version)
+        print(f"removed brand style {args.name}" + (f" version {args.version}" if args.version else ""))
+    return 0
+
+
 def cmd_call(args) -> int:
     """Call a running backdrop HTTP service (retries 503 after its Retry-After)."""
     from .client import BackdropClient, ServiceError
@@ -220,6 +243,21 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("backfill", help="catalog backfill on Ray Data: resumable, with a manifest and an MLflow run")
     add_generation_arguments(b)
     b.set_defaults(func=cmd_backfill)
+    k = sub.add_parser("brand", help="brand style kits: reference ads stored once in the registry, used by "
+                                      "name (a catalog's brand_style column, the HTTP style field)")
+    kits = k.add_subparsers(dest="action", required=True)
+    add = kits.add_parser("add", help="validate reference ads (and masks) and store them as a new kit version")
+    add.add_argument("name", help="the kit's name (a-z, 0-9, -, _)")
+    add.add_argument("--references", nargs="+", required=True, metavar="URI", help="reference ads (paths or s3://)")
+    add.add_argument("--masks", nargs="+", metavar="URI", help="their product masks, one per reference, in order")
+    add.add_argument("--alias", default="current", help="point this alias at the new version (default current)")
+    kits.add_parser("list", help="every kit, its versions and aliases")
+    show = kits.add_parser("show", help="one kit's versions and aliases")
+    show.add_argument("name")
+    rm = kits.add_parser("remove", help="delete a kit (or one version of it)")
+    rm.add_argument("name")
+    rm.add_argument("--version", help="only this version")
+    k.set_defaults(func=cmd_brand)
     # call: the HTTP client (backdrop.client) against a running `serve run serve_apps/config.yaml`
     c = sub.add_parser("call", help="generate through a running backdrop HTTP service")
     c.add_argument("--url", default=os.environ.get("BACKDROP_URL", "http://127.0.0.1:8000"))

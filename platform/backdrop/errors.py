@@ -135,6 +135,18 @@ class InputOutOfScopeError(FetchError):
     code = "input_out_of_scope"
 
 
+class UnknownStyleError(InvalidInputError):
+    """A brand style (kit) name, version or alias that the registry does not hold."""
+
+    code = "unknown_style"
+
+
+class StyleNotAllowedError(InvalidInputError):
+    """A brand style this caller may not use (the service's per-key kit scopes)."""
+
+    code = "style_not_allowed"
+
+
 class OutputBusyError(BackdropError):
     """Another live run holds the output's lease (one writer per output)."""
 

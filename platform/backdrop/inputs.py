@@ -83,16 +83,19 @@ def fetch_pair(image_uri: str, mask_uri: str | None, limits: Limits = DEFAULT_LI
     return imaging.load_product(fetch(image_uri, limits), fetch(mask_uri, limits), **_decoding(limits))
 
 
-def fetch_product(row: dict, limits: Limits = DEFAULT_LIMITS, identities: dict[str, str] | None = None) -> Product:
+def fetch_product(row: dict, limits: Limits = DEFAULT_LIMITS, identities: dict[str, str] | None = None,
+                  reference: tuple[bytes, bytes | None] | None = None) -> Product:
     """A catalog row (``image_uri``, ``mask_uri``, ``reference_uri``, ...) as a validated product;
-    ``identities`` collects what each read object was (see :func:`fetch`)."""
+    ``identities`` collects what each read object was (see :func:`fetch`). ``reference``: the
+    (image, mask) bytes of a brand kit's reference instead of the row's URIs."""
     def get(uri):
         return fetch(uri, limits, identities)
 
+    if reference is None and row.get("reference_uri"):
+        reference = get(row.get("reference_uri")), get(row.get("reference_mask_uri"))
     return decode_product(
         row["category"], get(row["image_uri"]), get(row.get("mask_uri")),
-        reference=get(row.get("reference_uri")),
-        reference_mask=get(row.get("reference_mask_uri")) if row.get("reference_uri") else None,
+        reference=reference[0] if reference else None, reference_mask=reference[1] if reference else None,
         prompt=row.get("prompt") or None, limits=limits)
 
 

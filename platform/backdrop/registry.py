@@ -141,7 +141,7 @@ def _registered_version(ref: str) -> tuple[str, str]:
     configure()
     name, version, alias = parse_reference(ref)
     client = MlflowClient()
-    mv = _lookup(lambda: client.get_model_version_by_alias(name, alias) if alias else
+    mv = lookup(lambda: client.get_model_version_by_alias(name, alias) if alias else
                  client.get_model_version(name, version), f"cannot resolve {ref}")
     return name, str(mv.version)
 
@@ -151,7 +151,7 @@ def _registered_version(ref: str) -> tuple[str, str]:
 NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
-def _lookup(call, what: str, missing_ok: bool = False):
+def lookup(call, what: str, missing_ok: bool = False):
     """``call()``; "not found" is a ``RegistryError`` (``None`` with ``missing_ok``), any other
     failure a :class:`RegistryUnavailableError`."""
     try:
@@ -279,11 +279,11 @@ def _baseline(client: MlflowClient, name: str, alias: str, metric: str) -> tuple
     recorded by the last ``promote`` in ``backdrop.last_<alias>`` stands in, so losing the
     champion never turns into "no baseline, anything passes".
     """
-    current = _lookup(lambda: client.get_model_version_by_alias(name, alias), f"{name}@{alias}", missing_ok=True)
+    current = lookup(lambda: client.get_model_version_by_alias(name, alias), f"{name}@{alias}", missing_ok=True)
     if current is not None:
         version = str(current.version)
         return version, gate_metric(name, version, metric, (current.tags or {}).get(f"eval.{metric}")), "alias"
-    model = _lookup(lambda: client.get_registered_model(name), name, missing_ok=True)
+    model = lookup(lambda: client.get_registered_model(name), name, missing_ok=True)
     raw = (model.tags or {}).get(last_holder_tag(alias)) if model is not None else None
     if not raw:
         return None, None, "none"
@@ -295,7 +295,7 @@ def _baseline(client: MlflowClient, name: str, alias: str, metric: str) -> tuple
         raise RegistryError(f"{name}: unreadable {last_holder_tag(alias)} tag {raw[:120]!r}; "
                             f"fix or delete it, or use --force") from None
     # the version may still exist (alias removed by hand): its tags are the truth
-    held = _lookup(lambda: client.get_model_version(name, version), f"{name} v{version}", missing_ok=True)
+    held = lookup(lambda: client.get_model_version(name, version), f"{name} v{version}", missing_ok=True)
     if held is not None:
         value = (held.tags or {}).get(f"eval.{metric}", value)
     return version, gate_metric(name, version, metric, value), last_holder_tag(alias)
@@ -366,7 +366,7 @@ def promote(name: str, version: str, *, alias: str = CHAMPION, metric: str | Seq
     configure()
     client = MlflowClient()
     version = normalize_version(version)
-    mv = _lookup(lambda: client.get_model_version(name, version), f"cannot promote {name} v{version}")
+    mv = lookup(lambda: client.get_model_version(name, version), f"cannot promote {name} v{version}")
     gates, refusals, holders = {}, [], []
     for m in metrics:
         gates[m], refused, old_version, source = _gate(client, name, version, mv.tags or {}, alias, m,
@@ -386,7 +386,7 @@ def promote(name: str, version: str, *, alias: str = CHAMPION, metric: str | Seq
               "gates": gates, "overridden": [str(e) for e in refusals]}
     # Compare-and-set, as far as MLflow allows (it has no conditional update): the alias must
     # still point where the gate read it, or another promotion won the race.
-    now = _lookup(lambda: client.get_model_version_by_alias(name, alias), f"{name}@{alias}", missing_ok=True)
+    now = lookup(lambda: client.get_model_version_by_alias(name, alias), f"{name}@{alias}", missing_ok=True)
     now_version = str(now.version) if now is not None else None
     if not force and now_version != (old_version if source == "alias" else None):
         raise RegistryError(f"{name}@{alias} moved to v{now_version} while v{version} was being gated "
@@ -430,7 +430,7 @@ def describe_registered(name: str) -> dict:
     """A registered model's aliases (alias -> version) and its versions, newest first."""
     configure()
     client = MlflowClient()
-    model = _lookup(lambda: client.get_registered_model(name), f"no registered model {name!r}")
+    model = lookup(lambda: client.get_registered_model(name), f"no registered model {name!r}")
     versions = client.search_model_versions(f"name = '{name}'")
     return {
         "name": name,

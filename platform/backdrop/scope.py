@@ -93,6 +93,23 @@ class UriScope:
         return bool(self.prefixes) or any(self.per_key.values())
 
 
+class StyleScope:
+    """The brand style kits each caller may use, by kit name: one list for every key (``*``:
+    any kit), or a key's own list (``per_key``, by the key's SHA-256), as for ``UriScope``. An
+    empty scope admits no kit."""
+
+    def __init__(self, names: Sequence[str] = (), per_key: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.names = frozenset(names)
+        self.per_key = {d.strip().lower().removeprefix("sha256:"): frozenset(n) for d, n in (per_key or {}).items()}
+
+    def names_for(self, key_digest: str | None) -> frozenset[str]:
+        return self.per_key.get((key_digest or "").lower(), self.names)
+
+    def admits(self, name: str, key_digest: str | None = None) -> bool:
+        names = self.names_for(key_digest)
+        return "*" in names or name in names
+
+
 class InputScope:
     """The inputs a batch job may read: ``s3://bucket[/prefix]`` prefixes and local folders."""
 

@@ -108,10 +108,11 @@ class BackfillConfig:
 
         return InputScope.of_catalog(self.catalog, (*self.allow_inputs, *allowed_inputs()))
 
-    def load_kwargs(self, categories) -> dict:
-        """The load stage's arguments (``stages.load_batch``), on Ray and in process alike."""
+    def load_kwargs(self, categories, styles=None) -> dict:
+        """The load stage's arguments (``stages.load_batch``), on Ray and in process alike;
+        ``styles``: the run's pinned brand style kits (``brands.StylePins``)."""
         return dict(categories=categories, limits=self.limits, scope=self.input_scope(),
-                    work=(self.candidates, self.steps))
+                    work=(self.candidates, self.steps), styles=styles, seed=self.seed)
 
     def output_config(self) -> OutputConfig:
         return OutputConfig(self.image_format, self.quality)

@@ -27,6 +27,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import storage
+from ..brands import StylePins
 
 URI_FIELDS = ("image_uri", "mask_uri", "reference_uri", "reference_mask_uri")
 STAT_THREADS = 16  # S3 HEADs are latency-bound: a few in flight keep a large plan fast
@@ -58,20 +59,24 @@ def input_uris(row: dict) -> dict[str, str | None]:
     return uris
 
 
-def of_row(row: dict, read: dict[str, str] | None = None) -> str:
+def of_row(row: dict, read: dict[str, str] | None = None, styles: StylePins | None = None) -> str:
     """The fingerprint of one catalog row (see the module docstring). ``read`` maps a URI to
     the identity of the bytes actually read from it (``storage.read_object``), which wins over
-    a stat: the record then names exactly the inputs its pixels came from."""
+    a stat: the record then names exactly the inputs its pixels came from. A row with a
+    ``brand_style`` adds the kit version its run pinned (``styles``), so a kit moved to a new
+    version makes its rows ``input_changed``; rows without one hash as they always did."""
     uris = input_uris(row)
     read = read or {}
     blob = {"category": row.get("category"), "prompt": row.get("prompt") or None, "uris": uris,
             "objects": {f: read.get(u) or object_identity(u) for f, u in uris.items()}}
+    if row.get("brand_style"):
+        blob["style"] = (styles or StylePins()).label(row["brand_style"])
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def of_rows(rows: list[dict]) -> list[str]:
+def of_rows(rows: list[dict], styles: StylePins | None = None) -> list[str]:
     """Fingerprints of many rows, stat calls overlapped (the planner's bulk path)."""
     if len(rows) < 8:
-        return [of_row(r) for r in rows]
+        return [of_row(r, styles=styles) for r in rows]
     with ThreadPoolExecutor(STAT_THREADS) as pool:
-        return list(pool.map(of_row, rows))
+        return list(pool.map(lambda r: of_row(r, styles=styles), rows))

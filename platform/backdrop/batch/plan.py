@@ -26,6 +26,7 @@ from ..categories import normalize
 from ..errors import DUPLICATE_ID as DUPLICATE_ID_CODE
 from ..errors import MISSING_ID as MISSING_ID_CODE
 from ..errors import SELECT
+from ..brands import StylePins
 from . import fingerprint, manifest
 from .config import RowSelection
 from .keys import PHOTO
@@ -44,6 +45,7 @@ class Plan:
     stale: int = 0  # records in scope whose latest attempt failed while an older image is still served
     placements: tuple[str, ...] = (PHOTO,)  # every row is one record per placement
     parts: tuple[str, ...] = ()  # the manifest parts this plan read: the run consolidates these and its own
+    styles: StylePins = field(default_factory=StylePins)  # the brand style kits its rows name, pinned
 
     @property
     def total(self) -> int:
@@ -112,7 +114,7 @@ def _duplicated_ids(catalog: str, selection: RowSelection) -> pa.Array:
 
 
 def plan_rows(catalog: str, output: str, selection: RowSelection, target_of: Callable[[str], Target],
-              placements: tuple[str, ...] = (PHOTO,)) -> Plan:
+              placements: tuple[str, ...] = (PHOTO,), styles: StylePins | None = None) -> Plan:
     """Classify every catalog row in scope against the manifest (``manifest.REASONS``).
 
     Two streaming passes over the catalog. The first counts ``product_id`` (Arrow) to find
@@ -127,7 +129,7 @@ def plan_rows(catalog: str, output: str, selection: RowSelection, target_of: Cal
     index = manifest.latest_index(output, parts)
     duplicated = _duplicated_ids(catalog, selection)
     dup_set = set(duplicated.to_pylist())
-    plan = Plan(exclude_ids=duplicated, placements=tuple(placements), parts=parts)
+    plan = Plan(exclude_ids=duplicated, placements=tuple(placements), parts=parts, styles=styles or StylePins())
     done, scope, first, seen, position = [], [], [], set(), 0
     for rows in _in_scope(catalog, selection, GENERATION_COLUMNS):
         if selection.limit is not None:
@@ -176,7 +178,7 @@ def _classify_into(plan: Plan, rows: pa.Table, index, target_of, done: list) -> 
         # record is generated anyway (and gets a fresh fingerprint from the load stage).
         stat = np.unique(candidates % n)
         per_row = np.full(n, None, dtype=object)
-        per_row[stat] = fingerprint.of_rows(rows.take(pa.array(stat)).to_pylist())
+        per_row[stat] = fingerprint.of_rows(rows.take(pa.array(stat)).to_pylist(), plan.styles)
         reasons = manifest.classify(df.assign(input_fingerprint=np.tile(per_row, k)), index, target_of)
     if len(df):
         rec = index.reindex(record_keys(df["product_id"], df["placement"]))

@@ -31,7 +31,8 @@ from PIL import Image
 
 from .. import imaging, runtime, storage
 from ..categories import CategoryMap
-from ..errors import GENERATE, LOAD, WRITE, Failure
+from ..brands import StylePins
+from ..errors import GENERATE, LOAD, WRITE, Failure, InvalidParameterError
 from ..inputs import Product, fetch_product
 from ..limits import DEFAULT_LIMITS, Limits
 from ..scope import InputScope
@@ -46,6 +47,7 @@ MANIFEST_COLUMNS = (
     "model_name", "model_version", "params_hash", "seed", "created_at", "run_id",
     "input_fingerprint", "last_good_uri",
     "placement", "device_seconds", "qa_score", "qa_passed", "candidates_json", "lease_epoch",
+    "brand_kit", "brand_kit_version",  # the brand style kit a row named, and the version its run used
 )
 INT_COLUMNS = ("seed", "lease_epoch")
 FLOAT_COLUMNS = ("device_seconds", "qa_score")
@@ -143,6 +145,8 @@ class RunContext:
             "qa_passed": made.qa_passed if made else None,
             "candidates_json": json.dumps(made.candidates) if made and made.candidates else None,
             "lease_epoch": self.lease_epoch,
+            "brand_kit": row.get("brand_kit"),
+            "brand_kit_version": row.get("brand_kit_version"),
         }
 
 
@@ -179,14 +183,20 @@ def load_item(row: dict, categories: CategoryMap | None = None, limits: Limits =
 
 def load_items(rows: list[dict], categories: CategoryMap | None = None,
                limits: Limits = DEFAULT_LIMITS, scope: InputScope | None = None,
-               work: tuple[int, int] | None = None) -> list[WorkItem]:
+               work: tuple[int, int] | None = None, styles: StylePins | None = None,
+               seed: int = 0) -> list[WorkItem]:
     """:func:`load_item` for a batch: a product whose placements share the batch is fetched,
     fingerprinted and validated once; a bad row fails each of its placements with the same
     failure, a placement that cannot hold the product (a pixel slot too small) fails alone.
 
     With ``work`` = (candidates, steps) each output is priced as an HTTP request is (output
     megapixels x candidates x steps, ``Limits.check_work``): one over ``max_request_work``
-    fails alone as ``request_too_large``, with its figure, before any generation."""
+    fails alone as ``request_too_large``, with its figure, before any generation.
+
+    A row's ``brand_style`` names a kit (``backdrop.brands``) instead of a ``reference_uri``
+    (both: ``invalid_parameter``): its reference is the kit's pick for the row's seed, from the
+    version ``styles`` pinned for the run; an unknown kit fails the row ``unknown_style``."""
+    styles = styles if styles is not None else StylePins()
     loaded: dict[str, tuple[str, Product | None, Failure | None]] = {}
     items = []
     for row in rows:
@@ -200,13 +210,13 @@ def load_items(rows: list[dict], categories: CategoryMap | None = None,
                 if scope is not None:
                     for field, uri in fingerprint.input_uris(row).items():
                         scope.check(field, uri)
-                product = fetch_product(row, limits, read)
+                product = fetch_product(row, limits, read, reference=_kit_reference(row, styles, seed))
             except Exception as e:  # noqa: BLE001 - an unexpected failure is still this row's failure
                 failure = Failure.of(LOAD, e)
-            fp = fingerprint.of_row(row, read)
+            fp = fingerprint.of_row(row, read, styles)
             loaded[pid] = (fp, product, failure)
         fp, product, failure = loaded[pid]
-        item = WorkItem({**row, "input_fingerprint": fp}, failure=failure)
+        item = WorkItem({**row, "input_fingerprint": fp, **_kit_columns(row, styles)}, failure=failure)
         if product is not None:
             try:
                 item.product = _placed(product, row.get("placement"), limits)
@@ -216,6 +226,23 @@ def load_items(rows: list[dict], categories: CategoryMap | None = None,
                 item.product, item.failure = None, Failure.of(LOAD, e)
         items.append(item)
     return items
+
+
+def _kit_reference(row: dict, styles: StylePins, seed: int) -> tuple[bytes, bytes | None] | None:
+    style = row.get("brand_style")
+    if not style:
+        return None
+    if row.get("reference_uri"):
+        raise InvalidParameterError("the row names both a reference_uri and a brand_style; give one")
+    return styles.kit(style).pick(runtime.row_seed(seed, str(row["product_id"])))
+
+
+def _kit_columns(row: dict, styles: StylePins) -> dict:
+    if not row.get("brand_style"):
+        return {}
+    pinned = styles.label(row["brand_style"])
+    name, _, version = pinned.partition("/")
+    return {"brand_kit": name if version else row["brand_style"], "brand_kit_version": version or None}
 
 
 def _placed(product: Product, placement: str | None, limits: Limits) -> Product:

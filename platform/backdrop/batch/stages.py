@@ -51,7 +51,7 @@ SMALL_CLUSTER_CPUS = 4
 PIXEL_FIELDS = ("image", "mask", "reference", "reference_mask", "output")
 IMAGE_FIELDS = ("image", "reference", "output")  # PIL images; the masks are float arrays
 FAILURE_FIELDS = ("error_stage", "error_code", "error_message")
-ROW_FIELDS = GENERATION_COLUMNS + ("placement", "input_fingerprint")  # the row as loaded
+ROW_FIELDS = GENERATION_COLUMNS + ("placement", "input_fingerprint", "brand_kit", "brand_kit_version")  # the row as loaded
 MADE_FIELD = "made"  # the output's runtime.Generated without its image, as JSON
 ITEM_SCHEMA = pa.schema([(c, pa.string()) for c in ROW_FIELDS + FAILURE_FIELDS + (MADE_FIELD,)]
                         + [(f, pa.binary()) for f in PIXEL_FIELDS])
@@ -143,10 +143,10 @@ def select_rows(batch: pa.Table, *, selection: RowSelection, done_keys: pa.Array
 
 
 def load_batch(batch: pa.Table, *, categories: CategoryMap, limits: Limits, scope: InputScope,
-               work: tuple[int, int]) -> pa.Table:
+               work: tuple[int, int], styles=None, seed: int = 0) -> pa.Table:
     """Fetch, decode, validate and price on CPU; an unknown category or an input outside the
-    job's scope fails before any fetch."""
-    return items_to_table(load_items(batch.to_pylist(), categories, limits, scope, work))
+    job's scope fails before any fetch. A row's brand style is its run's pinned kit version."""
+    return items_to_table(load_items(batch.to_pylist(), categories, limits, scope, work, styles, seed))
 
 
 def cpu_threads(threads: int | None, max_actors: int) -> int:
@@ -248,7 +248,7 @@ def build_dataset(config: BackfillConfig, plan: Plan, ctx: RunContext, categorie
         # each finished batch becomes one manifest part (the unit of resume).
         .repartition(target_num_rows_per_block=config.batch_size, strict=True)
         .map_batches(load_batch, batch_format="pyarrow", batch_size=config.batch_size,
-                     fn_kwargs=config.load_kwargs(categories))
+                     fn_kwargs=config.load_kwargs(categories, plan.styles))
         .map_batches(generator.cls, batch_format="pyarrow", batch_size=config.batch_size,
                      compute=ray.data.ActorPoolStrategy(min_size=1, max_size=generator.concurrency),
                      num_cpus=generator.num_cpus, num_gpus=generator.num_gpus or None,
@@ -269,7 +269,7 @@ def run_local(config: BackfillConfig, plan: Plan, ctx: RunContext, categories: C
                 for table in iter_catalog(config.catalog, list(GENERATION_COLUMNS)))
     if plan.first_rows is not None and plan.first_rows.num_rows:
         selected = itertools.chain(selected, [select_rows(plan.first_rows, **select)])
-    load = config.load_kwargs(categories)  # the scope is resolved once, not per batch
+    load = config.load_kwargs(categories, plan.styles)  # the scope is resolved once, not per batch
     for rows in _rebatch(selected, config.batch_size):
         loaded = load_batch(rows, **load)
         yield write_batch(generator(loaded), ctx=ctx)

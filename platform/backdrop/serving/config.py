@@ -39,6 +39,10 @@ class AppArgs(BaseModel):
                                             "body may point at (none: remote inputs are off)")
     uri_prefixes_by_key: dict[str, list[str]] = Field(default_factory=dict, description="a key's SHA-256 "
                                                       "-> its own prefixes, instead of allowed_uri_prefixes")
+    allowed_styles: list[str] = Field(default_factory=list, description="brand style kits any key may use "
+                                      "(\"*\": every kit; none: styles are off)")
+    styles_by_key: dict[str, list[str]] = Field(default_factory=dict, description="a key's SHA-256 -> the kits "
+                                                "it may use, instead of allowed_styles")
     rate_per_key_per_s: float | None = Field(None, gt=0, description="429 past this average rate per key")
     burst_per_key: int | None = Field(None, ge=1, description="requests a key may send at once before its "
                                                               "rate applies")

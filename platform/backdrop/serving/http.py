@@ -25,6 +25,8 @@ from ..errors import (
     InvalidParameterError,
     RegistryError,
     RegistryUnavailableError,
+    StyleNotAllowedError,
+    UnknownStyleError,
     UnsupportedImageError,
 )
 from ..limits import Limits
@@ -74,6 +76,7 @@ class GenerationFailed(Exception):
 STATUS: list[tuple[type[BaseException], int, str]] = [
     (Unauthorized, 401, "unauthorized"),
     (ModelNotAllowed, 403, ModelNotAllowed.code),
+    (StyleNotAllowedError, 403, StyleNotAllowedError.code),
     (PayloadTooLarge, 413, "payload_too_large"),
     (ImageTooLargeError, 413, ImageTooLargeError.code),
     (UnsupportedMediaType, 415, "unsupported_media_type"),
@@ -81,6 +84,7 @@ STATUS: list[tuple[type[BaseException], int, str]] = [
     (UnsupportedImageError, 415, UnsupportedImageError.code),
     (RegistryUnavailableError, 503, RegistryUnavailableError.code),  # never 404: it says nothing of the model
     (RegistryError, 404, "unknown_model"),
+    (UnknownStyleError, 404, UnknownStyleError.code),
     (InvalidInputError, 422, InvalidInputError.code),  # masks, category, parameters, URIs
     (RequestValidationError, 422, "invalid_request"),
     (QuotaExceeded, 429, "too_many_requests"),

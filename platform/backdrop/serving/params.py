@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import PydanticCustomError
 
 from .. import storage
+from ..brands import parse_style
 from ..errors import FetchError, ImageTooLargeError, InvalidParameterError
 from ..limits import DEFAULT_LIMITS, SCHEDULER_MAX_STEPS, Limits
 from ..placements import Placement, parse_placements
@@ -120,9 +121,13 @@ class GenerateParams(BaseModel):
                            "bit-identical), webp or jpeg (smaller; lossy below quality 100 for webp, always for "
                            "jpeg, so the product's pixels are approximated)")
     quality: Int = Field(95, ge=1, le=100, description="webp and jpeg quality (1..100)")
+    style: Text | None = Field(None, max_length=120,
+                               description="a brand style kit instead of a reference image: `acme` (its current "
+                                           "version), `acme@ALIAS` or `acme/VERSION` (GET /v1/styles lists the "
+                                           "kits this key may use); one of its references is picked by seed")
 
     FIELDS: ClassVar[tuple[str, ...]] = ("category", "prompt", "seed", "steps", "guidance", "scheduler", "num_images",
-                                         "placements", "candidates", "format", "image_format", "quality")
+                                         "placements", "candidates", "format", "image_format", "quality", "style")
 
     @model_validator(mode="before")
     @classmethod
@@ -150,6 +155,8 @@ class GenerateParams(BaseModel):
         if self.num_images > limits.max_images:
             raise InvalidParameterError(f"num_images must be in 1..{limits.max_images}, got {self.num_images}")
         limits.check_candidates(self.candidates)
+        if self.style is not None:
+            parse_style(self.style)  # a malformed name is a 422 before any lookup
         n_placements = max(1, len(self.placement_list(limits)))
         if self.format == "png" and self.num_images * n_placements > 1:
             raise InvalidParameterError(
