@@ -49,5 +49,8 @@ def test_the_client_and_the_http_body_take_every_option():
     from backdrop.client import BackdropClient
     from backdrop.serving.params import GenerateParams
 
-    assert set(OPTIONS) <= set(inspect.signature(BackdropClient.generate).parameters)
-    assert set(OPTIONS) <= set(GenerateParams.model_fields) and set(OPTIONS) <= set(GenerateParams.FIELDS)
+    # a brand style is per request over HTTP; a catalog names it per row (its brand_style column)
+    options = {*OPTIONS, "style"}
+    assert options <= set(inspect.signature(BackdropClient.generate).parameters)
+    assert options <= set(GenerateParams.model_fields) and options <= set(GenerateParams.FIELDS)
+    assert "--style" in _flags(_cli_commands()["call"])

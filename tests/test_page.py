@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import shutil
 
 import numpy as np
@@ -35,9 +36,21 @@ def url(tmp_path_factory):
     catalog = make_catalog(str(home / "catalog"), SyntheticConfig(
         num_categories=3, train_per_category=4, heldout_per_category=0, pairs_per_category=0))
     fit_scorer(catalog["train"], str(home / "generator"))
-    with local_serve({"BACKDROP_HOME": str(home)}) as base:
-        yield deploy("backdrop", "/", {"model_path": str(home / "generator"),
-                                       "api_key_sha256": [ApiKeys.digest(API_KEY)]}, url=base)
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)  # the kits go to this page's own registry
+    try:
+        with local_serve({"BACKDROP_HOME": str(home)}) as base:
+            # two brand kits, of which the key may use one (allowed_styles)
+            from backdrop import brands
+
+            (home / "ad.png").write_bytes(png(reference_rgb()))
+            (home / "ad2.png").write_bytes(png(reference_rgb().transpose(Image.FLIP_LEFT_RIGHT)))
+            brands.add_kit("acme", [str(home / "ad.png"), str(home / "ad2.png")])
+            brands.add_kit("globex", [str(home / "ad.png")])
+            yield deploy("backdrop", "/", {"model_path": str(home / "generator"), "allowed_styles": ["acme"],
+                                           "api_key_sha256": [ApiKeys.digest(API_KEY)]}, url=base)
+    finally:
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +118,21 @@ def test_upload_product_and_reference_and_see_the_result(page, files):
     assert np.array_equal(out[keep], np.asarray(product_rgba())[..., :3][keep])  # product untouched
     assert page.inner_text("#meta").startswith("generator, version path-") and "2 dpm++ steps" in page.inner_text("#meta")
     page.screenshot(path=SCREENSHOT, full_page=True)
+
+
+def test_the_brand_styles_a_key_may_use_are_listed_and_one_styles_the_result(page, files):
+    connect(page)
+    page.wait_for_selector("#style[data-ready=true]")
+    options = page.locator("#style option").all_inner_texts()
+    assert options[1:] == ["acme (v1, 2 references)"]  # globex exists but this key may not use it
+    page.set_input_files("#product", str(files / "product.png"))
+    page.select_option("#category", "mug")
+    page.select_option("#style", "acme")
+    page.fill("#steps", "2")
+    page.fill("#seed", "4")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('img.result') && document.querySelector('img.result').complete")
+    assert "style acme/1" in page.inner_text("#meta") and page.is_hidden("#error")
 
 
 def test_errors_are_shown_readably(page, files):

@@ -85,6 +85,8 @@ def stack(tmp_path_factory, s3_server):  # S3 first: the replicas inherit its en
                 "allowed_aliases": ["challenger"],  # other aliases and versions are off unless listed
                 "allowed_versions": ["*"],
                 "allowed_uri_prefixes": [f"{INPUTS}/in/"],  # remote inputs are off unless listed
+                "allowed_styles": ["acme", "initech"],  # brand kits are off unless listed
+                "styles_by_key": {ApiKeys.digest(OTHER_KEY): []},  # ... and this key may use none
             }, generator={"max_ongoing_requests": 16, "max_queued_requests": 64,
                           "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.25}}, url=url)
             tight_args = {
@@ -394,6 +396,48 @@ def test_a_version_of_another_model_family_is_served_by_the_same_deployment(stac
     keep = product_mask()
     assert np.array_equal(decode(r.content)[keep], np.asarray(product_rgba().convert("RGB"))[keep])
     assert r.content != generate(stack["url"]).content
+
+
+def test_a_brand_style_by_name_gives_the_pixels_of_its_reference_sent_inline(stack, tmp_path):
+    """A kit is the same reference without the upload: the style's answer is byte-identical to
+    the request that sends the kit's pick for that seed inline. A moved kit is seen at once
+    (alias_ttl_s is 0 here); kits outside a key's scope are 403, unknown ones 404."""
+    from backdrop import brands, registry
+
+    registry.configure()  # the stack's own store
+    (tmp_path / "a.png").write_bytes(png(reference_rgb()))
+    (tmp_path / "b.png").write_bytes(png(reference_rgb().transpose(Image.FLIP_TOP_BOTTOM)))
+    brands.add_kit("acme", [str(tmp_path / "a.png"), str(tmp_path / "b.png")])
+    brands.add_kit("globex", [str(tmp_path / "a.png")])
+
+    styled = generate(stack["url"], data={"style": "acme", "seed": "7"})
+    assert styled.status_code == 200, styled.text[:500]
+    assert styled.headers["X-Backdrop-Style"] == "acme/1"
+    reference = brands.load_kit("acme", "1").pick(7)[0]
+    inline = generate(stack["url"], files={"image": ("p.png", png(product_rgba()), "image/png"),
+                                           "reference": ("r.png", reference, "image/png")}, data={"seed": "7"})
+    assert inline.status_code == 200 and "X-Backdrop-Style" not in inline.headers
+    assert styled.content == inline.content
+    as_json = generate(stack["url"], data={"style": "acme/1", "seed": "7", "format": "json"}).json()
+    assert as_json["style"] == "acme/1"
+
+    brands.add_kit("acme", [str(tmp_path / "b.png")])  # current -> 2
+    assert generate(stack["url"], data={"style": "acme", "seed": "7"}).headers["X-Backdrop-Style"] == "acme/2"
+
+    assert_error(generate(stack["url"], data={"style": "globex"}), 403, "style_not_allowed")
+    assert_error(generate(stack["url"], data={"style": "acme"}, headers={"X-API-Key": OTHER_KEY}), 403,
+                 "style_not_allowed")
+    assert_error(generate(stack["url"], data={"style": "initech"}), 404, "unknown_style")
+    assert_error(generate(stack["url"], data={"style": "acme@autumn"}), 404, "unknown_style")
+    for hostile in ("../acme", "acme/../../etc", "ACME", "a" * 200, "acme@x y"):
+        assert_error(generate(stack["url"], data={"style": hostile}), 422)
+    both = generate(stack["url"], files={"image": ("p.png", png(product_rgba()), "image/png"),
+                                         "reference": ("r.png", reference, "image/png")}, data={"style": "acme"})
+    assert_error(both, 422, "invalid_parameter")
+
+    listed = requests.get(f"{stack['url']}/v1/styles", headers=KEY).json()["styles"]
+    assert [(k["name"], k["aliases"]) for k in listed] == [("acme", {"current": "2"})]
+    assert requests.get(f"{stack['url']}/v1/styles", headers={"X-API-Key": OTHER_KEY}).json() == {"styles": []}
 
 
 def test_champion_moves_mid_run_without_dropping_in_flight_requests(stack):

@@ -171,7 +171,7 @@ def cmd_call(args) -> int:
             reference_mask=args.reference_mask, prompt=args.prompt, seed=args.seed, steps=args.steps,
             guidance=args.guidance, num_images=args.num_images, scheduler=args.scheduler,
             placements=args.placements, candidates=args.candidates, image_format=args.image_format,
-            quality=args.quality, model_version=args.model_version, model_alias=args.model_alias)
+            quality=args.quality, style=args.style, model_version=args.model_version, model_alias=args.model_alias)
     except ServiceError as e:
         print(f"backdrop call: {e}", file=sys.stderr)
         return 1
@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mask", help="product mask (path or s3://)")
     c.add_argument("--reference", help="reference ad image: the background takes its style")
     c.add_argument("--reference-mask", help="the reference's product mask")
+    c.add_argument("--style", help="a brand style kit instead of a reference (acme, acme@ALIAS, acme/VERSION)")
     c.add_argument("--category")
     c.add_argument("--prompt", help="free text describing the background")
     c.add_argument("--seed", type=int)

@@ -63,6 +63,7 @@ class GenerateResult:
     attempts: int = 1  # 1 + the retries after a 503
     placements: list[str] = field(default_factory=list)  # each image's placement ("photo": as uploaded)
     media_type: str = "image/png"  # the images' encoding (the request's image_format)
+    style: str | None = None  # the brand kit version used (name/version), when the request named a style
 
 
 class BackdropClient:
@@ -101,16 +102,19 @@ class BackdropClient:
         candidates: int | None = None,
         image_format: str | None = None,
         quality: int | None = None,
+        style: str | None = None,
         model_version: str | int | None = None,
         model_alias: str | None = None,
     ) -> GenerateResult:
-        """Backgrounds for one product (optionally in the reference's style), on each of
-        ``placements`` (``"1:1,16:9"`` or a list), best of ``candidates``, encoded as ``image_format``."""
+        """Backgrounds for one product (optionally in the reference's style, or a brand kit's:
+        ``style="acme"``), on each of ``placements`` (``"1:1,16:9"`` or a list), best of
+        ``candidates``, encoded as ``image_format``."""
         if isinstance(placements, (list, tuple)):
             placements = ",".join(placements)
         fields = {"category": category, "prompt": prompt, "seed": seed, "steps": steps, "guidance": guidance,
                   "num_images": num_images, "scheduler": scheduler, "placements": placements,
-                  "candidates": candidates, "image_format": image_format, "quality": quality, "format": "json"}
+                  "candidates": candidates, "image_format": image_format, "quality": quality, "style": style,
+                  "format": "json"}
         fields = {k: v for k, v in fields.items() if v is not None}
         images = {"image": image, "mask": mask, "reference": reference, "reference_mask": reference_mask}
         images = {k: v for k, v in images.items() if v is not None}
@@ -136,6 +140,7 @@ class BackdropClient:
             model=answer["model"]["name"],
             version=str(answer["model"]["version"]),
             alias=answer["model"].get("alias"),
+            style=answer.get("style"),
             batch_size=int(answer.get("batch_size", 1)),
             timing_ms=answer.get("timing_ms", {}),
             request_id=answer.get("request_id") or response.headers.get("X-Request-Id"),

@@ -53,6 +53,23 @@ async function connect() {
     (info.aliases && Object.keys(info.aliases).length
       ? ` (${Object.entries(info.aliases).map(([a, v]) => `${a}→v${v}`).join(", ")})` : "");
   select.dataset.ready = "true";
+  await loadStyles(key);
+}
+
+async function loadStyles(key) {
+  // the brand style kits this key may use (GET /v1/styles): one option per kit
+  const response = await fetch("/v1/styles", { headers: { "X-API-Key": key } });
+  const select = $("style");
+  const none = select.options[0];
+  if (!response.ok) {
+    select.replaceChildren(none);
+    return;
+  }
+  const { styles } = await response.json();
+  select.replaceChildren(none, ...styles.map((kit) => new Option(
+    `${kit.name} (v${kit.aliases.current || kit.versions[0].version}, ` +
+    `${kit.versions[0].references} reference${kit.versions[0].references === 1 ? "" : "s"})`, kit.name)));
+  select.dataset.ready = "true";
 }
 
 function tile(src, caption, download) {
@@ -118,7 +135,7 @@ async function generate(event) {
   }
   for (const [id, field] of [["category", "category"], ["prompt", "prompt"], ["num-images", "num_images"],
                              ["steps", "steps"], ["guidance", "guidance"], ["scheduler", "scheduler"],
-                             ["seed", "seed"]]) {
+                             ["seed", "seed"], ["style", "style"]]) {
     const value = $(id).value.trim();
     if (value) form.append(field, value);
   }
@@ -151,6 +168,7 @@ async function generate(event) {
     $("meta").textContent = `${answer.model.name}, version ${version}` +
       ` · ${answer.device_seconds.toFixed(2)} device-s` +
       (answer.model.alias ? ` (${answer.model.alias})` : "") +
+      (answer.style ? ` · style ${answer.style}` : "") +
       ` · ${answer.steps} ${answer.scheduler} steps · ${answer.timing_ms.total} ms · batched with ${answer.batch_size - 1} other request(s)`;
   } catch (err) {
     showError(`The service could not be reached: ${err.message}`);
