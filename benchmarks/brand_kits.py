@@ -163,8 +163,8 @@ def write(summary: dict, results: Path) -> None:
         "| configuration | reference similarity (mean, std) | wall s / image | load stage ms / row |",
         "| --- | --- | --- | --- |",
     ]
-    for name, r in summary["configs"].items():
-        lines.append(f"| {name} | {r['reference_similarity']:.3f} ({r['std']:.3f}) | {r['wall_s_per_image']:.3f} | "
+    for config, r in summary["configs"].items():
+        lines.append(f"| {config} | {r['reference_similarity']:.3f} ({r['std']:.3f}) | {r['wall_s_per_image']:.3f} | "
                      f"{r['load_ms_per_row']:.2f} |")
     lines += ["", f"Kit outputs equal to inline outputs, pixel for pixel: {summary['kit_equals_inline_pixels']}; "
               f"kit / inline wall time per image: {summary['kit_over_inline_time']:.2f}; both controls below the "
