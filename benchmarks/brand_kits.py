@@ -48,6 +48,7 @@ CHECKPOINT = ROOT / "checkpoints" / "tiny-64"
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--categories", type=int, default=8, help="kits (one per category of the synthetic catalog)")
     p.add_argument("--per-category", type=int, default=4, help="products (and kit references) per category")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=2)
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
     a = p.parse_args(argv)
     if a.quick:
-        a.per_category, a.steps, a.repeats = 1, 2, 1
+        a.categories, a.per_category, a.steps, a.repeats = 3, 1, 2, 1
     work = Path(tempfile.mkdtemp(prefix="backdrop-kits-"))
     os.environ["BACKDROP_HOME"] = str(work / "home")  # a private registry for the kits
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
 
     configure_logging()
     catalog = make_catalog(str(work / "catalog"), SyntheticConfig(
-        train_per_category=0, heldout_per_category=0, pairs_per_category=a.per_category))
+        num_categories=a.categories, train_per_category=0, heldout_per_category=0, pairs_per_category=a.per_category))
     pairs = pq.read_table(catalog["pairs"]).to_pylist()
     categories = sorted({r["category"] for r in pairs})
     for c in categories:  # the category's reference ads are its brand's kit

@@ -18,6 +18,6 @@ def test_the_brand_kit_benchmark_runs_and_its_controls_fall_below_the_kit(tmp_pa
         monkeypatch.delenv(name, raising=False)  # the benchmark sets its own; restored after
     assert bench.main(["--quick", "--results-dir", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "brand_kits-quick.json").read_text())
-    assert summary["kit_equals_inline_pixels"] == "8/8" and summary["controls_below_kit"] is True
+    assert summary["kit_equals_inline_pixels"] == "3/3" and summary["controls_below_kit"] is True
     configs = summary["configs"]
     assert configs["kit"]["reference_similarity"] == configs["inline"]["reference_similarity"]

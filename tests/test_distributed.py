@@ -81,13 +81,13 @@ def test_two_nodes_survive_a_killed_worker(two_node_cluster, catalog, init_model
 
     storage_path = str(tmp_path / "ckpt")
     hold = tmp_path / "hold"
-    hold.touch()  # the workers wait after their step-10 checkpoint until the test has killed one
+    hold.touch()  # the workers wait after their step-4 checkpoint until the test has killed one
     cfg = DistributedTrainConfig(
         catalog=catalog["train"], storage_path=storage_path, name="two-node", stages=("cg",),
-        steps={"cg": 15}, init=init_model, batch_size=4, num_workers=2, cpus_per_worker=1,
-        placement_strategy="STRICT_SPREAD", max_failures=2, checkpoint_every=5, log_every=5,
+        steps={"cg": 7}, init=init_model, batch_size=4, num_workers=2, cpus_per_worker=1,
+        placement_strategy="STRICT_SPREAD", max_failures=2, checkpoint_every=4, log_every=4,
         log_images_every=0, registered_model_name="backdrop-two-node",
-        hold_file=str(hold), hold_after_step=10,
+        hold_file=str(hold), hold_after_step=4,
     )
     outcome: dict = {}
 
@@ -110,7 +110,7 @@ def test_two_nodes_survive_a_killed_worker(two_node_cluster, catalog, init_model
     workers = _train_workers()
     assert len(workers) == 2 and len(set(workers.values())) == 2  # one worker under each raylet
     os.kill(next(iter(workers)), signal.SIGKILL)
-    hold.unlink()  # the restarted group resumes from the step-10 checkpoint and runs freely
+    hold.unlink()  # the restarted group resumes from the step-4 checkpoint and runs freely
     runner.join(timeout=600)
 
     assert "error" not in outcome, outcome.get("error")
@@ -136,7 +136,7 @@ def test_ray_job_submit_trains_registers_and_logs(catalog, init_model, tmp_path,
     home = tmp_path / "home"
     job = shared_ray_head.submit(
         ["python", "jobs/train.py", "--catalog", catalog["train"], "--storage-path", str(tmp_path / "ckpt"),
-         "--run-name", "submitted", "--init", init_model, "--stages", "cg,pg", "--steps", "cg=4,pg=2",
+         "--run-name", "submitted", "--init", init_model, "--stages", "cg,pg", "--steps", "cg=2,pg=2",
          "--batch-size", "4", "--num-workers", "2", "--cpus-per-worker", "0.5", "--checkpoint-every", "2",
          "--log-images-every", "2", "--register", "backdrop-submitted"],
         env_vars={"BACKDROP_HOME": str(home)})
