@@ -35,8 +35,8 @@ def cmd_synth(args) -> int:
         from .demo.photos import PhotoCatalogConfig, make_photo_catalog
         from .errors import InvalidParameterError
 
-        if args.prior or args.style_seed is not None:
-            raise InvalidParameterError("--photos makes its own catalog: drop --prior / --style-seed")
+        if args.prior or args.style_seed is not None or args.harmony != "off":
+            raise InvalidParameterError("--photos makes its own catalog: drop --prior / --style-seed / --harmony")
         paths = make_photo_catalog(args.photos, args.output, PhotoCatalogConfig(
             train_per_category=args.train_per_category, heldout_per_category=args.heldout_per_category,
             resolution=args.resolution, seed=args.seed))
@@ -45,7 +45,7 @@ def cmd_synth(args) -> int:
     else:
         cfg = SyntheticConfig(num_categories=args.categories, train_per_category=args.train_per_category,
                               heldout_per_category=args.heldout_per_category, resolution=args.resolution,
-                              seed=args.seed, style_seed=args.style_seed)
+                              seed=args.seed, style_seed=args.style_seed, harmony=args.harmony)
         paths = make_catalog(args.output, cfg)
     print(f"synthetic catalog in {time.perf_counter() - t:.1f}s:")
     for split, uri in paths.items():
@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prior", action="store_true", help="write the broad procedural prior the base is "
                    "trained on instead (one category, 'prior'; --rows images)")
     s.add_argument("--rows", type=int, default=20_000, help="--prior: number of images")
+    s.add_argument("--harmony", default="off", choices=("off", "shadow", "shadow+reflection"),
+                   help="draw contact shadows (and, on glossy surfaces, reflections) around each product in "
+                        "the ads; off (the default) writes the catalog exactly as before")
     s.add_argument("--photos", metavar="DIR", help="build the catalog from your own photographs instead: one "
                    "category per sub-folder of DIR, backgrounds cropped from its photos (held-out crops from a "
                    "part of each photo that training never sees)")

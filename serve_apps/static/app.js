@@ -48,7 +48,7 @@ async function connect() {
   showError("");
   const info = await response.json();
   const select = $("category");
-  select.replaceChildren(...info.default.categories.map((c) => new Option(c, c)));
+  replaceOptions(select, info.default.categories.map((c) => new Option(c, c)));
   status.textContent = `connected: ${info.model}, version ${info.default.version}` +
     (info.aliases && Object.keys(info.aliases).length
       ? ` (${Object.entries(info.aliases).map(([a, v]) => `${a}→v${v}`).join(", ")})` : "");
@@ -66,10 +66,17 @@ async function loadStyles(key) {
     return;
   }
   const { styles } = await response.json();
-  select.replaceChildren(none, ...styles.map((kit) => new Option(
+  replaceOptions(select, [none, ...styles.map((kit) => new Option(
     `${kit.name} (v${kit.aliases.current || kit.versions[0].version}, ` +
-    `${kit.versions[0].references} reference${kit.versions[0].references === 1 ? "" : "s"})`, kit.name)));
+    `${kit.versions[0].references} reference${kit.versions[0].references === 1 ? "" : "s"})`, kit.name))]);
   select.dataset.ready = "true";
+}
+
+function replaceOptions(select, options) {
+  // a second connect (the key field's change event, then the button) must not undo a choice
+  const chosen = select.value;
+  select.replaceChildren(...options);
+  if (options.some((o) => o.value === chosen)) select.value = chosen;
 }
 
 function tile(src, caption, download) {

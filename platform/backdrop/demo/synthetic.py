@@ -70,6 +70,9 @@ class SyntheticConfig:
     # versions). An int: every category's style family is drawn at random from this seed, so
     # any number of catalogs the shipped model never saw can be made (``style_family``).
     style_seed: int | None = None
+    # Shadows and reflections drawn in the background around the product (``add_harmony``):
+    # "off" (the default: every byte as before), "shadow" or "shadow+reflection".
+    harmony: str = "off"
 
 
 @dataclass
@@ -1124,8 +1127,61 @@ def split_sample(config: SyntheticConfig, split: str, category_index: int, index
     rng = sample_rng(config.seed, split, category_index, index, part)
     if config.style_seed is not None:
         family = style_family(config.style_seed, category_index)
-        return brand, render_styled_sample(family, brand, rng, config.resolution, category_index)
-    return brand, render_sample(category_index, brand, rng, config.resolution)
+        sample = render_styled_sample(family, brand, rng, config.resolution, category_index)
+    else:
+        sample = render_sample(category_index, brand, rng, config.resolution)
+    if config.harmony != "off":  # its own random stream: the scene itself is drawn exactly as without
+        light = sample_rng(config.seed + 7919, split, category_index, index, part)
+        sample = add_harmony(sample, config.harmony, light, glossy=is_glossy(category_index))
+    return brand, sample
+
+
+HARMONY = ("off", "shadow", "shadow+reflection")
+
+
+def is_glossy(category_index: int) -> bool:
+    """Whether a category's supporting surface is glossy (it mirrors its products): every other
+    category, so a harmony catalog has both kinds."""
+    return int(category_index) % 2 == 0
+
+
+def add_harmony(sample: Sample, mode: str, rng: np.random.Generator, glossy: bool = True) -> Sample:
+    """The ad with a contact shadow (a soft darkening where the product meets its surface,
+    offset along the scene's light direction) and, on a glossy surface with
+    ``mode="shadow+reflection"``, a faded mirror image of the product below its base. Both are
+    drawn on background pixels only: the product's pixels, the mask and the clean background
+    are unchanged."""
+    if mode not in HARMONY:
+        raise ValueError(f"harmony must be one of {', '.join(HARMONY)}, got {mode!r}")
+    mask = sample.mask > 127
+    if mode == "off" or not mask.any():
+        return sample
+    h, w = mask.shape
+    img = sample.image.astype(np.float32) / 255
+    cols = np.flatnonzero(mask.any(0))
+    rows = np.flatnonzero(mask.any(1))
+    x0, x1, top, base = cols[0], cols[-1], rows[0], rows[-1]
+    half = max(1.0, (x1 - x0) / 2)
+    direction = rng.uniform(-0.6, 0.6)  # the light's side: the shadow leans away from it
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    sx, sy = (x0 + x1) / 2 + direction * half * 0.6, base + 0.5
+    rx, ry = half * 1.15 + 1, max(1.5, 0.07 * h)
+    shadow = np.clip(1 - ((xx - sx) / rx) ** 2 - ((yy - sy) / ry) ** 2, 0, 1) ** 0.8
+    shadow[: int(base)] *= 0.35  # mostly on the surface, below the base
+    darken = 1 - rng.uniform(0.45, 0.6) * shadow
+    img = np.where(mask[..., None], img, img * darken[..., None])
+    if mode == "shadow+reflection" and glossy:
+        # on the shadowed surface, a mirror image about the base line: row base + k shows
+        # product row base + 1 - k, fading out with depth
+        depth = min(base - top + 1, h - 1 - base)
+        strength = rng.uniform(0.5, 0.65)
+        for k in range(1, depth + 1):
+            src, dst = base + 1 - k, base + k
+            fade = strength * (1 - (k - 1) / depth)
+            keep = mask[src] & ~mask[dst]
+            img[dst, keep] = (1 - fade) * img[dst, keep] + fade * img[src, keep]
+    image = np.where(mask[..., None], sample.image, _to_u8(img))
+    return Sample(image=image, mask=sample.mask, background=sample.background)
 
 
 def catalog_category_names(config: SyntheticConfig) -> list[str]:
@@ -1157,6 +1213,8 @@ def make_catalog(output: str, config: SyntheticConfig = SyntheticConfig()) -> di
     """
     if config.brands_per_category < 1:
         raise ValueError("brands_per_category must be at least 1")
+    if config.harmony not in HARMONY:
+        raise ValueError(f"harmony must be one of {', '.join(HARMONY)}, got {config.harmony!r}")
     names = catalog_category_names(config)
 
     def draw(split: str, ci: int, i: int, part: int) -> tuple[str, Sample]:
