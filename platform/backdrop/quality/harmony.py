@@ -29,18 +29,16 @@ def _luma(image) -> np.ndarray:
 
 
 def _extent(mask: np.ndarray):
+    """``(mask, left, right, top, base)`` of the product, or ``None`` when there is none."""
     m = np.asarray(mask) > 0.5
     cols, rows = np.flatnonzero(m.any(0)), np.flatnonzero(m.any(1))
-    if not len(cols):
-        return m, None
-    return m, (cols[0], cols[-1], rows[0], rows[-1])
+    return (m, cols[0], cols[-1], rows[0], rows[-1]) if len(cols) else None
 
 
 def contact_shadow(image, mask: np.ndarray, band: float = 0.08) -> float | None:
-    m, ext = _extent(mask)
-    if ext is None:
+    if (ext := _extent(mask)) is None:
         return None
-    x0, x1, _, base = ext
+    m, x0, x1, _, base = ext
     h, w = m.shape
     b = max(2, round(band * h))
     lo, hi = base + 1, min(h, base + 1 + b)
@@ -62,11 +60,10 @@ def contact_shadow(image, mask: np.ndarray, band: float = 0.08) -> float | None:
 
 
 def reflection(image, mask: np.ndarray, depth: float = 0.25) -> float | None:
-    m, ext = _extent(mask)
-    if ext is None:
+    if (ext := _extent(mask)) is None:
         return None
-    x0, x1, top, base = ext
-    h, _ = m.shape
+    m, x0, x1, top, base = ext
+    h = m.shape[0]
     k = min(base - top + 1, h - 1 - base, max(2, round(depth * h)))
     if k < 2:
         return None
