@@ -14,7 +14,7 @@ pixels; what a kit saves is the upload and the decode-side validation, cached pe
 
 Why images and not precomputed latents: PG reads the reference through the *serving* model's
 VAE, which differs per generator version; a kit outlives model versions, so its latents would
-be one model's. The runtime caches what it encodes instead.
+be one model's. The reference is encoded per generation, as an inline one is.
 
 A leaf adapter over the registry, like ``registry`` itself: no model code. MLflow is imported
 on use, so parsing a style (the HTTP parameters) stays light.
@@ -27,17 +27,14 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
-import threading
-import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 
 from . import imaging, storage
-from .errors import BackdropError, FetchError, InvalidParameterError, RegistryError, UnknownStyleError
+from .errors import (BackdropError, FetchError, InvalidInputError, InvalidParameterError, RegistryError,
+                     UnknownStyleError)
 from .limits import DEFAULT_LIMITS, Limits
-from .settings import backdrop_home, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -255,60 +252,32 @@ def resolve_style(style: str | StyleRef) -> tuple[str, str]:
     return ref.name, str(mv.version)
 
 
-_KITS: "OrderedDict[tuple[str, str, str], Kit]" = OrderedDict()
-_KITS_LOCK = threading.Lock()
-KITS_IN_MEMORY = 16
-
-
 def load_kit(name: str, version: str) -> Kit:
     """One kit version's references, downloaded once per machine (``BACKDROP_HOME/kit-cache``)
     and kept in memory per process (a few, least recently used dropped): a version never
     changes, so neither cache needs invalidating."""
-    store = hashlib.sha256(tracking_uri().encode()).hexdigest()[:10]
-    key = (store, check_name(name), str(int(version)))
-    with _KITS_LOCK:
-        if key in _KITS:
-            _KITS.move_to_end(key)
-            return _KITS[key]
-    path = _download(*key)
+    return _load_kit(_registry().store_id(), check_name(name), str(int(version)))
+
+
+KITS_IN_MEMORY = 16
+
+
+@lru_cache(maxsize=KITS_IN_MEMORY)
+def _load_kit(store: str, name: str, version: str) -> Kit:
+    registry = _registry()
+    registry.configure()
+    path, _ = registry.lookup(lambda: registry.cached_version(KIT_PREFIX + name, version, "kit-cache", KIT_FILE),
+                              f"{name}/{version}")
+
+    def read(entry: str | None) -> bytes | None:
+        if not entry:
+            return None
+        with open(os.path.join(path, entry), "rb") as f:
+            return f.read()
+
     with open(os.path.join(path, KIT_FILE)) as f:
         meta = json.load(f)
-    refs = []
-    for entry in meta["references"]:
-        with open(os.path.join(path, entry["image"]), "rb") as f:
-            image = f.read()
-        mask = None
-        if entry.get("mask"):
-            with open(os.path.join(path, entry["mask"]), "rb") as f:
-                mask = f.read()
-        refs.append((image, mask))
-    kit = Kit(name, key[2], tuple(refs))
-    with _KITS_LOCK:
-        _KITS[key] = kit
-        while len(_KITS) > KITS_IN_MEMORY:
-            _KITS.popitem(last=False)
-    return kit
-
-
-def _download(store: str, name: str, version: str) -> str:
-    import mlflow
-
-    dest = os.path.join(backdrop_home(), "kit-cache", store, name, version)
-    if os.path.exists(os.path.join(dest, "kit", KIT_FILE)):
-        return os.path.join(dest, "kit")
-    _registry().configure()
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
-    try:
-        _registry().lookup(lambda: mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{KIT_PREFIX}{name}/{version}", dst_path=os.path.join(tmp, "kit")),
-            f"{name}/{version}")
-        os.rename(tmp, dest)  # atomic; a concurrent download of the same version races harmlessly
-    except OSError:
-        pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return os.path.join(dest, "kit")
+    return Kit(name, version, tuple((read(e["image"]), read(e.get("mask"))) for e in meta["references"]))
 
 
 class StylePins:
@@ -317,9 +286,9 @@ class StylePins:
     error, which each of its rows then fails with. Picklable: the driver's pins travel to the
     load stage's workers."""
 
-    def __init__(self, pinned: dict[str, str] | None = None, errors: dict[str, tuple[str, str]] | None = None):
-        self.pinned = dict(pinned or {})
-        self.errors = dict(errors or {})
+    def __init__(self) -> None:
+        self.pinned: dict[str, str] = {}
+        self.errors: dict[str, InvalidInputError] = {}  # unknown_style or invalid_parameter
 
     def pin(self, style: str) -> str:
         """``name/version`` of ``style``; raises its error (``unknown_style``, ``invalid_parameter``)."""
@@ -327,10 +296,10 @@ class StylePins:
             try:
                 self.pinned[style] = "/".join(resolve_style(style))
             except (UnknownStyleError, InvalidParameterError) as e:
-                self.errors[style] = (type(e).__name__, e.message)
+                self.errors[style] = e
         if style in self.errors:
-            kind, message = self.errors[style]
-            raise {"UnknownStyleError": UnknownStyleError}.get(kind, InvalidParameterError)(message)
+            error = self.errors[style]
+            raise type(error)(error.message)  # a fresh one per row: a re-raised one keeps growing its traceback
         return self.pinned[style]
 
     def label(self, style: str) -> str:

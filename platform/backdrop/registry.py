@@ -166,33 +166,47 @@ def lookup(call, what: str, missing_ok: bool = False):
         raise RegistryUnavailableError(f"{what}: {type(e).__name__}: {e}") from None
 
 
+def store_id() -> str:
+    """A short id of the tracking store: local caches of registered versions are kept per store."""
+    return hashlib.sha256(tracking_uri().encode()).hexdigest()[:10]
+
+
+def cached_version(name: str, version: str, cache: str, complete: str) -> tuple[str, bool]:
+    """``(directory, downloaded)``: registered version ``name``/``version``'s artifacts under
+    ``BACKDROP_HOME/<cache>/<store>/<name>/<version>``, downloaded once per machine. A copy
+    counts only once ``complete`` (a path inside it) exists; a download goes to a temporary
+    directory renamed into place, so no half-download is ever found and concurrent downloaders
+    race harmlessly."""
+    dest = os.path.join(backdrop_home(), cache, store_id(), name, version)
+    if os.path.exists(os.path.join(dest, complete)):
+        return dest, False
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        os.rename(tmp, dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest, True
+
+
 def download_version(name: str, version: str) -> str:
     """Local copy of a registered version's generator, cached per (store, name, version).
 
     The cache is bounded (``settings.model_cache_bytes``): every use marks a version's access
     time, and after a download the least recently used other versions are deleted until the
     cache fits (a process that already loaded one keeps its weights in memory)."""
-    version = normalize_version(version)
-    store = hashlib.sha256(tracking_uri().encode()).hexdigest()[:10]
-    dest = os.path.join(backdrop_home(), "model-cache", store, name, version)
-    generator = os.path.join(dest, "artifacts", GENERATOR_ARTIFACT)
-    if os.path.exists(os.path.join(generator, "backdrop.json")):
-        _mark_used(dest)
-        return generator
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
-    try:
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # no half-downloads left in the cache
-        raise
-    try:
-        os.rename(tmp, dest)  # atomic; concurrent downloaders race harmlessly
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+    generator = os.path.join("artifacts", GENERATOR_ARTIFACT)
+    dest, downloaded = cached_version(name, normalize_version(version), "model-cache",
+                                      os.path.join(generator, "backdrop.json"))
     _mark_used(dest)
-    evict_model_cache(keep=dest)
-    return generator
+    if downloaded:
+        evict_model_cache(keep=dest)
+    return os.path.join(dest, generator)
 
 
 def _mark_used(path: str) -> None:
