@@ -7,13 +7,12 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import InvalidParameterError
 from ..runtime import display_name
+from .cache import TtlCache
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ class ModelSelector:
         self.any_version = ANY_VERSION in versions
         self.versions = frozenset(normalise_version(v) for v in versions if v != ANY_VERSION)
         self.max_cached = max_cached
-        self._cache: OrderedDict[str, tuple[float, ModelChoice]] = OrderedDict()
+        self._cache: TtlCache[ModelChoice] = TtlCache(max_cached)
         self._last_good: dict[str, ModelChoice] = {}  # alias -> what it last resolved to
         self._lock = threading.Lock()
 
@@ -108,11 +107,9 @@ class ModelSelector:
         else:
             alias = None if version else (alias or self.default_alias)
             key = f"models:/{self.model_name}/{version}" if version else f"models:/{self.model_name}@{alias}"
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit and hit[0] > time.monotonic():
-                self._cache.move_to_end(key)
-                return hit[1]
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
         try:
             name, resolved = resolve_version(key)
         except RegistryError as e:
@@ -127,11 +124,8 @@ class ModelSelector:
         choice = ModelChoice(self.model_path or f"models:/{name}/{resolved}", name, resolved,
                              alias=None if self.model_path else alias)
         ttl = self.alias_ttl_s if choice.alias else 3600.0  # a version number never moves
+        self._cache.put(key, choice, ttl)
         with self._lock:
-            self._cache[key] = (time.monotonic() + ttl, choice)
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.max_cached:
-                self._cache.popitem(last=False)
             if choice.alias:
                 self._last_good[key] = choice  # at most one entry per allowed alias
         return choice

@@ -9,20 +9,16 @@ uploads and decodes its reference every time.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import OrderedDict
-
 from .. import brands
 from ..errors import InvalidParameterError, StyleNotAllowedError
 from ..scope import StyleScope
+from .cache import TtlCache
 
 
 class Styles:
     def __init__(self, scope: StyleScope, ttl_s: float = 2.0, max_cached: int = 256) -> None:
-        self.scope, self.ttl_s, self.max_cached = scope, ttl_s, max_cached
-        self._resolved: OrderedDict[str, tuple[float, tuple[str, str]]] = OrderedDict()
-        self._lock = threading.Lock()
+        self.scope, self.ttl_s = scope, ttl_s
+        self._resolved: TtlCache[tuple[str, str]] = TtlCache(max_cached)
 
     def allowed(self, key_digest: str | None) -> list[dict]:
         """The kits ``key_digest`` may use (GET /v1/styles, the page's list)."""
@@ -34,17 +30,10 @@ class Styles:
         ref = brands.parse_style(style)
         if not self.scope.admits(ref.name, key_digest):
             raise StyleNotAllowedError(f"this API key may not use brand style {ref.name!r}")
-        key, now = str(ref), time.monotonic()
-        with self._lock:
-            hit = self._resolved.get(key)
-            if hit and hit[0] > now:
-                self._resolved.move_to_end(key)
-                return hit[1]
-        pinned = brands.resolve_style(ref)
-        with self._lock:
-            self._resolved[key] = (now + self.ttl_s, pinned)
-            while len(self._resolved) > self.max_cached:
-                self._resolved.popitem(last=False)
+        pinned = self._resolved.get(str(ref))
+        if pinned is None:
+            pinned = brands.resolve_style(ref)
+            self._resolved.put(str(ref), pinned, self.ttl_s)
         return pinned
 
     def reference(self, style: str, seed: int, key_digest: str | None,
