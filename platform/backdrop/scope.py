@@ -67,6 +67,17 @@ def _prefixes(entries: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _by_key(per_key: Mapping[str, Sequence[str]] | None, convert) -> dict:
+    """A configuration's per-key lists, by the key's SHA-256 as ``api_key_sha256`` spells it
+    (hex, any case, an optional ``sha256:`` prefix)."""
+    return {d.strip().lower().removeprefix("sha256:"): convert(v) for d, v in (per_key or {}).items()}
+
+
+def _for_key(per_key: dict, key_digest: str | None, shared):
+    """A key's own list when it has one, else the one every key shares."""
+    return per_key.get((key_digest or "").lower(), shared)
+
+
 class UriScope:
     """The prefixes each caller may read from: one list for every key, or a key's own list.
 
@@ -77,10 +88,10 @@ class UriScope:
 
     def __init__(self, prefixes: Sequence[str] = (), per_key: Mapping[str, Sequence[str]] | None = None) -> None:
         self.prefixes = _prefixes(prefixes)
-        self.per_key = {d.strip().lower().removeprefix("sha256:"): _prefixes(p) for d, p in (per_key or {}).items()}
+        self.per_key = _by_key(per_key, _prefixes)
 
     def prefixes_for(self, key_digest: str | None) -> tuple[str, ...]:
-        return self.per_key.get((key_digest or "").lower(), self.prefixes)
+        return _for_key(self.per_key, key_digest, self.prefixes)
 
     def admit(self, uri: str, key_digest: str | None = None) -> str | None:
         """The canonical URI when ``key_digest`` may read it, else ``None`` (never why)."""
@@ -100,10 +111,10 @@ class StyleScope:
 
     def __init__(self, names: Sequence[str] = (), per_key: Mapping[str, Sequence[str]] | None = None) -> None:
         self.names = frozenset(names)
-        self.per_key = {d.strip().lower().removeprefix("sha256:"): frozenset(n) for d, n in (per_key or {}).items()}
+        self.per_key = _by_key(per_key, frozenset)
 
     def names_for(self, key_digest: str | None) -> frozenset[str]:
-        return self.per_key.get((key_digest or "").lower(), self.names)
+        return _for_key(self.per_key, key_digest, self.names)
 
     def admits(self, name: str, key_digest: str | None = None) -> bool:
         names = self.names_for(key_digest)
