@@ -499,7 +499,7 @@ def parse(argv=None) -> QualityBarRecipe:
     p = build_parser()
     args = p.parse_args(argv)
     try:
-        return config_files.resolve(args, QualityBarRecipe, config_files.given(args, "cfg.", QualityBarRecipe))
+        return config_files.resolve(args, QualityBarRecipe)
     except ValueError as e:
         p.error(str(e))
 

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     config_files.add_arguments(p, EvaluateJob, what="an evaluation config file")
     args = p.parse_args(argv)
     try:
-        job = config_files.resolve(args, EvaluateJob, config_files.given(args, "cfg.", EvaluateJob))
+        job = config_files.resolve(args, EvaluateJob)
     except ValueError as e:
         p.error(str(e))
     configure_logging()

@@ -162,7 +162,7 @@ def test_the_evaluate_job_takes_a_config_file_flags_and_key_value(tmp_path):
     config_files.add_arguments(parser, EvaluateJob)
     args = parser.parse_args(["--config", os.path.join(REPO, "recipes", "evaluate", "held-out.yaml"),
                               "--model", "m", "--no-references", "catalog_dir=c", "per_category=3"])
-    job = config_files.resolve(args, EvaluateJob, config_files.given(args, "cfg.", EvaluateJob))
+    job = config_files.resolve(args, EvaluateJob)
     assert (job.model, job.catalog_dir, job.references, job.per_category, job.steps, job.mlflow) == \
         ("m", "c", False, 3, 20, True)
     from jobs import evaluate  # the job itself runs in test_registry.py

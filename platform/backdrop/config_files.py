@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "cfg
     """``--config``, one flag per field of the dataclass ``cls`` (``--batch-size`` for
     ``batch_size``: a bool is ``--x/--no-x``, a list ``A,B``, a dict ``K=V,...``), and trailing
     ``key=value`` overrides. No flag declares a default: one not given stays out of the merge
-    (:func:`resolve_flags`), so the dataclass's default is the only one."""
+    (:func:`given`), so the dataclass's default is the only one."""
     add_config_arguments(parser, what)
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
@@ -136,10 +136,11 @@ def given(args: argparse.Namespace, prefix: str = "", cls: type | None = None) -
             for k, v in out.items()}
 
 
-def resolve(args: argparse.Namespace, cls: type, values: dict):
-    """``cls`` from parsed arguments: ``--config``, then ``values`` (the given flags), then the
-    trailing ``key=value`` pairs."""
-    return load(cls, getattr(args, CONFIG_DEST, None), values, list(getattr(args, OVERRIDES_DEST, None) or []))
+def resolve(args: argparse.Namespace, cls: type, prefix: str = "cfg.", base: dict | None = None):
+    """``cls`` from parsed arguments: ``base``, ``--config``, the flags given (``dest`` is
+    ``prefix + field``), then the trailing ``key=value`` pairs."""
+    return load(cls, getattr(args, CONFIG_DEST, None), given(args, prefix, cls),
+                list(getattr(args, OVERRIDES_DEST, None) or []), base)
 
 
 def to_yaml(config) -> str:

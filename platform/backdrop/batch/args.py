@@ -110,10 +110,7 @@ def config_from_args(args, **overrides):
     from .config import BackfillConfig
 
     try:
-        config = config_files.load(BackfillConfig, getattr(args, config_files.CONFIG_DEST, None),
-                                   config_files.given(args, _FIELD),
-                                   list(getattr(args, config_files.OVERRIDES_DEST, None) or []),
-                                   base=getattr(args, _BASE, None))
+        config = config_files.resolve(args, BackfillConfig, _FIELD, base=getattr(args, _BASE, None))
     except ValueError as e:
         raise InvalidParameterError(str(e)) from None
     return replace(config, **overrides)

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from .. import registry, runtime, storage
+from .. import config_files, registry, runtime, storage
 from ..catalog import read_catalog
 from ..config_files import knob
 from ..gallery import contact_sheet, masked_product
@@ -193,13 +193,11 @@ def run_evaluation(job: EvaluateJob) -> EvalResult:
     if job.mlflow:
         import mlflow
 
-        from ..config_files import to_yaml
-
         registry.configure()
         with mlflow.start_run(experiment_id=registry.ensure_experiment(), run_name=job.run_name):
             mlflow.set_tags({"model_name": resolved.name, "model_version": resolved.version, "job": "evaluate"})
             mlflow.log_params({k: v for k, v in vars(job).items() if v is not None})
-            mlflow.log_text(to_yaml(job), "config.yaml")
+            mlflow.log_text(config_files.to_yaml(job), "config.yaml")
             registry.log_evaluation(result.numbers(), result.grids, result.report(**about))
         if job.model.startswith("models:/"):
             registry.record_metrics(resolved.name, resolved.version, result.numbers())

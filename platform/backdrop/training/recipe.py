@@ -116,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainRecipe) -> N
 def resolve(args: argparse.Namespace, cls: type = TrainRecipe) -> TrainRecipe:
     """The recipe that parsed arguments describe (see the module docstring); ``ValueError``
     names what is wrong (an unknown key, a value of the wrong type, a missing field)."""
-    return config_files.resolve(args, cls, config_files.given(args, PREFIX, cls)).validate()
+    return config_files.resolve(args, cls, PREFIX).validate()
 
 
 def load(path: str | None = None, values: dict | None = None, overrides: list[str] | None = None,
