@@ -92,9 +92,8 @@ def main(argv=None) -> int:
     requests = [fetch_product(r).requests([runtime.row_seed(0, r["product_id"])])[0] for r in heldout]
     masks = [q.mask > 0.5 for q in requests]
     real = [np.asarray(q.image) for q in requests]
-    names = read_catalog(catalogs[a.harmony]["heldout"]).column("category").to_pylist()
     order = {c: i for i, c in enumerate(dict.fromkeys(r["category"] for r in heldout))}
-    glossy = [is_glossy(order[c]) for c in names]
+    glossy = [is_glossy(order[r["category"]]) for r in heldout]
 
     def scores(images) -> dict:
         """Contact shadow where the surface is matte (with reflections on, a glossy floor's band

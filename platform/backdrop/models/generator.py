@@ -20,6 +20,7 @@ from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DCondi
 from transformers import CLIPTextModel
 
 from .. import storage
+from ..schedulers import DEFAULT_SCHEDULER
 from ..categories import CategoryMap
 from .attention import install_mask_guided_attention
 from .controlnets import make_category_generator, make_personality_generator
@@ -40,7 +41,7 @@ class ModelConfig:
     family: str = DEFAULT_FAMILY  # a name of models.families.FAMILIES
     # the denoising scheduler (backdrop.schedulers) this model generates with when a job or a
     # request names none: a model tuned for few steps of a multistep solver carries that choice
-    scheduler: str = "ddim"
+    scheduler: str = DEFAULT_SCHEDULER
     extra: dict = field(default_factory=dict)  # free-form provenance (training stages, data hash)
 
 
