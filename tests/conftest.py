@@ -310,6 +310,39 @@ def shared_ray_head():
         yield head
 
 
+# --- one Ray + Serve for the HTTP and browser modules ---------------------------------------
+# Starting and stopping a local Ray with Serve costs about 15 s; these modules share one (each
+# deploys its own applications and deletes them when it ends) and so run last, together, after
+# every test that starts a Ray of its own.
+SERVE_MODULES = ("test_serve_fuzz.py", "test_page.py", "test_serve.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: SERVE_MODULES.index(item.path.name) + 1 if item.path.name in SERVE_MODULES else 0)
+
+
+@pytest.fixture(scope="session")
+def serve_cluster(tmp_path_factory, s3_server):  # S3 first: the replicas inherit its endpoint and credentials
+    """A local Ray (2 CPUs) with Serve on a free loopback port, and the ``BACKDROP_HOME`` its
+    replicas and this process share (registered versions, brand kits): ``{"url", "home"}``.
+
+    The replicas inherit the environment of the moment Ray starts: the S3 endpoint, a second API
+    key in ``BACKDROP_API_KEYS`` (an env var, never a runtime_env) and at most two models per
+    replica. The registry is the one under ``BACKDROP_HOME``, nothing else.
+    """
+    from serve_stack import OTHER_KEY, local_serve
+
+    home = tmp_path_factory.mktemp("serve-home")
+    env = {"BACKDROP_HOME": str(home), "BACKDROP_MAX_MODELS_PER_REPLICA": "2", "BACKDROP_S3_ENDPOINT_URL": s3_server}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for name, value in env.items():
+            mp.setenv(name, value)
+        mp.setenv("BACKDROP_API_KEYS", OTHER_KEY)
+        with local_serve(env) as url:
+            yield {"url": url, "home": home}
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """A private BACKDROP_HOME (MLflow store, model cache) for one test."""

@@ -122,6 +122,18 @@ def local_serve(env: dict[str, str]):
                 os.environ[k] = v
 
 
+@contextmanager
+def apps(*names: str):
+    """Deletes the named Serve applications on the way out, so that a module leaves the shared
+    stack as it found it: its route prefixes free and its replicas' CPUs back."""
+    from ray.serve.context import _get_global_client
+
+    try:
+        yield
+    finally:  # all at once (serve.delete takes one, and waits for its replicas to stop)
+        _get_global_client().delete_apps(list(names), blocking=True)
+
+
 def deploy(name: str, route_prefix: str, args: dict, generator: dict | None = None, url: str = "") -> str:
     """Deploy the backdrop app under ``route_prefix``; returns its base URL once it is ready.
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from serve_stack import API_KEY, deploy, local_serve, png, product_rgba, reference_rgb, tiny_model
+from serve_stack import API_KEY, apps, deploy, png, product_rgba, reference_rgb, tiny_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -24,33 +23,26 @@ SCREENSHOT = "/tmp/backdrop-page.png"
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    from backdrop.serving.auth import ApiKeys
-
+def url(serve_cluster):
+    from backdrop import brands
     from backdrop.demo.synthetic import SyntheticConfig, make_catalog
     from backdrop.quality.qa import fit_scorer
+    from backdrop.serving.auth import ApiKeys
 
-    home = tmp_path_factory.mktemp("page-home")
+    home = serve_cluster["home"] / "page"
     tiny_model(seed=3).save_pretrained(str(home / "generator"))
     # a QA scorer saved with it, so the page can ask for best-of-N (a small synthetic train split)
     catalog = make_catalog(str(home / "catalog"), SyntheticConfig(
         num_categories=3, train_per_category=4, heldout_per_category=0, pairs_per_category=0))
     fit_scorer(catalog["train"], str(home / "generator"))
-    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)  # the kits go to this page's own registry
-    try:
-        with local_serve({"BACKDROP_HOME": str(home)}) as base:
-            # two brand kits, of which the key may use one (allowed_styles)
-            from backdrop import brands
-
-            (home / "ad.png").write_bytes(png(reference_rgb()))
-            (home / "ad2.png").write_bytes(png(reference_rgb().transpose(Image.FLIP_LEFT_RIGHT)))
-            brands.add_kit("acme", [str(home / "ad.png"), str(home / "ad2.png")])
-            brands.add_kit("globex", [str(home / "ad.png")])
-            yield deploy("backdrop", "/", {"model_path": str(home / "generator"), "allowed_styles": ["acme"],
-                                           "api_key_sha256": [ApiKeys.digest(API_KEY)]}, url=base)
-    finally:
-        if saved is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
+    # two brand kits in the stack's registry, of which the key may use one (allowed_styles)
+    (home / "ad.png").write_bytes(png(reference_rgb()))
+    (home / "ad2.png").write_bytes(png(reference_rgb().transpose(Image.FLIP_LEFT_RIGHT)))
+    brands.add_kit("northwind", [str(home / "ad.png"), str(home / "ad2.png")])
+    brands.add_kit("umbrella", [str(home / "ad.png")])
+    with apps("page"):
+        yield deploy("page", "/", {"model_path": str(home / "generator"), "allowed_styles": ["northwind"],
+                                   "api_key_sha256": [ApiKeys.digest(API_KEY)]}, url=serve_cluster["url"])
 
 
 @pytest.fixture(scope="module")
@@ -124,15 +116,15 @@ def test_the_brand_styles_a_key_may_use_are_listed_and_one_styles_the_result(pag
     connect(page)
     page.wait_for_selector("#style[data-ready=true]")
     options = page.locator("#style option").all_inner_texts()
-    assert options[1:] == ["acme (v1, 2 references)"]  # globex exists but this key may not use it
+    assert options[1:] == ["northwind (v1, 2 references)"]  # umbrella exists but this key may not use it
     page.set_input_files("#product", str(files / "product.png"))
     page.select_option("#category", "mug")
-    page.select_option("#style", "acme")
+    page.select_option("#style", "northwind")
     page.fill("#steps", "2")
     page.fill("#seed", "4")
     page.click("#generate")
     page.wait_for_function("document.querySelector('img.result') && document.querySelector('img.result').complete")
-    assert "style acme/1" in page.inner_text("#meta") and page.is_hidden("#error")
+    assert "style northwind/1" in page.inner_text("#meta") and page.is_hidden("#error")
 
 
 def test_errors_are_shown_readably(page, files):

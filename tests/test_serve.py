@@ -20,7 +20,6 @@ import base64
 import concurrent.futures as cf
 import io
 import json
-import os
 import threading
 
 import numpy as np
@@ -32,10 +31,10 @@ from serve_stack import (
     API_KEY,
     OTHER_KEY,
     Hold,
+    apps,
     decode,
     deploy,
     deploy_ingress,
-    local_serve,
     png,
     product_mask,
     product_rgba,
@@ -56,62 +55,50 @@ INPUTS = "s3://backdrop-serve-inputs"  # the one bucket (under in/) the main app
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, s3_server):  # S3 first: the replicas inherit its endpoint and credentials
-    home = tmp_path_factory.mktemp("backdrop-home")
-    env = {"BACKDROP_HOME": str(home), "BACKDROP_MAX_MODELS_PER_REPLICA": "2", "BACKDROP_S3_ENDPOINT_URL": s3_server}
-    saved = {k: os.environ.get(k) for k in (*env, "BACKDROP_API_KEYS", "MLFLOW_TRACKING_URI")}
-    os.environ.pop("MLFLOW_TRACKING_URI", None)  # the registry under BACKDROP_HOME, nothing else
-    os.environ.update(env)
-    os.environ["BACKDROP_API_KEYS"] = OTHER_KEY  # inherited by the replicas, never in a runtime_env
+def stack(serve_cluster):
     from backdrop.serving.auth import ApiKeys
 
-    try:
-        import boto3
+    home, url = serve_cluster["home"], serve_cluster["url"]
+    import boto3
 
-        boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=INPUTS[5:])
-        versions = register_versions(2)
-        model_dir = home / "saved-generator"
-        tiny_model(seed=5).save_pretrained(str(model_dir))
-        with local_serve(env) as url:
-            main = deploy("backdrop", "/", {
-                "api_key_sha256": [ApiKeys.digest(API_KEY)],
-                "alias_ttl_s": 0,
-                "max_body_bytes": MAX_BODY,
-                "max_image_bytes": MAX_BODY,
-                "max_pixels": 1_000_000,
-                "max_steps": 400,
-                "request_timeout_s": 300,
-                "hold_dir": str(home / "hold-main"),
-                "allowed_aliases": ["challenger"],  # other aliases and versions are off unless listed
-                "allowed_versions": ["*"],
-                "allowed_uri_prefixes": [f"{INPUTS}/in/"],  # remote inputs are off unless listed
-                "allowed_styles": ["acme", "initech"],  # brand kits are off unless listed
-                "styles_by_key": {ApiKeys.digest(OTHER_KEY): []},  # ... and this key may use none
-            }, generator={"max_ongoing_requests": 16, "max_queued_requests": 64,
-                          "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.25}}, url=url)
-            tight_args = {
-                "model_path": str(model_dir),
-                "api_key_sha256": [ApiKeys.digest(API_KEY)],
-                "request_timeout_s": 300,
-                "retry_after_s": 1,
-                "max_steps": 500,
-                "hold_dir": str(home / "hold-tight"),
-                "generator_num_cpus": 0.25,
-            }
-            tight = deploy("tight", "/tight", tight_args,
-                           generator={"max_ongoing_requests": 1, "max_queued_requests": 1,
-                                      "backpressure_config": {"status_code": 503, "retry_after_s": 1},
-                                      "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}, url=url)
-            timeout = deploy_ingress("timeout", "/timeout", {**tight_args, "request_timeout_s": TIMEOUT_S},
-                                     generator_app="tight", url=url)
-            yield {"url": main, "tight": tight, "timeout": timeout, "versions": versions,
-                   "hold_main": home / "hold-main", "hold_tight": home / "hold-tight"}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=INPUTS[5:])
+    versions = register_versions(2)
+    model_dir = home / "saved-generator"
+    tiny_model(seed=5).save_pretrained(str(model_dir))
+    with apps("backdrop", "tight", "timeout"):
+        main = deploy("backdrop", "/", {
+            "api_key_sha256": [ApiKeys.digest(API_KEY)],
+            "alias_ttl_s": 0,
+            "max_body_bytes": MAX_BODY,
+            "max_image_bytes": MAX_BODY,
+            "max_pixels": 1_000_000,
+            "max_steps": 400,
+            "request_timeout_s": 300,
+            "hold_dir": str(home / "hold-main"),
+            "allowed_aliases": ["challenger"],  # other aliases and versions are off unless listed
+            "allowed_versions": ["*"],
+            "allowed_uri_prefixes": [f"{INPUTS}/in/"],  # remote inputs are off unless listed
+            "allowed_styles": ["acme", "initech"],  # brand kits are off unless listed
+            "styles_by_key": {ApiKeys.digest(OTHER_KEY): []},  # ... and this key may use none
+        }, generator={"max_ongoing_requests": 16, "max_queued_requests": 64,
+                      "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.25}}, url=url)
+        tight_args = {
+            "model_path": str(model_dir),
+            "api_key_sha256": [ApiKeys.digest(API_KEY)],
+            "request_timeout_s": 300,
+            "retry_after_s": 1,
+            "max_steps": 500,
+            "hold_dir": str(home / "hold-tight"),
+            "generator_num_cpus": 0.25,
+        }
+        tight = deploy("tight", "/tight", tight_args,
+                       generator={"max_ongoing_requests": 1, "max_queued_requests": 1,
+                                  "backpressure_config": {"status_code": 503, "retry_after_s": 1},
+                                  "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}, url=url)
+        timeout = deploy_ingress("timeout", "/timeout", {**tight_args, "request_timeout_s": TIMEOUT_S},
+                                 generator_app="tight", url=url)
+        yield {"url": main, "tight": tight, "timeout": timeout, "versions": versions,
+               "hold_main": home / "hold-main", "hold_tight": home / "hold-tight"}
 
 
 def generate(base: str, *, files: dict | None = None, data: dict | None = None, headers: dict | None = None,

@@ -18,7 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from serve_stack import API_KEY, deploy, local_serve, png, product_rgba, tiny_model
+from serve_stack import API_KEY, apps, deploy, png, product_rgba, tiny_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -28,18 +28,17 @@ INPUTS = f"backdrop-scope-{uuid.uuid4().hex[:8]}"  # the bucket the app may read
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, s3_server):  # S3 first: the replicas inherit its endpoint and credentials
+def stack(serve_cluster):
     import boto3
 
     from backdrop.serving.auth import ApiKeys
 
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=INPUTS)
-    home = tmp_path_factory.mktemp("fuzz-home")
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=INPUTS)
+    home, url = serve_cluster["home"], serve_cluster["url"]
     model_dir = home / "secret-dir" / "generator"
     tiny_model(seed=3).save_pretrained(str(model_dir))
-    env = {"BACKDROP_HOME": str(home), "BACKDROP_S3_ENDPOINT_URL": s3_server}
     common = {"model_path": str(model_dir), "api_key_sha256": [ApiKeys.digest(API_KEY)]}
-    with local_serve(env) as url:
+    with apps("fuzz", "limited"):
         main = deploy("fuzz", "/", {**common, "max_body_bytes": MAX_BODY, "max_steps": 8,
                                     "allowed_uri_prefixes": [f"s3://{INPUTS}/in/"]}, url=url)
         limited = deploy("limited", "/limited", {**common, "rate_per_key_per_s": 0.001, "burst_per_key": 2},
