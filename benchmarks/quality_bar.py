@@ -80,6 +80,18 @@ class Budget:
         return f"{self.steps}steps" if self.steps is not None else f"{self.minutes:g}min"
 
 
+def cg_loss(args) -> dict:
+    """The CG stage's loss knobs, as StageConfig fields."""
+    knobs = {"timestep_sampling": args.cg_timestep_sampling, "loss_weighting": args.cg_loss_weighting,
+             "lr_schedule": args.cg_lr_schedule}
+    if args.cg_lr_schedule != "constant":  # one schedule over the whole curve: its points are checkpoints of one run
+        last = curve_budgets(args)[-1]
+        if last.steps is None:
+            raise ValueError("cg_lr_schedule cosine needs the curve in steps (curve_steps or cg_steps), not minutes")
+        knobs["lr_horizon"] = last.steps
+    return knobs
+
+
 def curve_budgets(args) -> list[Budget]:
     if args.curve_minutes:
         return [Budget(minutes=float(x)) for x in args.curve_minutes.split(",")]
@@ -136,7 +148,7 @@ def run_curve(model, data, catalog_dir: str, workdir: str, prefix: str, args, se
     curve, trainer, elapsed = [], None, 0.0
     for budget in curve_budgets(args):
         trainer, r = train_for(model, data, "cg", budget, seed, trainer, elapsed, args.batch_size,
-                               timestep_sampling=args.cg_timestep_sampling)
+                               **cg_loss(args))
         elapsed = r.seconds
         ckpt = os.path.join(workdir, f"{prefix}-{budget}")
         model.save_pretrained(ckpt)
@@ -211,7 +223,7 @@ def run_scratch(args) -> dict:
     if not args.skip_baseline:  # the same base, the same budget as the last curve point
         plain = BackdropModel.from_pretrained(base_dir).with_fresh_generators("plain")
         _, rp = train_for(plain, data, "cg", curve_budgets(args)[-1], args.seed + 10, batch_size=args.batch_size,
-                          timestep_sampling=args.cg_timestep_sampling)
+                          **cg_loss(args))
         plain_dir = os.path.join(args.workdir, "plain-controlnet")
         plain.save_pretrained(plain_dir)
         res = evaluate_checkpoint(plain_dir, catalog_dir, os.path.join(args.workdir, "eval", "plain-controlnet"),
@@ -304,7 +316,7 @@ def run_table1(args) -> dict:
                                ("plain", "plain ControlNet (\"A photo of {category}\")")):
             model = BackdropModel.from_pretrained(base_dir).with_fresh_generators(variant)
             _, r = train_for(model, data, "cg", curve_budgets(args)[-1], args.seed + 10, batch_size=args.batch_size,
-                             timestep_sampling=args.cg_timestep_sampling)
+                             **cg_loss(args))
             steps_total, seconds_total = steps_total + r.steps, seconds_total + r.seconds
             out_dir = os.path.join(args.workdir, f"{tag}-{variant}")
             model.save_pretrained(out_dir)
@@ -409,6 +421,10 @@ def write_report(results: dict, args) -> str:
         stem += f"-{args.report_tag}"
     if args.cg_timestep_sampling != "importance":
         stem += f"-cg-{args.cg_timestep_sampling}-t"
+    if args.cg_loss_weighting != "high-noise":
+        stem += f"-cg-{args.cg_loss_weighting}-weighting"
+    if args.cg_lr_schedule != "constant":
+        stem += f"-cg-{args.cg_lr_schedule}-lr"
     os.makedirs(args.results_dir, exist_ok=True)
     out = os.path.join(args.results_dir, stem)
     pictures = {}
@@ -484,6 +500,11 @@ class QualityBarRecipe:
     seed: int = knob(0, "random seed")
     cg_timestep_sampling: str = knob("importance", "the ablation: 'uniform' draws CG's timesteps uniformly and "
                                                    "weights the loss", choices=("importance", "uniform"))
+    cg_loss_weighting: str = knob("high-noise", "CG's loss weighting: 'high-noise' (1 + 1/SNR, capped) or 'none' "
+                                                "(plain eps-MSE over uniform t, the paper's Eq. 1)",
+                                  choices=("high-noise", "none"))
+    cg_lr_schedule: str = knob("constant", "CG's learning rate: constant, or cosine to 0 over the last curve point",
+                               choices=("constant", "cosine"))
     report_tag: str = knob("", "appended to the report's file names (several runs side by side)")
     reuse_base: bool = knob(False, "scratch: keep WORKDIR/base (and its measured steps and minutes) from an "
                                    "earlier run")
@@ -512,6 +533,8 @@ def main(argv=None) -> int:
     results["resolution"] = args.resolution
     results["batch_size"] = args.batch_size
     results["cg_timestep_sampling"] = args.cg_timestep_sampling
+    results["cg_loss_weighting"] = args.cg_loss_weighting
+    results["cg_lr_schedule"] = args.cg_lr_schedule
     results["recipe"] = config_files.to_yaml(args)
     write_report(results, args)
     return 0

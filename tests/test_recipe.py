@@ -45,6 +45,8 @@ def test_defaults_then_file_then_flags_then_key_value(tmp_path):
     (("catalog=c", "output=o", "device=tpu"), "device must be one of auto, cpu, cuda"),
     (("catalog=c", "output=o", "--steps", "cg"), "steps 'cg': expected KEY=VALUE"),
     (("catalog=c", "output=o", "steps"), "expected key=value"),
+    (("catalog=c", "output=o", "--lr-schedule", "cg=linear"), "unknown lr_schedule 'linear'"),
+    (("catalog=c", "output=o", "loss_weighting.cgg=none"), "unknown stage 'cgg'"),
 ])
 def test_a_bad_recipe_is_refused_in_words(argv, says):
     with pytest.raises(ValueError) as e:
@@ -85,6 +87,11 @@ def test_the_ray_train_job_takes_the_same_recipe_plus_the_clusters_knobs():
     assert (cfg.stages, cfg.steps, cfg.num_workers, cfg.cpus_per_worker) == (("cg", "pg"), {"cg": 1500, "pg": 300},
                                                                              3, 0.5)
     assert cfg.init.endswith("checkpoints/tiny-64") and cfg.registered_model_name is None and cfg.name == "adapt"
+    cfg = parse_args(["--config", os.path.join(REPO, "recipes", "adapt.yaml"), "catalog=c.parquet",
+                      "storage_path=/tmp/ckpt", "lr_schedule.cg=cosine", "loss_weighting.pg=none"])
+    cg, pg = cfg.stage_config(0, 0), cfg.stage_config(1, 0)  # per-stage options reach Ray Train's stages
+    assert (cg.lr_schedule, cg.loss_weighting, pg.lr_schedule, pg.loss_weighting) == \
+        ("cosine", "high-noise", "constant", "none")
     parser = argparse.ArgumentParser()
     recipes.add_arguments(parser, recipes.DistributedRecipe)
     with pytest.raises(ValueError, match="keeps the model in its checkpoints"):

@@ -163,11 +163,34 @@ def test_default_learning_rate_follows_the_model_preset(data, caplog):
 
 def test_the_learning_rate_used_is_logged_and_saved(catalog):
     model, results = train_generator(catalog["train"], None, stages=("vae",), steps={"vae": 1}, minutes={},
-                                     batch_size=4, learning_rates={"vae": 2e-4})
+                                     batch_size=4, stage_options={"vae": {"learning_rate": 2e-4}})
     assert results[0].learning_rate == 2e-4 and results[0].history[0]["lr"] == 2e-4
     assert model.config.extra["training"][-1]["learning_rate"] == 2e-4
     with pytest.raises(ValueError, match="unknown stage"):
-        train_generator(catalog["train"], None, stages=("cg",), learning_rates={"cgg": 1e-5})
+        train_generator(catalog["train"], None, stages=("cg",), stage_options={"cgg": {"learning_rate": 1e-5}})
+
+
+def test_a_cosine_schedule_decays_to_zero_over_the_budget_and_is_logged(catalog):
+    from backdrop.training.loop import options_by_stage
+
+    cfg = StageConfig("cg", max_steps=100, lr_schedule="cosine")
+    assert [round(cfg.lr_factor(s, 0.0), 3) for s in (0, 50, 100, 150)] == [1.0, 0.5, 0.0, 0.0]
+    assert StageConfig("cg", max_steps=100, lr_schedule="cosine", lr_horizon=200).lr_factor(100, 0.0) == \
+        pytest.approx(0.5)  # a checkpoint halfway along a longer run's schedule
+    by_time = StageConfig("cg", max_steps=10**9, max_minutes=2.0, lr_schedule="cosine")
+    assert by_time.lr_factor(7, 60.0) == pytest.approx(0.5)  # a minutes budget: by the clock
+    assert StageConfig("cg", max_steps=100).lr_factor(99, 0.0) == 1.0  # constant
+    with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
+        options_by_stage(lr_schedule={"cg": "linear"})
+    with pytest.raises(ValueError, match="unknown loss_weighting"):
+        options_by_stage(loss_weighting={"cg": "snr"})
+
+    options = options_by_stage(learning_rate={"vae": 1e-3}, lr_schedule={"vae": "cosine"})
+    assert options == {"vae": {"learning_rate": 1e-3, "lr_schedule": "cosine"}}
+    _, results = train_generator(catalog["train"], None, stages=("vae",), steps={"vae": 4}, minutes={},
+                                 batch_size=2, stage_options=options)
+    assert results[0].learning_rate == 1e-3  # the base rate
+    assert results[0].history[0]["lr"] == pytest.approx(1e-3)  # step 1 ran at the full rate
 
 
 def test_a_stage_after_another_ignores_where_the_schedule_moved(data):

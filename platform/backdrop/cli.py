@@ -56,11 +56,11 @@ def cmd_synth(args) -> int:
 def cmd_train(args) -> int:
     from .training import train_generator
     from .training import recipe as recipes
-    from .training.loop import learning_rates_by_stage, training_device
+    from .training.loop import training_device
 
     try:  # refused before any data is read, in words
         recipe = recipes.resolve(args)
-        learning_rates = learning_rates_by_stage(recipe.learning_rate)
+        stage_options = recipe.stage_options()
         device = training_device(recipe.device, recipe.mixed_precision)
     except ValueError as e:
         raise SystemExit(f"backdrop train: {e}")
@@ -75,7 +75,7 @@ def cmd_train(args) -> int:
     config = dict(catalog=r.catalog, output=r.output, stages=",".join(stages), minutes=r.minutes or None,
                   steps=r.steps or None, init=r.init, family=r.family, batch_size=r.batch_size,
                   resolution=r.resolution, seed=r.seed, device=str(device), mixed_precision=r.mixed_precision,
-                  gradient_checkpointing=r.gradient_checkpointing, learning_rates=learning_rates,
+                  gradient_checkpointing=r.gradient_checkpointing, stage_options=stage_options,
                   recipe=args.config)
     with training_run(r.run_name, config) as on_log:  # loss curves, config, model + lineage in MLflow
         mlflow.log_text(recipes.to_yaml(recipe), "recipe.yaml")  # the resolved recipe: rerun it as it is
@@ -83,7 +83,7 @@ def cmd_train(args) -> int:
             r.catalog, r.output, stages=stages, minutes=r.minutes or None, steps=r.steps or None, init=r.init,
             batch_size=r.batch_size, resolution=r.resolution, seed=r.seed, device=device,
             mixed_precision=r.mixed_precision, gradient_checkpointing=r.gradient_checkpointing,
-            learning_rates=learning_rates, on_log=on_log, family=r.family,
+            stage_options=stage_options, on_log=on_log, family=r.family,
         )
         mlflow.log_metrics({f"{x.stage}/steps_per_s": x.steps / max(x.seconds, 1e-9) for x in results})
         version = record_generator(model, r.catalog, stages, r.run_name, register=r.register, init=r.init)

@@ -32,7 +32,7 @@ from ..models.families import DEFAULT_FAMILY
 from ..models.generator import BackdropModel
 from ..testhooks import training_hold
 from .tracking import record_generator
-from .loop import StageConfig, StageTrainer, learning_rates_by_stage, starting_model, train_stage
+from .loop import StageConfig, StageTrainer, checked_stage_options, starting_model, train_stage
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class DistributedTrainConfig:
     grad_accum: int = 1
     mixed_precision: str = "no"  # bf16 / fp16, with use_gpu only
     gradient_checkpointing: bool = False
-    learning_rates: dict = field(default_factory=dict)  # stage -> rate; missing: the preset's default
+    stage_options: dict = field(default_factory=dict)  # stage -> StageConfig fields (loop.options_by_stage)
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -84,7 +84,7 @@ class DistributedTrainConfig:
 
         self.catalog, self.storage_path, self.init = map(absolute, (self.catalog, self.storage_path, self.init))
         self.stages = tuple(self.stages)
-        self.learning_rates = learning_rates_by_stage(self.learning_rates)
+        self.stage_options = checked_stage_options(self.stage_options)
         # the workers' devices are not visible from the driver: the combination is what is checked
         if self.mixed_precision != "no" and not self.use_gpu:
             raise ValueError(f"mixed precision {self.mixed_precision} needs GPU workers (--use-gpu); "
@@ -96,7 +96,7 @@ class DistributedTrainConfig:
         return cls(catalog=r.catalog, storage_path=r.storage_path, name=r.run_name, stages=tuple(r.stages),
                    minutes=dict(r.minutes), steps=dict(r.steps), init=r.init, family=r.family, resolution=r.resolution,
                    batch_size=r.batch_size, grad_accum=r.grad_accum, mixed_precision=r.mixed_precision,
-                   gradient_checkpointing=r.gradient_checkpointing, learning_rates=dict(r.learning_rate),
+                   gradient_checkpointing=r.gradient_checkpointing, stage_options=r.stage_options(),
                    num_workers=r.num_workers, use_gpu=r.use_gpu or r.device == "cuda",
                    cpus_per_worker=r.cpus_per_worker, placement_strategy=r.placement_strategy,
                    max_failures=r.max_failures, checkpoint_every=r.checkpoint_every,
@@ -108,7 +108,7 @@ class DistributedTrainConfig:
                            max_minutes=self.minutes.get(stage), batch_size=self.batch_size,
                            grad_accum=self.grad_accum, mixed_precision=self.mixed_precision,
                            gradient_checkpointing=self.gradient_checkpointing,
-                           learning_rate=self.learning_rates.get(stage),
+                           **self.stage_options.get(stage, {}),
                            seed=self.seed + 101 * index + 7919 * rank, log_every=self.log_every)
 
 

@@ -52,6 +52,7 @@ DEFAULT_LR = {
     "tiny": {"vae": 1e-3, "base": 1e-3, "cg": 1e-3, "pg": 5e-4},
     "sd-inpainting": {"vae": 1e-5, "base": 1e-5, "cg": 1e-5, "pg": 1e-5},
 }
+LR_SCHEDULES = ("constant", "cosine")
 MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -93,6 +94,12 @@ class StageConfig:
     batch_size: int = 32
     learning_rate: float | None = None  # None: DEFAULT_LR[the model's preset][stage]
     loss_weighting: str = "high-noise"  # or "none" (plain ε-MSE, the paper's Eq. 1)
+    # "constant", or "cosine": from learning_rate down to 0 over the stage's budget (max_steps,
+    # or max_minutes where the steps are unbounded; lr_horizon steps where given, so that the
+    # checkpoints along one run are points of the same schedule). A fine-tune at a constant
+    # rate stops at the noise floor of its last updates: fine patterns drown there (#21).
+    lr_schedule: str = "constant"
+    lr_horizon: int | None = None
     snr_cap: float = 100.0
     # "importance": draw t in proportion to the loss weight and average unweighted (the same
     # expected gradient with far less variance: under uniform t, the 20 % of samples at
@@ -126,15 +133,46 @@ class StageConfig:
             raise ValueError(f"unknown loss_weighting {self.loss_weighting!r}")
         if self.timestep_sampling not in ("importance", "uniform"):
             raise ValueError(f"unknown timestep_sampling {self.timestep_sampling!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+
+    def lr_factor(self, step: int, elapsed_s: float) -> float:
+        """The share of ``learning_rate`` for the step after ``step`` (``elapsed_s`` into the stage)."""
+        if self.lr_schedule == "constant":
+            return 1.0
+        horizon = self.lr_horizon or (self.max_steps if self.max_steps < 10**8 else None)
+        if horizon is not None:
+            progress = step / horizon
+        elif self.max_minutes is not None:
+            progress = elapsed_s / (self.max_minutes * 60)
+        else:
+            raise ValueError("a cosine learning rate needs a budget: max_steps, max_minutes or lr_horizon")
+        return 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
-def learning_rates_by_stage(rates: dict[str, float] | None) -> dict[str, float]:
-    """Given learning rates, checked up front as each stage's config will check them: a typo'd
-    stage would otherwise train silently at the default, a bad rate fail after hours."""
-    rates = dict(rates or {})
-    for stage, rate in rates.items():
-        StageConfig(stage, learning_rate=rate)
-    return rates
+# What a recipe may set per stage (TrainRecipe's per-stage dicts), as StageConfig fields.
+STAGE_OPTIONS = ("learning_rate", "lr_schedule", "loss_weighting")
+
+
+def options_by_stage(**per_stage: dict | None) -> dict[str, dict]:
+    """``learning_rate={'cg': 1e-3}, lr_schedule={'cg': 'cosine'}`` -> ``{'cg': {'learning_rate':
+    1e-3, 'lr_schedule': 'cosine'}}``, each stage's checked up front as its config will check it:
+    a typo'd stage would otherwise train silently at the default, a bad value fail after hours."""
+    unknown = sorted(set(per_stage) - set(STAGE_OPTIONS))
+    if unknown:
+        raise ValueError(f"no per-stage option {unknown}; choose from {', '.join(STAGE_OPTIONS)}")
+    out: dict[str, dict] = {}
+    for name, values in per_stage.items():
+        for stage, value in (values or {}).items():
+            out.setdefault(stage, {})[name] = value
+    return checked_stage_options(out)
+
+
+def checked_stage_options(options: dict[str, dict] | None) -> dict[str, dict]:
+    """``options`` (stage -> StageConfig fields), refused in words if a stage's config would be."""
+    for stage, fields_ in (options or {}).items():
+        StageConfig(stage, **fields_)
+    return dict(options or {})
 
 
 STAGE_ATTRIBUTE = {"vae": "vae", "base": "unet", "cg": "cg", "pg": "pg"}
@@ -342,6 +380,14 @@ class StageTrainer:
         self.step_count += 1
         return {"loss": total, **extra}
 
+    @property
+    def current_lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     @contextmanager
     def unwrapped_model(self):
         """Temporarily put the bare network back, and the frozen ones in their own precision
@@ -429,6 +475,7 @@ def train_stage(
         if stop:
             break
         micro = [next(it) for _ in range(cfg.grad_accum)]
+        trainer.set_lr(trainer.learning_rate * cfg.lr_factor(trainer.step_count, time.perf_counter() - start))
         metrics = trainer.step(micro)
         n = sum(len(b["images"]) for b in micro)
         result.samples += n
@@ -436,7 +483,7 @@ def train_stage(
         if trainer.step_count % cfg.log_every == 0 or trainer.step_count == 1:
             now = time.perf_counter()
             metrics.update(
-                stage=cfg.stage, step=trainer.step_count, lr=trainer.learning_rate,
+                stage=cfg.stage, step=trainer.step_count, lr=trainer.current_lr,
                 samples_per_s=window_samples / max(now - window_start, 1e-9), elapsed_s=now - start,
             )
             window_start, window_samples = now, 0
@@ -533,7 +580,7 @@ def train_generator(
     device: str | torch.device = "cpu",
     mixed_precision: str = "no",
     gradient_checkpointing: bool = False,
-    learning_rates: dict[str, float] | None = None,
+    stage_options: dict[str, dict] | None = None,
     cache_dir: str | None = None,
     family: str = DEFAULT_FAMILY,
 ) -> tuple[BackdropModel, list[StageResult]]:
@@ -542,14 +589,16 @@ def train_generator(
     ``init`` continues from a saved generator (its category ids are kept; new categories are
     appended); without it a fresh tiny preset of ``family`` is built, which needs the ``vae`` and ``base``
     stages before ``cg`` makes sense. ``device`` may be ``"auto"``; see :func:`training_device`
-    for what is refused. A stage missing from ``learning_rates`` takes the preset's default.
+    for what is refused. ``stage_options`` (:func:`options_by_stage`) sets a stage's learning
+    rate, its schedule and its loss weighting; what it leaves out is the StageConfig default
+    (the preset's learning rate).
     The catalog is prepared once on local disk (``cache_dir``, default under ``BACKDROP_HOME``;
     :mod:`.prepared`) and streamed from there, so memory does not grow with the catalog.
     """
     from .prepared import PreparedCatalog
 
     device = training_device(device, mixed_precision)
-    learning_rates = learning_rates_by_stage(learning_rates)
+    stage_options = checked_stage_options(stage_options)
     budgets = stage_budgets(stages, minutes, steps)
     data = PreparedCatalog.prepare(catalog_uri, resolution, cache_dir)
     categories = sorted(set(data.categories))
@@ -558,8 +607,8 @@ def train_generator(
     for i, stage in enumerate(stages):
         max_steps, max_minutes = budgets[stage]
         cfg = StageConfig(stage, max_minutes=max_minutes, max_steps=max_steps, batch_size=batch_size, seed=seed + i,
-                          learning_rate=learning_rates.get(stage), mixed_precision=mixed_precision,
-                          gradient_checkpointing=gradient_checkpointing)
+                          mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
+                          **stage_options.get(stage, {}))
         log.info("stage %s: up to %s min / %s steps on %d rows (%s)", stage, cfg.max_minutes, cfg.max_steps,
                  data.rows, device)
         # CG and PG read their targets' and masked products' latents, encoded once by the frozen

@@ -45,6 +45,10 @@ class TrainRecipe:
     minutes: Dict[str, float] = _knob(dict, "time budget per stage, e.g. vae=5,base=4,cg=12,pg=4")
     learning_rate: Dict[str, float] = _knob(dict, "per stage, e.g. cg=1e-5 (default: the model preset's, "
                                                   "tiny cg=1e-3, sd-inpainting cg=1e-5)")
+    lr_schedule: Dict[str, str] = _knob(dict, "per stage: constant (the default) or cosine (to 0 over the stage's "
+                                              "budget), e.g. cg=cosine")
+    loss_weighting: Dict[str, str] = _knob(dict, "per stage: high-noise (the default: 1 + 1/SNR, capped) or none "
+                                                 "(plain eps-MSE, the paper's Eq. 1), e.g. cg=none")
     batch_size: int = _knob(32, "images per step")
     resolution: int = _knob(64, "training resolution (pixels, square)")
     seed: int = _knob(0, "random seed")
@@ -57,12 +61,20 @@ class TrainRecipe:
                                           "registry (the run, its loss curves and the model are logged either way)")
     run_name: str = _knob("train", "the MLflow run's name")
 
+    def stage_options(self) -> dict[str, dict]:
+        """Stage -> the StageConfig fields this recipe sets for it (checked: ``ValueError``)."""
+        from .loop import options_by_stage
+
+        return options_by_stage(learning_rate=self.learning_rate, lr_schedule=self.lr_schedule,
+                                loss_weighting=self.loss_weighting)
+
     def validate(self) -> "TrainRecipe":
         """Refuse, in words, what would fail later: before any data is read."""
         bad = [s for s in self.stages if s not in STAGES]
         if bad or not self.stages:
             raise ValueError(f"unknown stage(s) {bad or self.stages}; choose from {','.join(STAGES)}")
-        for name in ("steps", "minutes"):  # learning rates: training.loop.learning_rates_by_stage
+        self.stage_options()  # learning rates, schedules, loss weightings: by their StageConfig
+        for name in ("steps", "minutes"):
             unknown = sorted(set(getattr(self, name)) - set(STAGES))
             if unknown:
                 raise ValueError(f"{name}: unknown stage(s) {unknown}; choose from {','.join(STAGES)}")
