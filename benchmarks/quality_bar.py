@@ -33,7 +33,6 @@ and to an MLflow run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -510,19 +509,8 @@ class QualityBarRecipe:
                                    "earlier run")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config_files.add_arguments(p, QualityBarRecipe, what="a benchmark recipe")
-    return p
-
-
 def parse(argv=None) -> QualityBarRecipe:
-    p = build_parser()
-    args = p.parse_args(argv)
-    try:
-        return config_files.resolve(args, QualityBarRecipe)
-    except ValueError as e:
-        p.error(str(e))
+    return config_files.parse_recipe(QualityBarRecipe, argv, description=__doc__)
 
 
 def main(argv=None) -> int:

@@ -143,6 +143,21 @@ def resolve(args: argparse.Namespace, cls: type, prefix: str = "cfg.", base: dic
                 list(getattr(args, OVERRIDES_DEST, None) or []), base)
 
 
+def parse_recipe(cls: type, argv: list[str] | None = None, description: str | None = None,
+                 what: str = "a benchmark recipe"):
+    """``cls`` from a command line: its flags (:func:`add_arguments`), ``--config`` and
+    ``key=value``, resolved by :func:`resolve`; what is wrong (an unknown key, a bad value) is
+    argparse's error, exit status 2. The whole front door of a script with a recipe dataclass
+    (``benchmarks/*.py``)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, cls, what=what)
+    args = parser.parse_args(argv)
+    try:
+        return resolve(args, cls)
+    except ValueError as e:
+        parser.error(str(e))
+
+
 def to_yaml(config) -> str:
     from omegaconf import OmegaConf
 
