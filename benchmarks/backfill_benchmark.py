@@ -26,7 +26,6 @@ job submitted to a running cluster. Prints a table and writes benchmarks/results
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import platform as host
@@ -46,11 +45,12 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 
-from backdrop import cluster  # noqa: E402
+from backdrop import cluster, config_files  # noqa: E402
 from backdrop.batch.config import BackfillConfig  # noqa: E402
 from backdrop.batch.run import run_backfill  # noqa: E402
 from backdrop.batch.stages import items_from_table, items_to_table  # noqa: E402
 from backdrop.catalog import read_catalog  # noqa: E402
+from backdrop.config_files import knob  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, category_names, make_catalog  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "backfill.md"
@@ -191,16 +191,22 @@ def peak_memory(model_dir: str, catalog: str, output: str, args: Args) -> tuple[
     return in_fresh_ray(run)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=192, help="rows for (a) and (c)")
-    p.add_argument("--memory-rows", type=int, default=256, help="the 1x size for (b)")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps (the spike's choice at 64 px)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=2, help="alternating runs of each side for (a); best kept")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
-    p.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.relative_to(REPO)}")
-    a = p.parse_args()
+@dataclass
+class BackfillBenchmarkRecipe:
+    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
+    them and ``key=value`` overrides (``config_files.parse_recipe``)."""
+
+    rows: int = knob(192, "rows for (a) and (c)")
+    memory_rows: int = knob(256, "the 1x size for (b)")
+    steps: int = knob(20, "DDIM steps (the spike's choice at 64 px)")
+    batch_size: int = knob(16)
+    repeats: int = knob(2, "alternating runs of each side for (a); best kept")
+    quick: bool = knob(False, "tiny sizes: checks that the script runs")
+    no_write: bool = knob(False, f"do not write {RESULTS.relative_to(REPO)}")
+
+
+def main(argv=None) -> int:
+    a = config_files.parse_recipe(BackfillBenchmarkRecipe, argv, description=__doc__)
     if a.quick:
         a.rows, a.memory_rows, a.steps, a.batch_size, a.repeats = 16, 16, 2, 4, 1
 

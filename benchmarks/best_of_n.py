@@ -21,12 +21,12 @@ for one product per category; the product's pixels are checked bit-identical in 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,9 @@ from PIL import ImageOps
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
 
-from backdrop import runtime  # noqa: E402
+from backdrop import config_files, runtime  # noqa: E402
 from backdrop.catalog import read_catalog  # noqa: E402
+from backdrop.config_files import knob  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.gallery import contact_sheet, masked_product  # noqa: E402
 from backdrop.inputs import fetch_product  # noqa: E402
@@ -46,17 +47,23 @@ from backdrop.quality import evaluation, metrics, qa  # noqa: E402
 FOUR = "1:1,4:5,16:9,9:16"
 
 
+@dataclass
+class BestOfNRecipe:
+    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
+    them and ``key=value`` overrides (``config_files.parse_recipe``)."""
+
+    model: str = knob(str(ROOT / "checkpoints" / "tiny-64"))
+    per_category: int = knob(12)
+    candidates: int = knob(4)
+    steps: int = knob(20)
+    batch: int = knob(12, "outputs per runtime call (x candidates images)")
+    scorer_rows: int = knob(640, "train rows the QA scorer is fitted on")
+    quick: bool = knob(False)
+    output_dir: str = knob(str(ROOT / "benchmarks" / "results"))
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(ROOT / "checkpoints" / "tiny-64"))
-    p.add_argument("--per-category", type=int, default=12)
-    p.add_argument("--candidates", type=int, default=4)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch", type=int, default=12, help="outputs per runtime call (x candidates images)")
-    p.add_argument("--scorer-rows", type=int, default=640, help="train rows the QA scorer is fitted on")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--output-dir", default=str(ROOT / "benchmarks" / "results"))
-    args = p.parse_args(argv)
+    args = config_files.parse_recipe(BestOfNRecipe, argv, description=__doc__)
     if args.quick:
         args.per_category, args.steps, args.scorer_rows = 2, 2, 80
 
@@ -125,6 +132,7 @@ def main(argv=None) -> int:
             labels.append(c)
         result["placements_product_bit_identical"] = bool(identical)
         result["seconds"] = round(time.perf_counter() - t0, 1)
+        result["recipe"] = config_files.to_yaml(args)
 
     out_dir = Path(args.output_dir)
     if args.quick:

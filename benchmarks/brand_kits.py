@@ -25,13 +25,13 @@ sides alternate ``--repeats`` times and each keeps its best. Writes benchmarks/r
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform as host
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,18 +43,27 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from backdrop import config_files  # noqa: E402
+from backdrop.config_files import knob  # noqa: E402
+
 CHECKPOINT = ROOT / "checkpoints" / "tiny-64"
 
 
+@dataclass
+class BrandKitsRecipe:
+    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
+    them and ``key=value`` overrides (``config_files.parse_recipe``)."""
+
+    categories: int = knob(8, "kits (one per category of the synthetic catalog)")
+    per_category: int = knob(4, "products (and kit references) per category")
+    steps: int = knob(20)
+    repeats: int = knob(2)
+    quick: bool = knob(False)
+    results_dir: str = knob(str(ROOT / "benchmarks" / "results"))
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--categories", type=int, default=8, help="kits (one per category of the synthetic catalog)")
-    p.add_argument("--per-category", type=int, default=4, help="products (and kit references) per category")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
-    a = p.parse_args(argv)
+    a = config_files.parse_recipe(BrandKitsRecipe, argv, description=__doc__)
     if a.quick:
         a.categories, a.per_category, a.steps, a.repeats = 3, 1, 2, 1
     work = Path(tempfile.mkdtemp(prefix="backdrop-kits-"))
@@ -146,7 +155,7 @@ def main(argv=None) -> int:
         "kit_over_inline_time": report["kit"]["wall_s_per_image"] / report["inline"]["wall_s_per_image"],
         "controls_below_kit": all(report[c]["reference_similarity"] < report["kit"]["reference_similarity"]
                                   for c in ("wrong kit", "no style")),
-        "configs": report,
+        "configs": report, "recipe": config_files.to_yaml(a),
     }
     write(summary, Path(a.results_dir))
     print(json.dumps(summary, indent=2))

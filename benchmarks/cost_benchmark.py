@@ -19,20 +19,21 @@ device time and is outside the sums (its wall time is printed). Writes benchmark
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform as host
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
 
-from backdrop import runtime  # noqa: E402
+from backdrop import config_files, runtime  # noqa: E402
 from backdrop.catalog import read_catalog  # noqa: E402
+from backdrop.config_files import knob  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.inputs import fetch_product  # noqa: E402
 from backdrop.placements import parse_placements  # noqa: E402
@@ -59,16 +60,22 @@ def measure(gen, products, config, placements: str, candidates: int, scorer, bat
             "images": outputs * candidates}
 
 
+@dataclass
+class CostBenchmarkRecipe:
+    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
+    them and ``key=value`` overrides (``config_files.parse_recipe``)."""
+
+    model: str = knob(str(ROOT / "checkpoints" / "tiny-64"))
+    products: int = knob(16)
+    steps: int = knob(20)
+    batch: int = knob(16, "requests per runtime call (before x candidates)")
+    repeats: int = knob(2)
+    quick: bool = knob(False)
+    output: str = knob(str(ROOT / "benchmarks" / "results" / "cost.md"))
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(ROOT / "checkpoints" / "tiny-64"))
-    p.add_argument("--products", type=int, default=16)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch", type=int, default=16, help="requests per runtime call (before x candidates)")
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "cost.md"))
-    args = p.parse_args(argv)
+    args = config_files.parse_recipe(CostBenchmarkRecipe, argv, description=__doc__)
     if args.quick:
         args.products, args.steps, args.repeats = 4, 2, 1
 

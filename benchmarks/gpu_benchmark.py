@@ -26,14 +26,15 @@ Prints a table and writes ``benchmarks/results/gpu-<size>-<device>.json`` (and `
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
@@ -42,7 +43,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from backdrop import runtime  # noqa: E402
+from backdrop import config_files, runtime  # noqa: E402
+from backdrop.config_files import knob  # noqa: E402
 from backdrop.models.presets import build_sd15_inpainting_base, build_tiny_base  # noqa: E402
 from backdrop.pipeline import GenerationRequest, InferenceConfig, predict_noise  # noqa: E402
 
@@ -174,28 +176,34 @@ def training_steps(model_dir: str, device: str, batch: int, resolution: int) -> 
     return out
 
 
+@dataclass
+class GpuBenchmarkRecipe:
+    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
+    them and ``key=value`` overrides (``config_files.parse_recipe``)."""
+
+    size: str = knob("sd15", choices=("sd15", "tiny"))
+    device: str = knob("cuda" if torch.cuda.is_available() else "cpu")
+    batches: str = knob("1,8,32")
+    compiled_batches: str = knob("1,8", "batches timed compiled (each bucket is a compile: about 2 min each at SD size)")
+    modes: str = knob("eager,compiled")
+    compile_backend: str = knob("inductor", "eager: trace only (the CPU smoke run)")
+    steps: int = knob(50)
+    fast_scheduler: str = knob("dpm++")
+    fast_steps: int = knob(5, "the recommended fewer-step setting (README)")
+    train_batch: int = knob(16, "0: skip the training steps")
+    output: Optional[str] = knob(None, "JSON path (default benchmarks/results/gpu-<size>-<device>.json)")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=["sd15", "tiny"], default="sd15")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batches", default="1,8,32")
-    p.add_argument("--compiled-batches", default="1,8",
-                   help="batches timed compiled (each bucket is a compile: about 2 min each at SD size)")
-    p.add_argument("--modes", default="eager,compiled")
-    p.add_argument("--compile-backend", default="inductor", help="eager: trace only (the CPU smoke run)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--fast-scheduler", default="dpm++")
-    p.add_argument("--fast-steps", type=int, default=5, help="the recommended fewer-step setting (README)")
-    p.add_argument("--train-batch", type=int, default=16, help="0: skip the training steps")
-    p.add_argument("--output", help="JSON path (default benchmarks/results/gpu-<size>-<device>.json)")
-    args = p.parse_args(argv)
+    args = config_files.parse_recipe(GpuBenchmarkRecipe, argv, description=__doc__)
     device = args.device
     batches = [int(b) for b in args.batches.split(",")]
     compiled_batches = [int(b) for b in args.compiled_batches.split(",")]
     modes = args.modes.split(",")
     started = time.perf_counter()
     report: dict = {"size": args.size, "device": device, "steps": args.steps, "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None}
+                    "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+                    "recipe": config_files.to_yaml(args)}
 
     report["matmul_ceiling_tflops"] = matmul_ceiling(device) / 1e12
     print(f"matmul ceiling {report['matmul_ceiling_tflops']:.1f} TFLOP/s", flush=True)

@@ -24,11 +24,11 @@ them, and logs both to MLflow (run ``harmony-bar``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,25 +37,35 @@ sys.path.insert(0, str(ROOT / "platform"))
 
 import numpy as np  # noqa: E402
 
+from backdrop import config_files  # noqa: E402
+from backdrop.config_files import knob  # noqa: E402
+
 CHECKPOINT = ROOT / "checkpoints" / "tiny-64"
 
 
+@dataclass
+class HarmonyRecipe:
+    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
+    them (``recipes/benchmarks/harmony-reflection.yaml``) and ``key=value`` overrides
+    (``config_files.parse_recipe``)."""
+
+    harmony: str = knob("shadow", "shadow: the contact-shadow bar; shadow+reflection: reflections on the glossy "
+                                  "categories too (a reflection fills the band under the base, so there the contact "
+                                  "shadow is read on the matte categories only)",
+                        choices=("shadow", "shadow+reflection"))
+    reuse_ablation: bool = knob(False, "keep WORKDIR/ablation from an earlier run "
+                                       "(the same catalog without harmony, the same budget)")
+    cg_steps: int = knob(1500)
+    batch_size: int = knob(32)
+    steps: int = knob(20, "DDIM steps of the evaluation")
+    per_category: int = knob(12, "held-out products per category")
+    workdir: str = knob(str(ROOT / "runs" / "harmony"))
+    results_dir: str = knob(str(ROOT / "benchmarks" / "results"))
+    quick: bool = knob(False, "tiny catalogs: a smoke run")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--harmony", default="shadow", choices=("shadow", "shadow+reflection"),
-                   help="shadow: the contact-shadow bar; shadow+reflection: reflections on the glossy "
-                        "categories too (a reflection fills the band under the base, so there the contact "
-                        "shadow is read on the matte categories only)")
-    p.add_argument("--reuse-ablation", action="store_true", help="keep WORKDIR/ablation from an earlier run "
-                   "(the same catalog without harmony, the same budget)")
-    p.add_argument("--cg-steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps of the evaluation")
-    p.add_argument("--per-category", type=int, default=12, help="held-out products per category")
-    p.add_argument("--workdir", default=str(ROOT / "runs" / "harmony"))
-    p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--quick", action="store_true", help="tiny catalogs: a smoke run")
-    a = p.parse_args(argv)
+    a = config_files.parse_recipe(HarmonyRecipe, argv, description=__doc__)
 
     from backdrop import runtime
     from backdrop.demo.synthetic import SyntheticConfig, is_glossy, make_catalog
@@ -126,7 +136,7 @@ def main(argv=None) -> int:
     summary = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
         "harmony": a.harmony, "cg_steps": a.cg_steps, "batch_size": a.batch_size, "eval_steps": a.steps,
-        "heldout": len(requests), "quick": a.quick, "configs": report,
+        "heldout": len(requests), "quick": a.quick, "configs": report, "recipe": config_files.to_yaml(a),
         "shadow_vs_real": trained["contact_shadow"] / real_shadow if real_shadow else None,
         "ablation_shadow_vs_real": ablation["contact_shadow"] / real_shadow if real_shadow else None,
         "bar_shadow": bool(real_shadow and real_shadow > 0.05 and trained["contact_shadow"] >= 0.7 * real_shadow),

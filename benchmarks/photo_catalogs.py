@@ -14,9 +14,15 @@ judge (the pattern judge recognised the true held-out backgrounds 0.27 of the ti
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs"))
+import _bootstrap  # noqa: E402,F401
+
+from backdrop import config_files  # noqa: E402
+from backdrop.config_files import knob  # noqa: E402
 
 PLASMA = "/usr/share/wallpapers"
 MATE = "/usr/share/backgrounds/mate/nature"
@@ -75,13 +81,17 @@ def assemble(name: str, output: str) -> str:
     return root
 
 
+@dataclass
+class PhotoCatalogsRecipe:
+    """Every knob of this script, declared once: a flag each, a ``--config`` YAML file of them
+    and ``key=value`` overrides (``config_files.parse_recipe``)."""
+
+    output: str = knob("runs/photo-catalogs")
+    catalogs: str = knob(",".join(PHOTO_CATALOGS))
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default="runs/photo-catalogs")
-    p.add_argument("--catalogs", default=",".join(PHOTO_CATALOGS))
-    a = p.parse_args(argv)
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs"))
-    import _bootstrap  # noqa: F401
+    a = config_files.parse_recipe(PhotoCatalogsRecipe, argv, description=__doc__, what="a recipe")
 
     from backdrop.demo.photos import make_photo_catalog
 

@@ -19,18 +19,19 @@ Writes benchmarks/results/schedulers.md (+ .json).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
 
-from backdrop import runtime  # noqa: E402
+from backdrop import config_files, runtime  # noqa: E402
 from backdrop.catalog import read_catalog  # noqa: E402
+from backdrop.config_files import knob  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.inputs import fetch_product  # noqa: E402
 from backdrop.quality.evaluation import EvalConfig, evaluate  # noqa: E402
@@ -39,17 +40,23 @@ from backdrop.schedulers import SCHEDULERS  # noqa: E402
 CONTROL = ("ddim", 2)
 
 
+@dataclass
+class SchedulerStepsRecipe:
+    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
+    them and ``key=value`` overrides (``config_files.parse_recipe``)."""
+
+    model: str = knob(str(ROOT / "checkpoints" / "tiny-64"))
+    steps: str = knob("5,10,15,20,25,50")
+    schedulers: str = knob(",".join(SCHEDULERS))
+    reference_seeds: str = knob("0,1,2", "noise seeds of the DDIM-50 runs (the spread)")
+    per_category: int = knob(12)
+    time_rows: int = knob(8)
+    quick: bool = knob(False)
+    output_dir: str = knob(str(ROOT / "benchmarks" / "results"))
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(ROOT / "checkpoints" / "tiny-64"))
-    p.add_argument("--steps", default="5,10,15,20,25,50")
-    p.add_argument("--schedulers", default=",".join(SCHEDULERS))
-    p.add_argument("--reference-seeds", default="0,1,2", help="noise seeds of the DDIM-50 runs (the spread)")
-    p.add_argument("--per-category", type=int, default=12)
-    p.add_argument("--time-rows", type=int, default=8)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--output-dir", default=str(ROOT / "benchmarks" / "results"))
-    args = p.parse_args(argv)
+    args = config_files.parse_recipe(SchedulerStepsRecipe, argv, description=__doc__)
     steps = [int(s) for s in args.steps.split(",")]
     schedulers = args.schedulers.split(",")
     seeds = [int(s) for s in args.reference_seeds.split(",")]
@@ -102,7 +109,7 @@ def main(argv=None) -> int:
         "model": args.model, "quick": args.quick, "per_category": args.per_category,
         "reference": reference, "floor": floor, "rows": rows, "control": control,
         "control_rejected": not control["as_good_as_ddim50"], "fewest_steps": fewest, "confirmation": confirm,
-        "real_consistency": real,
+        "real_consistency": real, "recipe": config_files.to_yaml(args),
     }
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ trained one), 20 DDIM steps with guidance 2.0, a product with alpha and a refere
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import platform as host_platform
@@ -39,6 +38,10 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # serve_apps/, as `serve run` finds it from the repository root
+sys.path.insert(0, str(ROOT / "platform"))
+
+from backdrop import config_files  # noqa: E402
+from backdrop.config_files import knob  # noqa: E402
 
 API_KEY = "bench-key"
 STEPS = 20
@@ -182,14 +185,20 @@ def start_service(model_dir: str) -> dict[str, str]:
     return urls
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=20.0, help="per throughput/latency measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating batched/unbatched rounds")
-    parser.add_argument("--overload-seconds", type=float, default=30.0)
-    parser.add_argument("--overload-clients", type=int, default=64)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "serve.md"))
-    opts = parser.parse_args()
+@dataclass
+class ServeBenchmarkRecipe:
+    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
+    them and ``key=value`` overrides (``config_files.parse_recipe``)."""
+
+    seconds: float = knob(20.0, "per throughput/latency measurement")
+    rounds: int = knob(2, "alternating batched/unbatched rounds")
+    overload_seconds: float = knob(30.0)
+    overload_clients: int = knob(64)
+    output: str = knob(str(ROOT / "benchmarks" / "results" / "serve.md"))
+
+
+def main(argv=None) -> int:
+    opts = config_files.parse_recipe(ServeBenchmarkRecipe, argv, description=__doc__)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from backdrop.models.generator import BackdropModel
