@@ -184,7 +184,8 @@ class GpuBenchmarkRecipe:
     size: str = knob("sd15", choices=("sd15", "tiny"))
     device: str = knob("cuda" if torch.cuda.is_available() else "cpu")
     batches: str = knob("1,8,32")
-    compiled_batches: str = knob("1,8", "batches timed compiled (each bucket is a compile: about 2 min each at SD size)")
+    compiled_batches: str = knob("1,8", "batches timed compiled (each bucket is a compile: about 2 min each at "
+                                        "SD size)")
     modes: str = knob("eager,compiled")
     compile_backend: str = knob("inductor", "eager: trace only (the CPU smoke run)")
     steps: int = knob(50)
