@@ -2,7 +2,8 @@
 
 Torchtune's shape, one mechanism for every job that has a config dataclass (training:
 ``training.recipe.TrainRecipe``; the backfill, ``backdrop generate`` and the nightly run:
-``batch.config.BackfillConfig``)::
+``batch.config.BackfillConfig``; every ``benchmarks/`` script's recipe, through
+:func:`parse_recipe`)::
 
     backdrop train --config recipes/adapt.yaml catalog=my/train.parquet steps.cg=3000
     python jobs/nightly_regen.py --config recipes/generate/nightly.yaml output=s3://b/out steps=20
