@@ -100,3 +100,12 @@ def test_every_benchmark_recipe_loads_into_the_script_its_header_names(path):
     recipe = _parse(_recipe_class(found.group(1)), "--config", path)
     for key, value in OmegaConf.to_container(OmegaConf.load(path)).items():
         assert getattr(recipe, key) == value, (rel, key)
+
+
+def test_a_value_outside_a_fields_choices_exits_2_from_a_file_or_key_value_too(tmp_path, capsys):
+    cls = _recipe_class("quality_bar")
+    for argv in (["mode=sideways"], ["--config", str(tmp_path / "r.yaml")]):
+        (tmp_path / "r.yaml").write_text("mode: sideways\n")
+        with pytest.raises(SystemExit) as e:
+            _parse(cls, *argv)
+        assert e.value.code == 2 and "mode: 'sideways' is not one of scratch, adapt, table1" in capsys.readouterr().err

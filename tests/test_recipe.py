@@ -42,7 +42,7 @@ def test_defaults_then_file_then_flags_then_key_value(tmp_path):
     (("catalog=c", "output=o", "batch_size=many"), "batch_size"),
     (("catalog=c", "output=o", "stages=[cg,cgg]"), "unknown stage(s) ['cgg']"),
     (("catalog=c", "output=o", "steps.cgg=3"), "steps: unknown stage(s) ['cgg']"),
-    (("catalog=c", "output=o", "device=tpu"), "device must be one of auto, cpu, cuda"),
+    (("catalog=c", "output=o", "device=tpu"), "device: 'tpu' is not one of auto, cpu, cuda"),
     (("catalog=c", "output=o", "--steps", "cg"), "steps 'cg': expected KEY=VALUE"),
     (("catalog=c", "output=o", "steps"), "expected key=value"),
     (("catalog=c", "output=o", "--lr-schedule", "cg=linear"), "unknown lr_schedule 'linear'"),

@@ -105,12 +105,22 @@ def load(cls: type, path: str | None = None, values: dict | None = None, overrid
         missing = sorted(OmegaConf.missing_keys(merged))
         if missing:
             raise ValueError(f"the config needs {' and '.join(missing)} (a flag, key=value, or the --config file)")
-        return OmegaConf.to_object(merged)
+        return _check_choices(OmegaConf.to_object(merged))
     except OmegaConfBaseException as e:  # name the key: "batch_size: Value 'many' ... Integer"
         key = getattr(e, "full_key", None)
         raise ValueError(f"{key + ': ' if key else ''}{str(e).splitlines()[0]}") from None
     except FileNotFoundError:
         raise ValueError(f"--config {path}: no such file") from None
+
+
+def _check_choices(config):
+    """A field's ``choices`` hold wherever its value came from (a flag checks its own; a file
+    or a ``key=value`` pair would otherwise slip past)."""
+    for f in fields(config):
+        choices, value = f.metadata.get("choices"), getattr(config, f.name)
+        if choices and value is not None and value not in choices:
+            raise ValueError(f"{f.name}: {value!r} is not one of {', '.join(map(str, choices))}")
+    return config
 
 
 def _writable(node):

@@ -15,7 +15,7 @@ is what the MLflow run logs (:func:`to_yaml`), so a run says exactly how it was 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from .. import config_files
@@ -78,10 +78,6 @@ class TrainRecipe:
             unknown = sorted(set(getattr(self, name)) - set(STAGES))
             if unknown:
                 raise ValueError(f"{name}: unknown stage(s) {unknown}; choose from {','.join(STAGES)}")
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         if self.batch_size < 1 or self.resolution < 8:
             raise ValueError("batch_size must be >= 1 and resolution >= 8")
         return self
