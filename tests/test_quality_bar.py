@@ -53,7 +53,7 @@ def test_adapt_mode_end_to_end(bar, home):
     results_dir = home / "results"
     assert bar.main(["--mode", "adapt", "--init", CHECKPOINT, "--style-seeds", "11", "--workdir",
                      str(home / "work"), "--results-dir", str(results_dir), "--catalog-resolution", "96",
-                     *TINY]) == 0
+                     "--adapt-base-steps", "1", *TINY]) == 0
     # a user's catalog is larger than the model: written at 96 px, trained and evaluated at 64
     from PIL import Image
 
@@ -75,6 +75,8 @@ def test_adapt_mode_end_to_end(bar, home):
     assert report["cg_steps_per_s"] > 0
     pg = report["per_catalog"]["style-11"]["pg"]
     assert pg["pg_steps"] == 1 and pg["product_bit_identical"] is True
+    base = report["per_catalog"]["style-11"]["base"]  # the base refit on the catalog before CG
+    assert base["steps"] == 1 and base["caption"] == "A photo of {category}"
     # The adapted model kept the shipped categories and appended the catalog's new ones.
     saved = json.loads(open(os.path.join(curve[-1]["checkpoint"], "backdrop.json")).read())["categories"]["ids"]
     assert {"mug", "s11c0-scene", "s11c1-texture"} <= set(saved) and saved["mug"] == 2
@@ -82,6 +84,7 @@ def test_adapt_mode_end_to_end(bar, home):
     assert (results_dir / "quality-64px-adapt-style-11.png").is_file()
     text = (results_dir / "quality-64px-adapt.md").read_text()
     assert "CG steps/s" in text and "| 1 |" in text and "### style-11" in text and "pattern / truth" in text
+    assert "the base refit on the catalog for 1 steps" in text
     client, run = _mlflow_run(report["mlflow_run_id"])
     names = {a.path for a in client.list_artifacts(run.info.run_id, "galleries")}
     assert "galleries/quality-64px-adapt-style-11.png" in names

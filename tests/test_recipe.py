@@ -71,7 +71,10 @@ def test_the_recipes_are_the_commands_the_readme_and_makefile_run():
     assert "backdrop train --config recipes/tiny-64-demo.yaml" in makefile
     assert "backdrop train --config recipes/adapt.yaml" in readme
     adapt = _parse("--config", os.path.join(REPO, "recipes", "adapt.yaml"), "catalog=c", "output=o")
-    assert (adapt.init, adapt.stages, adapt.steps) == ("checkpoints/tiny-64", ["cg", "pg"], {"cg": 1500, "pg": 300})
+    assert (adapt.init, adapt.stages, adapt.steps) == ("checkpoints/tiny-64", ["base", "cg", "pg"],
+                                                       {"base": 500, "cg": 1500, "pg": 300})
+    assert adapt.stage_options() == {"base": {"loss_weighting": "none", "base_caption": "A photo of {category}"},
+                                     "cg": {"loss_weighting": "none"}}
 
 
 def test_the_ray_train_job_takes_the_same_recipe_plus_the_clusters_knobs():
@@ -84,14 +87,15 @@ def test_the_ray_train_job_takes_the_same_recipe_plus_the_clusters_knobs():
         sys.path.remove(REPO)
     cfg = parse_args(["--config", os.path.join(REPO, "recipes", "adapt.yaml"), "--cpus-per-worker", "0.5",
                       "catalog=c.parquet", "storage_path=/tmp/ckpt", "num_workers=3", "register="])
-    assert (cfg.stages, cfg.steps, cfg.num_workers, cfg.cpus_per_worker) == (("cg", "pg"), {"cg": 1500, "pg": 300},
-                                                                             3, 0.5)
+    assert (cfg.stages, cfg.steps, cfg.num_workers, cfg.cpus_per_worker) == (
+        ("base", "cg", "pg"), {"base": 500, "cg": 1500, "pg": 300}, 3, 0.5)
     assert cfg.init.endswith("checkpoints/tiny-64") and cfg.registered_model_name is None and cfg.name == "adapt"
     cfg = parse_args(["--config", os.path.join(REPO, "recipes", "adapt.yaml"), "catalog=c.parquet",
                       "storage_path=/tmp/ckpt", "lr_schedule.cg=cosine", "loss_weighting.pg=none"])
-    cg, pg = cfg.stage_config(0, 0), cfg.stage_config(1, 0)  # per-stage options reach Ray Train's stages
+    base, cg, pg = (cfg.stage_config(i, 0) for i in range(3))  # per-stage options reach Ray Train's stages
+    assert (base.base_caption, base.loss_weighting) == ("A photo of {category}", "none")
     assert (cg.lr_schedule, cg.loss_weighting, pg.lr_schedule, pg.loss_weighting) == \
-        ("cosine", "high-noise", "constant", "none")
+        ("cosine", "none", "constant", "none")
     parser = argparse.ArgumentParser()
     recipes.add_arguments(parser, recipes.DistributedRecipe)
     with pytest.raises(ValueError, match="keeps the model in its checkpoints"):

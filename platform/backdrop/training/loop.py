@@ -151,7 +151,7 @@ class StageConfig:
 
 
 # What a recipe may set per stage (TrainRecipe's per-stage dicts), as StageConfig fields.
-STAGE_OPTIONS = ("learning_rate", "lr_schedule", "loss_weighting")
+STAGE_OPTIONS = ("learning_rate", "lr_schedule", "loss_weighting", "base_caption")
 
 
 def options_by_stage(**per_stage: dict | None) -> dict[str, dict]:

@@ -49,6 +49,8 @@ class TrainRecipe:
                                               "budget), e.g. cg=cosine")
     loss_weighting: Dict[str, str] = _knob(dict, "per stage: high-noise (the default: 1 + 1/SNR, capped) or none "
                                                  "(plain eps-MSE, the paper's Eq. 1), e.g. cg=none")
+    base_caption: Optional[str] = _knob(None, "the base stage's caption; \"A photo of {category}\" teaches the "
+                                              "base your categories' words (default: \"a photo\")")
     batch_size: int = _knob(32, "images per step")
     resolution: int = _knob(64, "training resolution (pixels, square)")
     seed: int = _knob(0, "random seed")
@@ -66,7 +68,8 @@ class TrainRecipe:
         from .loop import options_by_stage
 
         return options_by_stage(learning_rate=self.learning_rate, lr_schedule=self.lr_schedule,
-                                loss_weighting=self.loss_weighting)
+                                loss_weighting=self.loss_weighting,
+                                base_caption={"base": self.base_caption} if self.base_caption else None)
 
     def validate(self) -> "TrainRecipe":
         """Refuse, in words, what would fail later: before any data is read."""
