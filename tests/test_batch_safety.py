@@ -427,7 +427,7 @@ def _job(script: str | Path, args: list[str], **kw) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_chaos_kill_rerun_then_nightly_after_edits(home, model_dir, good_rows, tmp_path, s3_bucket):
+def test_chaos_kill_rerun_then_nightly_after_edits(home, model_dir, good_rows, tmp_path, s3_bucket, capsys):
     """One hostile catalog on S3: SIGKILL the Ray job's driver mid-run, run it again, edit three
     inputs, run the nightly job; exactly the expected rows are made, every count is exact.
 
@@ -484,13 +484,17 @@ def test_chaos_kill_rerun_then_nightly_after_edits(home, model_dir, good_rows, t
     made_before = {r["product_id"]: r["created_at"] for r in manifest.read_records(output).to_pylist()
                    if r["status"] == "ok"}
 
-    # 2. rerun at once: the dead driver's lease (same host, pid gone) is taken over. In process: the
-    #    lease, the plan and the resume are executor-independent, and a second Ray start-up would
-    #    only cost CI time (the Ray executor's resume is test_batch.py's killed-actor test)
+    # 2. rerun at once: the dead driver's lease (same host, pid gone) is taken over. The local
+    #    executor: the lease, the plan and the resume are executor-independent, and a second Ray
+    #    start-up would only cost CI time (the Ray executor's resume is test_batch.py's killed-actor test).
+    #    Both runs below are the jobs' own main() in this process (a job process would only add
+    #    its interpreter's start-up); the killed run above was a process of its own.
+    from jobs import catalog_backfill, nightly_regen
+
     local = [*args[:-1], "local"]
-    rerun = _job("catalog_backfill.py", local, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = rerun.communicate(timeout=600)[0]
-    assert rerun.returncode == 0, out[-4000:]
+    code = catalog_backfill.main(local)
+    out = "".join(capsys.readouterr())
+    assert code == 0, out[-4000:]
     assert f"{n_in} rows in scope = {n_in - 3} ok + 3 failed" in out  # a duplicate, a null id, /dev/zero
     records = manifest.latest(manifest.read_records(output)).to_pylist()
     by_id = {r["product_id"]: r for r in records}
@@ -507,9 +511,9 @@ def test_chaos_kill_rerun_then_nightly_after_edits(home, model_dir, good_rows, t
     catalog_rows[2] = {**catalog_rows[2], "prompt": "on a marble table"}
     _catalog(catalog_rows, catalog)
     # the nightly planner and its backfills are executor-independent: in-process here too
-    nightly = _job("nightly_regen.py", local, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = nightly.communicate(timeout=600)[0]
-    assert nightly.returncode == 0, out[-4000:]
+    code = nightly_regen.main(local)
+    out = "".join(capsys.readouterr())
+    assert code == 0, out[-4000:]
     assert "input_changed" in out
     after = {r["product_id"]: r for r in manifest.latest(manifest.read_records(output)).to_pylist()}
     remade = {pid for pid in after if after[pid]["created_at"] != by_id[pid]["created_at"]}
