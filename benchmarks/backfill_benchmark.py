@@ -193,8 +193,7 @@ def peak_memory(model_dir: str, catalog: str, output: str, args: Args) -> tuple[
 
 @dataclass
 class BackfillBenchmarkRecipe:
-    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
-    them and ``key=value`` overrides (``config_files.parse_recipe``)."""
+    """The backfill benchmark's knobs (flags, ``--config`` and ``key=value``: ``config_files.parse_recipe``)."""
 
     rows: int = knob(192, "rows for (a) and (c)")
     memory_rows: int = knob(256, "the 1x size for (b)")

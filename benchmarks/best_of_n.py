@@ -49,8 +49,7 @@ FOUR = "1:1,4:5,16:9,9:16"
 
 @dataclass
 class BestOfNRecipe:
-    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
-    them and ``key=value`` overrides (``config_files.parse_recipe``)."""
+    """What the best-of-N comparison generates and judges (flags, ``--config``, ``key=value``)."""
 
     model: str = knob(str(ROOT / "checkpoints" / "tiny-64"))
     per_category: int = knob(12)

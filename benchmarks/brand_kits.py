@@ -51,8 +51,7 @@ CHECKPOINT = ROOT / "checkpoints" / "tiny-64"
 
 @dataclass
 class BrandKitsRecipe:
-    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
-    them and ``key=value`` overrides (``config_files.parse_recipe``)."""
+    """The brand-kit benchmark's catalog, steps and repeats (flags, ``--config``, ``key=value``)."""
 
     categories: int = knob(8, "kits (one per category of the synthetic catalog)")
     per_category: int = knob(4, "products (and kit references) per category")

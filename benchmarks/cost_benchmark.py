@@ -62,8 +62,7 @@ def measure(gen, products, config, placements: str, candidates: int, scorer, bat
 
 @dataclass
 class CostBenchmarkRecipe:
-    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
-    them and ``key=value`` overrides (``config_files.parse_recipe``)."""
+    """The cost benchmark's model, products and batch (flags, ``--config``, ``key=value``)."""
 
     model: str = knob(str(ROOT / "checkpoints" / "tiny-64"))
     products: int = knob(16)

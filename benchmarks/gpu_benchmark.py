@@ -178,8 +178,7 @@ def training_steps(model_dir: str, device: str, batch: int, resolution: int) -> 
 
 @dataclass
 class GpuBenchmarkRecipe:
-    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
-    them and ``key=value`` overrides (``config_files.parse_recipe``)."""
+    """The GPU benchmark's sizes, batches and schedulers (flags, ``--config``, ``key=value``)."""
 
     size: str = knob("sd15", choices=("sd15", "tiny"))
     device: str = knob("cuda" if torch.cuda.is_available() else "cpu")

@@ -42,8 +42,7 @@ CONTROL = ("ddim", 2)
 
 @dataclass
 class SchedulerStepsRecipe:
-    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
-    them and ``key=value`` overrides (``config_files.parse_recipe``)."""
+    """The scheduler sweep's schedulers, steps and sample (flags, ``--config``, ``key=value``)."""
 
     model: str = knob(str(ROOT / "checkpoints" / "tiny-64"))
     steps: str = knob("5,10,15,20,25,50")

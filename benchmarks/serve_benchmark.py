@@ -187,8 +187,7 @@ def start_service(model_dir: str) -> dict[str, str]:
 
 @dataclass
 class ServeBenchmarkRecipe:
-    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
-    them and ``key=value`` overrides (``config_files.parse_recipe``)."""
+    """The Serve benchmark's durations and load (flags, ``--config``, ``key=value``)."""
 
     seconds: float = knob(20.0, "per throughput/latency measurement")
     rounds: int = knob(2, "alternating batched/unbatched rounds")
