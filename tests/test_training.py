@@ -179,6 +179,8 @@ def test_a_cosine_schedule_decays_to_zero_over_the_budget_and_is_logged(catalog)
         pytest.approx(0.5)  # a checkpoint halfway along a longer run's schedule
     by_time = StageConfig("cg", max_steps=10**9, max_minutes=2.0, lr_schedule="cosine")
     assert by_time.lr_factor(7, 60.0) == pytest.approx(0.5)  # a minutes budget: by the clock
+    minutes_only = StageConfig("cg", max_minutes=2.0, lr_schedule="cosine")  # max_steps left at its default
+    assert minutes_only.lr_factor(7, 60.0) == pytest.approx(0.5)  # the clock runs out first, so it rules
     assert StageConfig("cg", max_steps=100).lr_factor(99, 0.0) == 1.0  # constant
     with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
         options_by_stage(lr_schedule={"cg": "linear"})

@@ -94,10 +94,11 @@ class StageConfig:
     batch_size: int = 32
     learning_rate: float | None = None  # None: DEFAULT_LR[the model's preset][stage]
     loss_weighting: str = "high-noise"  # or "none" (plain ε-MSE, the paper's Eq. 1)
-    # "constant", or "cosine": from learning_rate down to 0 over the stage's budget (max_steps,
-    # or max_minutes where the steps are unbounded; lr_horizon steps where given, so that the
-    # checkpoints along one run are points of the same schedule). A fine-tune at a constant
-    # rate stops at the noise floor of its last updates: fine patterns drown there (#21).
+    # "constant", or "cosine": from learning_rate down to 0 over the stage's budget, measured as
+    # the stage stops, by whichever of max_steps and max_minutes runs out first (lr_horizon steps
+    # instead of max_steps where given, so that the checkpoints along one run are points of the
+    # same schedule). A fine-tune at a constant rate stops at the noise floor of its last
+    # updates: fine patterns drown there (#21).
     lr_schedule: str = "constant"
     lr_horizon: int | None = None
     snr_cap: float = 100.0
@@ -140,13 +141,9 @@ class StageConfig:
         """The share of ``learning_rate`` for the step after ``step`` (``elapsed_s`` into the stage)."""
         if self.lr_schedule == "constant":
             return 1.0
-        horizon = self.lr_horizon or (self.max_steps if self.max_steps < 10**8 else None)
-        if horizon is not None:
-            progress = step / horizon
-        elif self.max_minutes is not None:
-            progress = elapsed_s / (self.max_minutes * 60)
-        else:
-            raise ValueError("a cosine learning rate needs a budget: max_steps, max_minutes or lr_horizon")
+        progress = step / (self.lr_horizon or self.max_steps)
+        if self.max_minutes is not None:
+            progress = max(progress, elapsed_s / (self.max_minutes * 60))
         return 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
