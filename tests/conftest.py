@@ -338,10 +338,8 @@ def serve_cluster(tmp_path_factory, s3_server):  # S3 first: the replicas inheri
 
     home = tmp_path_factory.mktemp("serve-home")
     env = {"BACKDROP_HOME": str(home), "BACKDROP_MAX_MODELS_PER_REPLICA": "2", "BACKDROP_S3_ENDPOINT_URL": s3_server}
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp:  # local_serve sets (and restores) env itself
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        for name, value in env.items():
-            mp.setenv(name, value)
         mp.setenv("BACKDROP_API_KEYS", OTHER_KEY)
         with local_serve(env) as url:
             yield {"url": url, "home": home}

@@ -56,11 +56,11 @@ INPUTS = "s3://backdrop-serve-inputs"  # the one bucket (under in/) the main app
 
 @pytest.fixture(scope="module")
 def stack(serve_cluster):
+    import boto3
+
     from backdrop.serving.auth import ApiKeys
 
     home, url = serve_cluster["home"], serve_cluster["url"]
-    import boto3
-
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=INPUTS[5:])
     versions = register_versions(2)
     model_dir = home / "saved-generator"
