@@ -45,9 +45,8 @@ CHECKPOINT = ROOT / "checkpoints" / "tiny-64"
 
 @dataclass
 class HarmonyRecipe:
-    """Every knob of this benchmark, declared once: a flag each, a ``--config`` YAML file of
-    them (``recipes/benchmarks/harmony-reflection.yaml``) and ``key=value`` overrides
-    (``config_files.parse_recipe``)."""
+    """The harmony benchmark's measure, budgets and evaluation (flags, ``--config``, e.g.
+    ``recipes/benchmarks/harmony-reflection.yaml``, and ``key=value``)."""
 
     harmony: str = knob("shadow", "shadow: the contact-shadow bar; shadow+reflection: reflections on the glossy "
                                   "categories too (a reflection fills the band under the base, so there the contact "

@@ -83,8 +83,7 @@ def assemble(name: str, output: str) -> str:
 
 @dataclass
 class PhotoCatalogsRecipe:
-    """Every knob of this script, declared once: a flag each, a ``--config`` YAML file of them
-    and ``key=value`` overrides (``config_files.parse_recipe``)."""
+    """Which photographic catalogs to assemble, and where (flags, ``--config``, ``key=value``)."""
 
     output: str = knob("runs/photo-catalogs")
     catalogs: str = knob(",".join(PHOTO_CATALOGS))
