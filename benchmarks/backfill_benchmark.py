@@ -50,6 +50,7 @@ from backdrop.batch.config import BackfillConfig  # noqa: E402
 from backdrop.batch.run import run_backfill  # noqa: E402
 from backdrop.batch.stages import items_from_table, items_to_table  # noqa: E402
 from backdrop.catalog import read_catalog  # noqa: E402
+from backdrop.limits import DEFAULT_GUIDANCE  # noqa: E402
 from backdrop.config_files import knob  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, category_names, make_catalog  # noqa: E402
 
@@ -269,7 +270,7 @@ def report(args, bare, ray_run, again, mem1, mem10, load_before, load_after) -> 
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {host.node()}: {os.cpu_count()} CPUs, "
         f"{psutil.virtual_memory().total / gib:.0f} GiB RAM, Python {host.python_version()}, Ray {ray.__version__}; "
         f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (1 min).",
-        f"Tiny-preset generator (untrained, same cost per image), 64 px, {args.steps} DDIM steps, guidance 2.0, "
+        f"Tiny-preset generator (untrained, same cost per image), 64 px, {args.steps} DDIM steps, guidance {DEFAULT_GUIDANCE:g}, "
         f"batch size {args.batch_size}, one generator actor on CPU, local Ray instance. (a) and (c): the best "
         f"of {args.repeats} alternating runs per side.",
         "",

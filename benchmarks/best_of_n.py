@@ -40,6 +40,7 @@ from backdrop.catalog import read_catalog  # noqa: E402
 from backdrop.config_files import knob  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.gallery import contact_sheet, masked_product  # noqa: E402
+from backdrop.limits import DEFAULT_GUIDANCE  # noqa: E402
 from backdrop.inputs import fetch_product  # noqa: E402
 from backdrop.placements import parse_placements  # noqa: E402
 from backdrop.quality import evaluation, metrics, qa  # noqa: E402
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
         "# Best-of-N with automatic QA (benchmarks/best_of_n.py)",
         "",
         f"`{os.path.relpath(args.model, ROOT)}`, {len(requests)} held-out synthetic products "
-        f"({args.per_category} per category), {args.steps} DDIM steps, guidance 2.0; QA scorer fitted on "
+        f"({args.per_category} per category), {args.steps} DDIM steps, guidance {DEFAULT_GUIDANCE:g}; QA scorer fitted on "
         f"{scorer.fitted_on['rows']} train rows; threshold {scorer.threshold}.",
         "",
         f"| metric | best-of-1 | best-of-{args.candidates} |",

@@ -36,6 +36,7 @@ from backdrop.catalog import read_catalog  # noqa: E402
 from backdrop.config_files import knob  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.inputs import fetch_product  # noqa: E402
+from backdrop.limits import DEFAULT_GUIDANCE  # noqa: E402
 from backdrop.placements import parse_placements  # noqa: E402
 from backdrop.quality import qa  # noqa: E402
 
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {host.node()}: {os.cpu_count()} CPUs, Python "
         f"{host.python_version()}; load average {os.getloadavg()[0]:.1f} (1 min) at the end.",
         f"`{os.path.relpath(args.model, ROOT)}`, {len(products)} held-out synthetic products, {args.steps} DDIM "
-        f"steps, guidance 2.0, {args.batch} requests per runtime call, CPU; best of {args.repeats} alternating runs.",
+        f"steps, guidance {DEFAULT_GUIDANCE:g}, {args.batch} requests per runtime call, CPU; best of {args.repeats} alternating runs.",
         "Device-seconds: the runtime's CPU process time of the generating process (all torch threads), "
         "summed over the outputs.",
         "",

@@ -213,9 +213,8 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         save_bare_base(args.size, base)
         report["build_save_s"] = time.perf_counter() - t
-        config = InferenceConfig(num_inference_steps=args.steps, guidance_scale=2.0)
-        fast = InferenceConfig(num_inference_steps=args.fast_steps, guidance_scale=2.0,
-                               scheduler=args.fast_scheduler)
+        config = InferenceConfig(num_inference_steps=args.steps)
+        fast = InferenceConfig(num_inference_steps=args.fast_steps, scheduler=args.fast_scheduler)
         rows, flops = [], {}
         for mode in modes:
             t = time.perf_counter()

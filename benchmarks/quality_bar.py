@@ -52,6 +52,7 @@ from backdrop import config_files, runtime  # noqa: E402
 from backdrop.config_files import knob  # noqa: E402
 from backdrop.training.arrays import load_training_arrays  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
+from backdrop.limits import DEFAULT_GUIDANCE  # noqa: E402
 from backdrop.models.generator import BackdropModel  # noqa: E402
 from backdrop.models.presets import TinyPreset  # noqa: E402
 from backdrop.quality.evaluation import EvalConfig, evaluate  # noqa: E402
@@ -134,7 +135,8 @@ def evaluate_checkpoint(model_dir: str, catalog_dir: str, out: str, args, refere
     t = time.perf_counter()
     model = runtime.load(model_dir, device="cpu").model
     catalog = {k: os.path.join(catalog_dir, f"{k}.parquet") for k in ("train", "heldout", "pairs")}
-    cfg = EvalConfig(steps=args.eval_steps, per_category=args.per_category, pairs=args.pairs, seed=args.seed)
+    cfg = EvalConfig(steps=args.eval_steps, guidance=args.eval_guidance, per_category=args.per_category,
+                     pairs=args.pairs, seed=args.seed)
     result = evaluate(model, catalog, cfg, with_references=references)
     report = result.save(out, f"Evaluation of `{model_dir}`")
     log.info("evaluated %s in %.0fs: consistency %.3f", os.path.basename(model_dir), time.perf_counter() - t,
@@ -346,7 +348,8 @@ def _rate(results: dict, batch_size: int) -> str:
 
 def render_report(results: dict, args) -> str:
     mode, res = results["mode"], args.resolution
-    lines = [f"# Quality bar: {mode} ({res} px, batch {args.batch_size})", "", _rate(results, args.batch_size), ""]
+    lines = [f"# Quality bar: {mode} ({res} px, batch {args.batch_size})", "", _rate(results, args.batch_size), "",
+             f"Evaluated at {args.eval_steps} DDIM steps, guidance {args.eval_guidance:g}.", ""]
     if mode == "scratch":
         base = ", ".join(f"{k} {v['steps']} steps / {v['minutes']:.1f} min" for k, v in results["base"].items())
         lines += [f"Base: {base}",
@@ -504,6 +507,7 @@ class QualityBarRecipe:
     skip_pg: bool = knob(False, "skip PG")
     pg_seeds: Optional[int] = knob(None, "adapt: train and measure PG on the first N catalogs only")
     eval_steps: int = knob(20, "denoising steps of the evaluation")
+    eval_guidance: float = knob(DEFAULT_GUIDANCE, "classifier-free guidance of the evaluation (2 before the sweep)")
     per_category: int = knob(12, "held-out products evaluated per category")
     pairs: int = knob(32, "reference pairs evaluated")
     seed: int = knob(0, "random seed")

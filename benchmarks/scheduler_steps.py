@@ -34,6 +34,7 @@ from backdrop.catalog import read_catalog  # noqa: E402
 from backdrop.config_files import knob  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.inputs import fetch_product  # noqa: E402
+from backdrop.limits import DEFAULT_GUIDANCE  # noqa: E402
 from backdrop.quality.evaluation import EvalConfig, evaluate  # noqa: E402
 from backdrop.schedulers import SCHEDULERS  # noqa: E402
 
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
             cfg = EvalConfig(steps=n, scheduler=scheduler, seed=seed, per_category=args.per_category)
             m = evaluate(gen.model, catalog, cfg, with_references=False).metrics
             t = time.perf_counter()
-            runtime.generate_all(gen, timing_requests, runtime.inference(n, 2.0, scheduler=scheduler))
+            runtime.generate_all(gen, timing_requests, runtime.inference(n, scheduler=scheduler))
             s_per_image = (time.perf_counter() - t) / len(timing_requests)
             row = {"scheduler": scheduler, "steps": n, "seed": seed, "consistency": m["category_consistency"],
                    "leak": m["product_leak"], "s_per_image": s_per_image,
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
         + ", ".join(f"{r['consistency']:.3f}" for r in reference)
         + f" (floor {floor:.3f}); real images {real:.3f}; chance {1 / len(gen.categories.names):.3f}.", "",
         "Judge: the colour judge (`quality/metrics.py`: 8x8 mean colours + channel statistics of the "
-        "background, nearest held-out centroid), 96 held-out products per setting, CFG 2.0, one noise "
+        f"background, nearest held-out centroid), 96 held-out products per setting, CFG {DEFAULT_GUIDANCE:g}, one noise "
         "seed per setting unless confirmed below. It cannot see fine patterns (issue #21).", "",
         "| scheduler | steps | consistency | leak | s/image | vs DDIM-50 time | as good as DDIM-50 |",
         "| --- | --- | --- | --- | --- | --- | --- |",

@@ -14,7 +14,7 @@ so the ratios compare like with like on a machine whose load we do not control:
    503 (+ Retry-After), answer no other 5xx, and answer normally afterwards.
 
 The model is the tiny preset at its real resolution (64 px), untrained (the same compute as a
-trained one), 20 DDIM steps with guidance 2.0, a product with alpha and a reference image.
+trained one), 20 DDIM steps at the default guidance, a product with alpha and a reference image.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "platform"))
 
 from backdrop import config_files  # noqa: E402
 from backdrop.config_files import knob  # noqa: E402
+from backdrop.limits import DEFAULT_GUIDANCE  # noqa: E402
 
 API_KEY = "bench-key"
 STEPS = 20
@@ -269,7 +270,7 @@ def render(t8, t1, overload: Run, after: Run, alive: int, opts) -> str:
         f"Ray {ray.__version__}, torch {torch.__version__}, 1 torch thread per generator replica. Loopback only. "
         f"Load average of the machine (other work included) {opts.load[0][0]:.1f} before, {opts.load[1][0]:.1f} after.",
         "",
-        f"Model: tiny preset at 64 px, {STEPS} DDIM steps, guidance 2.0, product with alpha + reference image "
+        f"Model: tiny preset at 64 px, {STEPS} DDIM steps, guidance {DEFAULT_GUIDANCE:g}, product with alpha + reference image "
         "(CG + PG), one PNG per request. Two copies of the app run side by side on one local Ray (2 CPUs), "
         f"identical but for the generator's `max_batch_size` ({shipped['user_config']['max_batch_size']} vs 1; "
         f"`batch_wait_timeout_s` {shipped['user_config']['batch_wait_timeout_s']}, `max_ongoing_requests` "

@@ -54,3 +54,25 @@ def test_the_client_and_the_http_body_take_every_option():
     assert options <= set(inspect.signature(BackdropClient.generate).parameters)
     assert options <= set(GenerateParams.model_fields) and options <= set(GenerateParams.FIELDS)
     assert "--style" in _flags(_cli_commands()["call"])
+
+
+def test_every_door_defaults_to_the_one_guidance():
+    """The guidance a caller gets when it names none is ``limits.DEFAULT_GUIDANCE`` everywhere:
+    the HTTP body, the backfill, the pipeline, the runtime, the evaluation and the try-it page."""
+    from backdrop import runtime
+    from backdrop.batch.config import BackfillConfig
+    from backdrop.limits import DEFAULT_GUIDANCE
+    from backdrop.pipeline import InferenceConfig
+    from backdrop.quality.evaluation import EvalConfig
+    from backdrop.serving.params import GenerateParams
+
+    defaults = {
+        "http": GenerateParams.model_fields["guidance"].default,
+        "backfill": BackfillConfig("c", "m", "o").guidance,
+        "pipeline": InferenceConfig().guidance_scale,
+        "runtime": runtime.inference(20).guidance_scale,
+        "evaluate": EvalConfig().guidance,
+    }
+    assert defaults == dict.fromkeys(defaults, DEFAULT_GUIDANCE)
+    page = (REPO / "serve_apps" / "static" / "index.html").read_text()
+    assert f'id="guidance" name="guidance" type="number" min="0" max="30" step="0.5" value="{DEFAULT_GUIDANCE:g}"' in page

@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 from .categories import build_prompts, plain_prompt
 from .errors import FullMaskError, InvalidParameterError
 from .imaging import validate_mask
-from .limits import SCHEDULER_MAX_STEPS
+from .limits import DEFAULT_GUIDANCE, SCHEDULER_MAX_STEPS
 from .request import GenerationRequest  # noqa: F401 - the pipeline's input, re-exported here
 from .models.attention import mask_at
 from .models.controlnets import mask_residuals
@@ -51,7 +51,7 @@ def default_batch_bucket(device) -> int:
 @dataclass(frozen=True)
 class InferenceConfig:
     num_inference_steps: int = 50
-    guidance_scale: float = 2.0
+    guidance_scale: float = DEFAULT_GUIDANCE
     reference_init: bool = True  # z_T from the noised reference latent when PG is used
     scheduler: str | None = None  # a name of backdrop.schedulers.SCHEDULERS; None: the model's own
 

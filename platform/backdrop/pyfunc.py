@@ -14,6 +14,7 @@ import mlflow
 from . import registry, runtime
 from .imaging import encode_image
 from .inputs import fetch_product
+from .limits import DEFAULT_GUIDANCE
 
 
 class GeneratorPyfunc(mlflow.pyfunc.PythonModel):
@@ -24,7 +25,7 @@ class GeneratorPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         params = params or {}
-        config = runtime.inference(int(params.get("steps", 50)), float(params.get("guidance", 2.0)),
+        config = runtime.inference(int(params.get("steps", 50)), float(params.get("guidance", DEFAULT_GUIDANCE)),
                                    scheduler=params.get("scheduler"))
         requests = [fetch_product(r).requests([int(r.get("seed", 0) or 0)])[0]
                     for r in model_input.to_dict("records")]

@@ -5,7 +5,7 @@ evaluation all go through the same three steps:
 
     gen = load("models:/backdrop@champion", device="auto")   # any reference, onto a device, once
     requests = product.requests(seeds)                        # backdrop.inputs.Product -> pipeline
-    results = generate(gen, requests, inference(50, 2.0))     # Image | Failure per request
+    results = generate(gen, requests, inference(50))          # Image | Failure per request
 
 Placements are requests too (``product.placed(placement).requests(seeds)``); requests of
 different aspects run as one loop per generation size. :func:`generate_measured` returns
@@ -39,7 +39,7 @@ from PIL import Image
 from . import storage
 from .categories import CategoryMap
 from .errors import GENERATE, QA, BackdropError, Failure
-from .limits import DEFAULT_LIMITS, Limits
+from .limits import DEFAULT_GUIDANCE, DEFAULT_LIMITS, Limits
 from .schedulers import DEFAULT_SCHEDULER
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ def generate_all(gen: LoadedGenerator, requests: list[GenerationRequest], config
     return out
 
 
-def inference(steps: int = 50, guidance: float = 2.0, limits: Limits = DEFAULT_LIMITS,
+def inference(steps: int = 50, guidance: float = DEFAULT_GUIDANCE, limits: Limits = DEFAULT_LIMITS,
               scheduler: str | None = None) -> InferenceConfig:
     """A denoising configuration checked against the one set of limits (``scheduler`` None: the
     one saved with the model)."""

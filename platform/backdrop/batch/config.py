@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..categories import normalize
 from ..errors import InvalidParameterError
-from ..limits import DEFAULT_LIMITS, Limits
+from ..limits import DEFAULT_GUIDANCE, DEFAULT_LIMITS, Limits
 from ..placements import parse_placements
 from ..runtime import COMPILE_MODES
 from ..scope import InputScope, ScopeConfigError
@@ -31,7 +31,7 @@ class BackfillConfig:
     output: str  # directory or s3:// prefix
     categories: tuple[str, ...] = ()  # only these (all when empty)
     steps: int = 50
-    guidance: float = 2.0
+    guidance: float = DEFAULT_GUIDANCE
     scheduler: str | None = None  # a name of backdrop.schedulers.SCHEDULERS (None: the model's own)
     seed: int = 0
     batch_size: int = 16

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -26,9 +26,11 @@ from PIL import Image
 
 from .. import config_files, registry, runtime, storage
 from ..catalog import read_catalog
+from ..categories import normalize
 from ..config_files import knob
 from ..gallery import contact_sheet, masked_product
 from ..inputs import fetch_product, fetch_reference
+from ..limits import DEFAULT_GUIDANCE
 from ..pipeline import GenerationRequest, InferenceConfig
 from ..runtime import LoadedGenerator, row_seed
 from ..schedulers import SCHEDULERS
@@ -45,7 +47,7 @@ class EvalConfig:
 
     # 20: the spike measured no gain from 50 over 20 DDIM steps at 64 px
     steps: int = knob(20, "denoising steps per generation")
-    guidance: float = knob(2.0, "classifier-free guidance")
+    guidance: float = knob(DEFAULT_GUIDANCE, "classifier-free guidance")
     scheduler: str = knob("ddim", "denoising scheduler", choices=tuple(SCHEDULERS))
     per_category: int = knob(12, "held-out products generated per category")
     pairs: int = knob(32, "reference pairs for the PG / reference metrics")
@@ -54,6 +56,10 @@ class EvalConfig:
     batch_size: int = knob(48, "requests per generator call")
     seed: int = knob(0, "base seed; each product's seed derives from it")
     clip_model: Optional[str] = knob(None, "CLIP vision dir (local or s3://) for CLIP similarity and FID")
+    # A negative control for anything that compares generations (benchmarks/guidance_sweep.py):
+    # each product is generated for the category this many places further along the model's list
+    # and judged against its own, so a generator that follows its prompt must score near chance.
+    category_shift: int = knob(0, "negative control: generate the category this many places along")
 
 
 @dataclass
@@ -109,6 +115,14 @@ def _request(row: dict, seed: int) -> GenerationRequest:
     return fetch_product(row).requests([seed])[0]
 
 
+def _shifted(reqs: list[GenerationRequest], shift: int) -> list[GenerationRequest]:
+    """``reqs`` asking for another of the evaluated categories (``EvalConfig.category_shift``)."""
+    if not shift:
+        return reqs
+    names = list(dict.fromkeys(normalize(q.category) for q in reqs))
+    return [replace(q, category=names[(names.index(normalize(q.category)) + shift) % len(names)]) for q in reqs]
+
+
 def _bit_identical(outputs, requests) -> bool:
     return all(
         np.array_equal(np.asarray(o)[r.mask > 0.5], np.asarray(r.image.convert("RGB"))[r.mask > 0.5])
@@ -138,7 +152,8 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
 
     picks = [i for c in model.categories.names for i in [j for j, x in enumerate(cats) if x == c][: cfg.per_category]]
     reqs = [real[i] for i in picks]
-    outputs = runtime.generate_all(gen, reqs, infer, cfg.batch_size)
+    outputs = runtime.generate_all(gen, _shifted(reqs, cfg.category_shift), infer,
+                                   cfg.batch_size)
     feats = np.stack([metrics.background_features(o, q.mask) for o, q in zip(outputs, reqs)])
     consistency = metrics.category_consistency(feats, [q.category for q in reqs], centroids)
     real_consistency = metrics.category_consistency(

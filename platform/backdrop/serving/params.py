@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 from .. import storage
 from ..brands import parse_style
 from ..errors import FetchError, ImageTooLargeError, InvalidParameterError
-from ..limits import DEFAULT_LIMITS, SCHEDULER_MAX_STEPS, Limits
+from ..limits import DEFAULT_GUIDANCE, DEFAULT_LIMITS, SCHEDULER_MAX_STEPS, Limits
 from ..placements import Placement, parse_placements
 from ..scope import SCHEME, UriScope
 
@@ -99,7 +99,7 @@ class GenerateParams(BaseModel):
     seed: Int = Field(default_factory=lambda: secrets.randbelow(MAX_SEED + 1), ge=0, le=MAX_SEED,
                       description="random seed; drawn at random (and returned) when omitted")
     steps: Int = Field(DEFAULT_STEPS, ge=1, le=SCHEDULER_MAX_STEPS, description="denoising steps")
-    guidance: Float = Field(2.0, ge=0.0, le=1000.0, allow_inf_nan=False, description="classifier-free guidance")
+    guidance: Float = Field(DEFAULT_GUIDANCE, ge=0.0, le=1000.0, allow_inf_nan=False, description="classifier-free guidance")
     scheduler: Text | None = Field(None, max_length=20,
                                    description="denoising scheduler: ddim, dpm++ or unipc (default: the model's own, ddim unless saved otherwise; the "
                                                "last two need fewer steps for the same quality)")
