@@ -65,6 +65,7 @@ def sweep(label: str, model_dir: str, catalog: dict[str, str], guidances: list[f
         row = {"generator": label, "guidance": guidance, "colour": m["category_consistency"],
                "pattern": m["pattern_consistency"], "truth_colour": m["real_consistency"],
                "truth_pattern": m["real_pattern_consistency"], "chance": m["chance"],
+               "colour_by_train": m["colour_by_train_centroids"], "truth_colour_by_train": m["real_colour_by_train_centroids"],
                "bit_identical": m["product_bit_identical"], "n": m["n_generated"], "category_shift": shift}
         print(json.dumps(row), flush=True)
         return row
@@ -103,11 +104,16 @@ def main(argv=None) -> int:
              f"{args.per_category} held-out products per category per setting, one noise seed; the project's "
              f"default guidance is {DEFAULT_GUIDANCE:g}. Pattern / truth is the generations' pattern consistency "
              "over the true backgrounds'.", "",
-             "| generator | guidance | colour (truth) | pattern (truth) | pattern / truth |", "| --- | --- | --- | --- | --- |"]
+             "Colour by train centroids: the same colour judge with its category centroids from the train ads "
+             "instead of the held-out ones (what the generator could learn, where the held-out ads come "
+             "from another part of each photograph).", "",
+             "| generator | guidance | colour (truth) | colour by train centroids (truth) | pattern (truth) | pattern / truth |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for res in results:
         for r in res["rows"] + [res["control"]]:
             tag = " (control: next category)" if r["category_shift"] else ""
             lines.append(f"| {r['generator']}{tag} | {r['guidance']:g} | {r['colour']:.3f} ({r['truth_colour']:.3f}) | "
+                         f"{r['colour_by_train']:.3f} ({r['truth_colour_by_train']:.3f}) | "
                          f"{r['pattern']:.3f} ({r['truth_pattern']:.3f}) | "
                          f"{r['pattern'] / max(r['truth_pattern'], 1e-9):.2f} |")
     lines += ["", "Negative control rejected (both consistencies <= "

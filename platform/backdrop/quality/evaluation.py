@@ -147,6 +147,11 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
     train = [_request(r, 0) for r in train_rows]
     palette = metrics.PaletteModel.fit([q.image for q in train], [q.mask for q in train],
                                        [r["category"] for r in train_rows])
+    # The same colour judge with its centroids from the train ads: where held-out ads come from
+    # another part of each photograph than the train ads (``synth --photos``), it separates what the
+    # generator could learn from the held-out split's own palette.
+    train_centroids = metrics.CategoryCentroids.fit(
+        np.stack([metrics.background_features(q.image, q.mask) for q in train]), [r["category"] for r in train_rows])
     encoder = metrics.ImageEncoder(cfg.clip_model) if cfg.clip_model else None  # one load, two uses
     judge = fit_pattern_judge(all_train[1::2], cfg.judge_rows, catalog["train"], encoder)
 
@@ -156,8 +161,10 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
                                    cfg.batch_size)
     feats = np.stack([metrics.background_features(o, q.mask) for o, q in zip(outputs, reqs)])
     consistency = metrics.category_consistency(feats, [q.category for q in reqs], centroids)
-    real_consistency = metrics.category_consistency(
-        np.stack([metrics.background_features(q.image, q.mask) for q in reqs]), [q.category for q in reqs], centroids)
+    picked_real = np.stack([metrics.background_features(q.image, q.mask) for q in reqs])
+    real_consistency = metrics.category_consistency(picked_real, [q.category for q in reqs], centroids)
+    by_train = {name: metrics.category_consistency(f, [q.category for q in reqs], train_centroids)["category_consistency"]
+                for name, f in (("generated", feats), ("real", picked_real))}
     pattern = judge.consistency(outputs, [q.mask for q in reqs], [q.category for q in reqs])
     real_pattern = judge.consistency([q.image for q in reqs], [q.mask for q in reqs], [q.category for q in reqs])
     vae_pattern = judge.consistency(gen.pipe.autoencode(reqs), [q.mask for q in reqs], [q.category for q in reqs])
@@ -166,6 +173,8 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
         "pattern_consistency": pattern["pattern_consistency"],
         "chance": consistency["chance"],
         "real_consistency": real_consistency["category_consistency"],
+        "colour_by_train_centroids": by_train["generated"],
+        "real_colour_by_train_centroids": by_train["real"],
         "real_pattern_consistency": real_pattern["pattern_consistency"],
         # the real ads through the VAE and back: the ceiling the VAE puts on any generation
         "vae_pattern_consistency": vae_pattern["pattern_consistency"],
