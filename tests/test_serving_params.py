@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backdrop.errors import InvalidInputError, InvalidParameterError
-from backdrop.limits import Limits
+from backdrop.limits import DEFAULT_GUIDANCE, Limits
 from backdrop.serving.models import ModelNotAllowed, ModelSelector, normalise_version
 from backdrop.serving.params import MAX_JSON_TOKENS, GenerateParams, body_schema, parse_json_body
 from backdrop.serving.quota import KeyQuota, QuotaExceeded
@@ -102,7 +102,7 @@ def test_the_openapi_body_is_the_model_with_the_configured_limits():
 # --- the input scope -------------------------------------------------------------------------------
 def test_scheduler_is_chosen_per_request_within_the_configured_ones():
     assert GenerateParams.from_fields({"category": "mug"}).loop_key[2] is None  # the model's own, decided by the generator
-    assert GenerateParams.from_fields({"category": "mug", "scheduler": " DPM++ "}).loop_key == (50, 2.0, "dpm++")
+    assert GenerateParams.from_fields({"category": "mug", "scheduler": " DPM++ "}).loop_key == (50, DEFAULT_GUIDANCE, "dpm++")
     only = Limits(schedulers=("ddim", "unipc"))
     with pytest.raises(InvalidParameterError, match="scheduler must be one of ddim, unipc, got 'dpm\\+\\+'"):
         GenerateParams.from_fields({"category": "mug", "scheduler": "dpm++"}, only)
