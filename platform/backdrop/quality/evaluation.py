@@ -157,11 +157,10 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
 
     picks = [i for c in model.categories.names for i in [j for j, x in enumerate(cats) if x == c][: cfg.per_category]]
     reqs = [real[i] for i in picks]
-    outputs = runtime.generate_all(gen, _shifted(reqs, cfg.category_shift), infer,
-                                   cfg.batch_size)
+    outputs = runtime.generate_all(gen, _shifted(reqs, cfg.category_shift), infer, cfg.batch_size)
     feats = np.stack([metrics.background_features(o, q.mask) for o, q in zip(outputs, reqs)])
     consistency = metrics.category_consistency(feats, [q.category for q in reqs], centroids)
-    picked_real = np.stack([metrics.background_features(q.image, q.mask) for q in reqs])
+    picked_real = real_feats[picks]  # the picked held-out ads' features, computed once above
     real_consistency = metrics.category_consistency(picked_real, [q.category for q in reqs], centroids)
     by_train = {name: metrics.category_consistency(f, [q.category for q in reqs], train_centroids)["category_consistency"]
                 for name, f in (("generated", feats), ("real", picked_real))}
