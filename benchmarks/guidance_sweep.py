@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ from backdrop import config_files, runtime  # noqa: E402
 from backdrop.config_files import knob  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.limits import DEFAULT_GUIDANCE  # noqa: E402
-from backdrop.quality.evaluation import EvalConfig, evaluate  # noqa: E402
+from backdrop.quality.evaluation import EvalConfig, Judges, evaluate  # noqa: E402
 
 CONTROL_BOUND = 0.35
 
@@ -58,10 +58,12 @@ def _catalog(directory: str) -> dict[str, str]:
 
 def sweep(label: str, model_dir: str, catalog: dict[str, str], guidances: list[float], args) -> dict:
     model = runtime.load(model_dir, device="cpu").model
+    base = EvalConfig(steps=args.steps, per_category=args.per_category)
+    judges = Judges.fit(catalog, model.categories.names, base)  # one fit for every guidance and the control
 
     def judge(guidance: float, shift: int = 0) -> dict:
-        cfg = EvalConfig(steps=args.steps, guidance=guidance, per_category=args.per_category, category_shift=shift)
-        m = evaluate(model, catalog, cfg, with_references=False).metrics
+        cfg = replace(base, guidance=guidance, category_shift=shift)
+        m = evaluate(model, catalog, cfg, with_references=False, judges=judges).metrics
         row = {"generator": label, "guidance": guidance, "colour": m["category_consistency"],
                "pattern": m["pattern_consistency"], "truth_colour": m["real_consistency"],
                "truth_pattern": m["real_pattern_consistency"], "chance": m["chance"],

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     from backdrop.demo.synthetic import SyntheticConfig, is_glossy, make_catalog
     from backdrop.gallery import contact_sheet
     from backdrop.models.generator import BackdropModel
-    from backdrop.quality.evaluation import EvalConfig, evaluate
+    from backdrop.quality.evaluation import EvalConfig, Judges, evaluate
     from backdrop.quality.harmony import harmony_scores
     from backdrop.quality.qa import seam_score
     from backdrop.settings import configure_logging
@@ -115,15 +115,17 @@ def main(argv=None) -> int:
 
     report = {"real ads": {**scores(real), "seam": float(np.mean([seam_score(q.image, q.mask) for q in requests]))}}
     shown = {"real ads": real}
+    judge_cfg = EvalConfig(steps=a.steps, per_category=sizes["heldout_per_category"], palette_rows=160, judge_rows=320)
+    judges = None
     for name, model in models.items():
         gen = runtime.wrap(model, name, "bench")
         outputs = runtime.generate_all(gen, requests, InferenceConfig(a.steps, 2.0), 32)
         images = [np.asarray(o) for o in outputs]
         identical = all(np.array_equal(im[m], np.asarray(q.image.convert("RGB"))[m])
                         for im, m, q in zip(images, masks, requests))
-        judged = evaluate(model, catalogs[a.harmony], EvalConfig(steps=a.steps, per_category=sizes["heldout_per_category"],
-                                                                 palette_rows=160, judge_rows=320),
-                          with_references=False).metrics
+        if judges is None:  # one fit for every model: they share the catalog and its categories
+            judges = Judges.fit(catalogs[a.harmony], model.categories.names, judge_cfg)
+        judged = evaluate(model, catalogs[a.harmony], judge_cfg, with_references=False, judges=judges).metrics
         report[name] = {**scores(images),
                         "seam": float(np.mean([seam_score(o, q.mask) for o, q in zip(outputs, requests)])),
                         "category_consistency": judged["category_consistency"],

@@ -55,7 +55,7 @@ from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.limits import DEFAULT_GUIDANCE  # noqa: E402
 from backdrop.models.generator import BackdropModel  # noqa: E402
 from backdrop.models.presets import TinyPreset  # noqa: E402
-from backdrop.quality.evaluation import EvalConfig, evaluate  # noqa: E402
+from backdrop.quality.evaluation import EvalConfig, Judges, evaluate  # noqa: E402
 from backdrop.settings import configure_logging  # noqa: E402
 from backdrop.training import StageConfig, StageTrainer, parse_budgets, random_batches, train_stage  # noqa: E402
 from backdrop.training.loop import CATEGORY_CAPTION, starting_model  # noqa: E402
@@ -130,14 +130,19 @@ def train_for(model, data, stage: str, budget: Budget, seed: int, trainer=None, 
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate_checkpoint(model_dir: str, catalog_dir: str, out: str, args, references: bool) -> dict:
-    """Evaluate a saved checkpoint as ``jobs/evaluate.py`` does; write ``out``.json and its grids."""
+def evaluate_checkpoint(model_dir: str, catalog_dir: str, out: str, args, references: bool,
+                        judges: dict | None = None) -> dict:
+    """Evaluate a saved checkpoint as ``jobs/evaluate.py`` does; write ``out``.json and its grids.
+    ``judges`` (a dict, filled on first use) shares one judge fit across a curve's points."""
     t = time.perf_counter()
     model = runtime.load(model_dir, device="cpu").model
     catalog = {k: os.path.join(catalog_dir, f"{k}.parquet") for k in ("train", "heldout", "pairs")}
     cfg = EvalConfig(steps=args.eval_steps, guidance=args.eval_guidance, per_category=args.per_category,
                      pairs=args.pairs, seed=args.seed)
-    result = evaluate(model, catalog, cfg, with_references=references)
+    if judges is not None and catalog_dir not in judges:
+        judges[catalog_dir] = Judges.fit(catalog, model.categories.names, cfg)
+    result = evaluate(model, catalog, cfg, with_references=references,
+                      judges=(judges or {}).get(catalog_dir))
     report = result.save(out, f"Evaluation of `{model_dir}`")
     log.info("evaluated %s in %.0fs: consistency %.3f", os.path.basename(model_dir), time.perf_counter() - t,
              result.metrics["category_consistency"])
@@ -146,14 +151,15 @@ def evaluate_checkpoint(model_dir: str, catalog_dir: str, out: str, args, refere
 
 def run_curve(model, data, catalog_dir: str, workdir: str, prefix: str, args, seed: int) -> tuple[list, object]:
     """CG trained through every curve point (cumulative), saved and evaluated at each."""
-    curve, trainer, elapsed = [], None, 0.0
+    curve, trainer, elapsed, judges = [], None, 0.0, {}
     for budget in curve_budgets(args):
         trainer, r = train_for(model, data, "cg", budget, seed, trainer, elapsed, args.batch_size,
                                **cg_loss(args))
         elapsed = r.seconds
         ckpt = os.path.join(workdir, f"{prefix}-{budget}")
         model.save_pretrained(ckpt)
-        res = evaluate_checkpoint(ckpt, catalog_dir, os.path.join(workdir, "eval", f"{prefix}-{budget}"), args, False)
+        res = evaluate_checkpoint(ckpt, catalog_dir, os.path.join(workdir, "eval", f"{prefix}-{budget}"), args, False,
+                                  judges)
         curve.append({"cg_steps": r.steps, "cg_minutes": round(elapsed / 60, 3),
                       "category_consistency": res["category_consistency"], "product_leak": res["product_leak"],
                       "pattern_consistency": res["pattern_consistency"],

@@ -35,7 +35,7 @@ from backdrop.config_files import knob  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.inputs import fetch_product  # noqa: E402
 from backdrop.limits import DEFAULT_GUIDANCE  # noqa: E402
-from backdrop.quality.evaluation import EvalConfig, evaluate  # noqa: E402
+from backdrop.quality.evaluation import EvalConfig, Judges, evaluate  # noqa: E402
 from backdrop.schedulers import SCHEDULERS  # noqa: E402
 
 CONTROL = ("ddim", 2)
@@ -70,9 +70,11 @@ def main(argv=None) -> int:
         timing_rows = read_catalog(catalog["heldout"]).to_pylist()[:args.time_rows]
         timing_requests = [fetch_product(r).requests([k])[0] for k, r in enumerate(timing_rows)]
 
+        judges = Judges.fit(catalog, gen.model.categories.names, EvalConfig())  # one fit for every row
+
         def judge(scheduler: str, n: int, seed: int = 0) -> dict:
             cfg = EvalConfig(steps=n, scheduler=scheduler, seed=seed, per_category=args.per_category)
-            m = evaluate(gen.model, catalog, cfg, with_references=False).metrics
+            m = evaluate(gen.model, catalog, cfg, with_references=False, judges=judges).metrics
             t = time.perf_counter()
             runtime.generate_all(gen, timing_requests, runtime.inference(n, scheduler=scheduler))
             s_per_image = (time.perf_counter() - t) / len(timing_requests)
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
                                  if not (s == "ddim" and n == max(steps))]
         control = judge(*CONTROL)
         real = evaluate(gen.model, catalog, EvalConfig(steps=2, per_category=args.per_category),
-                        with_references=False).metrics["real_consistency"]
+                        with_references=False, judges=judges).metrics["real_consistency"]
 
         floor = min(r["consistency"] for r in reference)
         for r in rows + [control]:

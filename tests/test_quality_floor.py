@@ -11,11 +11,14 @@ product painted as the next category (0.0 and 0.27) as the control that the gene
 its prompt.
 """
 
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from backdrop.demo.synthetic import SyntheticConfig, make_catalog
 from backdrop.models.generator import BackdropModel
-from backdrop.quality.evaluation import EvalConfig, evaluate
+from backdrop.quality.evaluation import EvalConfig, Judges, evaluate
 
 PATTERN_FLOOR = 0.3
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-64"
@@ -25,15 +28,17 @@ def test_the_shipped_checkpoint_keeps_its_colours_and_patterns(tmp_path):
     catalog = make_catalog(str(tmp_path / "catalog"), SyntheticConfig(train_per_category=80, heldout_per_category=6,
                                                                       pairs_per_category=0))
     model = BackdropModel.from_pretrained(str(CHECKPOINT))
-    m = evaluate(model, catalog, EvalConfig(steps=20, per_category=6, palette_rows=160), with_references=False).metrics
+    cfg = EvalConfig(steps=20, per_category=6, palette_rows=160)
+    judges = Judges.fit(catalog, model.categories.names, cfg)  # one fit for the three evaluations
+    m = evaluate(model, catalog, cfg, with_references=False, judges=judges).metrics
     assert m["n_generated"] == 48 and m["product_bit_identical"] is True
     assert m["real_consistency"] >= 0.9 and m["real_pattern_consistency"] >= 0.85, m  # the judges know the truth
     assert m["category_consistency"] >= 0.75, m
     assert m["pattern_consistency"] >= PATTERN_FLOOR, m
-    unfinished = evaluate(model, catalog, EvalConfig(steps=2, per_category=6, palette_rows=160),
-                          with_references=False).metrics
+    with pytest.raises(ValueError, match="palette_rows"):  # judges are shared only where they would be refitted alike
+        evaluate(model, catalog, replace(cfg, palette_rows=80), with_references=False, judges=judges)
+    unfinished = evaluate(model, catalog, replace(cfg, steps=2), with_references=False, judges=judges).metrics
     assert unfinished["pattern_consistency"] < PATTERN_FLOOR, unfinished
     # the guidance sweep's control: each product painted as the next category scores near chance
-    shifted = evaluate(model, catalog, EvalConfig(steps=20, per_category=6, palette_rows=160, category_shift=1),
-                       with_references=False).metrics
+    shifted = evaluate(model, catalog, replace(cfg, category_shift=1), with_references=False, judges=judges).metrics
     assert shifted["category_consistency"] <= 0.35 and shifted["pattern_consistency"] <= 0.35, shifted

@@ -130,39 +130,89 @@ def _bit_identical(outputs, requests) -> bool:
     )
 
 
+@dataclass
+class Judges:
+    """Everything an evaluation judges with that depends on the catalog and not on the model: the
+    held-out ads (the truth), the colour judge's centroids and palette, and the pattern judge.
+
+    Fitted once per catalog and passed to every ``evaluate`` of it: a curve, a sweep or a test
+    evaluates one catalog several times, and refitting identical judges each time was a third
+    of the quality floor test's wall time. ``fitted_for`` names what a fit depends on, so a
+    judge fitted for other categories or other judge knobs is refused, not silently reused."""
+
+    fitted_for: dict
+    real: list  # the held-out split's requests (image = the true ad), in catalog order, seed 0
+    product_ids: list  # of ``real``: each request's noise seed is derived from it and the config's seed
+    real_feats: np.ndarray
+    centroids: metrics.CategoryCentroids
+    # The same colour judge with its centroids from the train ads: where held-out ads come from
+    # another part of each photograph than the train ads (``synth --photos``), it separates what
+    # the generator could learn from the held-out split's own palette.
+    train_centroids: metrics.CategoryCentroids
+    palette: metrics.PaletteModel
+    pattern: PatternJudge
+    encoder: Optional[metrics.ImageEncoder] = None  # one load, two uses (pattern judge, CLIP metrics)
+
+    @staticmethod
+    def key(catalog: dict[str, str], categories: list[str], cfg: EvalConfig) -> dict:
+        return {"catalog": {k: catalog.get(k) for k in ("train", "heldout")}, "categories": list(categories),
+                "palette_rows": cfg.palette_rows, "judge_rows": cfg.judge_rows, "clip_model": cfg.clip_model}
+
+    @classmethod
+    def fit(cls, catalog: dict[str, str], categories: list[str], cfg: EvalConfig = EvalConfig()) -> "Judges":
+        heldout = [r for r in read_catalog(catalog["heldout"]).to_pylist() if r["category"] in categories]
+        real = [_request(r, 0) for r in heldout]
+        real_feats = np.stack([metrics.background_features(q.image, q.mask) for q in real])
+        all_train = [r for r in read_catalog(catalog["train"]).to_pylist() if r["category"] in categories]
+        train_rows = all_train[:: max(1, len(all_train) // cfg.palette_rows)]
+        train = [_request(r, 0) for r in train_rows]
+        train_cats = [r["category"] for r in train_rows]
+        encoder = metrics.ImageEncoder(cfg.clip_model) if cfg.clip_model else None
+        return cls(
+            fitted_for=cls.key(catalog, categories, cfg),
+            real=real,
+            product_ids=[r["product_id"] for r in heldout],
+            real_feats=real_feats,
+            centroids=metrics.CategoryCentroids.fit(real_feats, [r["category"] for r in heldout]),
+            train_centroids=metrics.CategoryCentroids.fit(
+                np.stack([metrics.background_features(q.image, q.mask) for q in train]), train_cats),
+            palette=metrics.PaletteModel.fit([q.image for q in train], [q.mask for q in train], train_cats),
+            pattern=fit_pattern_judge(all_train[1::2], cfg.judge_rows, catalog["train"], encoder),
+            encoder=encoder,
+        )
+
+    def check(self, catalog: dict[str, str], categories: list[str], cfg: EvalConfig) -> None:
+        wanted = self.key(catalog, categories, cfg)
+        if wanted != self.fitted_for:
+            diff = {k: (self.fitted_for[k], v) for k, v in wanted.items() if self.fitted_for[k] != v}
+            raise ValueError(f"judges fitted for another evaluation (fitted, asked): {diff}")
+
+
 def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
-             with_references: bool = True) -> EvalResult:
-    """Category consistency, product leak, reference similarity (+ablations), copy-paste."""
+             with_references: bool = True, judges: Optional[Judges] = None) -> EvalResult:
+    """Category consistency, product leak, reference similarity (+ablations), copy-paste.
+
+    ``judges`` (``Judges.fit`` for this catalog, the model's categories and ``cfg``) saves
+    refitting them when one catalog is evaluated several times."""
     t0 = time.perf_counter()
     gen = runtime.wrap(model)
     infer = InferenceConfig(cfg.steps, cfg.guidance, scheduler=cfg.scheduler)
-    heldout = [r for r in read_catalog(catalog["heldout"]).to_pylist() if r["category"] in model.categories]
-    real = [_request(r, row_seed(cfg.seed, r["product_id"])) for r in heldout]
-    cats = [r["category"] for r in heldout]
-    real_feats = np.stack([metrics.background_features(q.image, q.mask) for q in real])
-    centroids = metrics.CategoryCentroids.fit(real_feats, cats)
-
-    all_train = [r for r in read_catalog(catalog["train"]).to_pylist() if r["category"] in model.categories]
-    train_rows = all_train[:: max(1, len(all_train) // cfg.palette_rows)]
-    train = [_request(r, 0) for r in train_rows]
-    palette = metrics.PaletteModel.fit([q.image for q in train], [q.mask for q in train],
-                                       [r["category"] for r in train_rows])
-    # The same colour judge with its centroids from the train ads: where held-out ads come from
-    # another part of each photograph than the train ads (``synth --photos``), it separates what the
-    # generator could learn from the held-out split's own palette.
-    train_centroids = metrics.CategoryCentroids.fit(
-        np.stack([metrics.background_features(q.image, q.mask) for q in train]), [r["category"] for r in train_rows])
-    encoder = metrics.ImageEncoder(cfg.clip_model) if cfg.clip_model else None  # one load, two uses
-    judge = fit_pattern_judge(all_train[1::2], cfg.judge_rows, catalog["train"], encoder)
+    if judges is None:
+        judges = Judges.fit(catalog, model.categories.names, cfg)
+    else:
+        judges.check(catalog, model.categories.names, cfg)
+    real, real_feats, judge, palette = judges.real, judges.real_feats, judges.pattern, judges.palette
+    cats = [q.category for q in real]
 
     picks = [i for c in model.categories.names for i in [j for j, x in enumerate(cats) if x == c][: cfg.per_category]]
-    reqs = [real[i] for i in picks]
+    reqs = [replace(real[i], seed=row_seed(cfg.seed, judges.product_ids[i])) for i in picks]
     outputs = runtime.generate_all(gen, _shifted(reqs, cfg.category_shift), infer, cfg.batch_size)
     feats = np.stack([metrics.background_features(o, q.mask) for o, q in zip(outputs, reqs)])
-    consistency = metrics.category_consistency(feats, [q.category for q in reqs], centroids)
+    consistency = metrics.category_consistency(feats, [q.category for q in reqs], judges.centroids)
     picked_real = real_feats[picks]  # the picked held-out ads' features, computed once above
-    real_consistency = metrics.category_consistency(picked_real, [q.category for q in reqs], centroids)
-    by_train = {name: metrics.category_consistency(f, [q.category for q in reqs], train_centroids)["category_consistency"]
+    real_consistency = metrics.category_consistency(picked_real, [q.category for q in reqs], judges.centroids)
+    by_train = {name: metrics.category_consistency(f, [q.category for q in reqs],
+                                                   judges.train_centroids)["category_consistency"]
                 for name, f in (("generated", feats), ("real", picked_real))}
     pattern = judge.consistency(outputs, [q.mask for q in reqs], [q.category for q in reqs])
     real_pattern = judge.consistency([q.image for q in reqs], [q.mask for q in reqs], [q.category for q in reqs])
@@ -189,9 +239,9 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
         m.update(ref_metrics)
         grids["references"] = ref_grid
         identical = identical and ref_identical
-    if encoder is not None:
-        m["clip_similarity"] = metrics.clip_similarity(encoder, outputs, [q.image for q in reqs])
-        m["fid"] = metrics.fid(encoder, outputs, [q.image for q in real])
+    if judges.encoder is not None:
+        m["clip_similarity"] = metrics.clip_similarity(judges.encoder, outputs, [q.image for q in reqs])
+        m["fid"] = metrics.fid(judges.encoder, outputs, [q.image for q in real])
     m["product_bit_identical"] = identical
     m["eval_seconds"] = round(time.perf_counter() - t0, 1)
     per_category = {c: {"colour": v, "pattern": pattern["per_category"][c]} for c, v in consistency["per_category"].items()}
