@@ -192,7 +192,7 @@ def load_catalog(args, directory: str, style_seed: int | None, photos: str | Non
         make_photo_catalog(folder, directory, PhotoCatalogConfig(
             train_per_category=args.train_per_category, heldout_per_category=args.heldout_per_category,
             pairs_per_category=args.pairs_per_category, resolution=args.catalog_resolution or args.resolution,
-            seed=args.seed))
+            seed=args.seed, split=args.photo_split))
     else:
         make_catalog(directory, catalog_config(args, style_seed))
     return load_training_arrays(os.path.join(directory, "train.parquet"), args.resolution).as_dict()
@@ -509,6 +509,8 @@ class QualityBarRecipe:
     style_seeds: str = knob("11,12,13", "adapt: one catalog per seed; table1: the first")
     photo_catalogs: str = knob("", "adapt: photographic catalogs too (benchmarks/photo_catalogs.py: textures, "
                                    "nature, outdoors)")
+    photo_split: str = knob("band", "photo catalogs' held-out split (backdrop.demo.photos): band or checker",
+                            choices=("band", "checker"))
     skip_baseline: bool = knob(False, "skip the plain-ControlNet baseline")
     skip_pg: bool = knob(False, "skip PG")
     pg_seeds: Optional[int] = knob(None, "adapt: train and measure PG on the first N catalogs only")

@@ -8,6 +8,7 @@ from PIL import Image
 
 from backdrop import cli
 from backdrop.demo.photos import PhotoCatalogConfig, photo_crop
+from backdrop.errors import InvalidParameterError
 
 
 def _photo(path, size, seed):
@@ -67,6 +68,32 @@ def test_held_out_crops_never_see_the_training_part(size):
         rng = np.random.default_rng(i)
         assert photo_crop(photo, False, rng, cfg).max() == 0
         assert photo_crop(photo, True, rng, cfg).min() == 255
+
+
+@pytest.mark.parametrize("size", [(400, 240), (240, 400), (301, 299)])
+def test_checker_split_crops_stay_on_their_diagonal_and_reach_every_side(size):
+    """Training blocks black, held-out blocks white: no crop crosses, and each split's crops
+    come from both halves of the photo in each direction."""
+    w, h = size
+    photo = np.zeros((h, w, 3), np.uint8)
+    photo[: h // 2, w // 2:] = 255
+    photo[h // 2:, : w // 2] = 255
+    cfg = PhotoCatalogConfig(split="checker")
+    halves = {False: set(), True: set()}
+    for i in range(40):
+        for heldout in (False, True):
+            crop = photo_crop(photo, heldout, np.random.default_rng(i), cfg)
+            assert (crop.min() == 255) if heldout else (crop.max() == 0)
+    ramp = np.repeat(np.linspace(0, 255, h, dtype=np.uint8)[:, None, None], w, 1).repeat(3, 2)
+    for i in range(40):  # which half a crop came from (the same draws), read off a vertical ramp
+        for heldout in (False, True):
+            halves[heldout].add(bool(photo_crop(ramp, heldout, np.random.default_rng(i), cfg).mean() > 127))
+    assert halves == {False: {False, True}, True: {False, True}}
+
+
+def test_an_unknown_split_is_a_clear_error():
+    with pytest.raises(InvalidParameterError, match="band, checker"):
+        photo_crop(np.zeros((50, 50, 3), np.uint8), False, np.random.default_rng(0), PhotoCatalogConfig(split="x"))
 
 
 @pytest.mark.parametrize("layout", ["missing", "one-folder", "with-style-seed"])

@@ -39,7 +39,7 @@ def cmd_synth(args) -> int:
             raise InvalidParameterError("--photos makes its own catalog: drop --prior / --style-seed / --harmony")
         paths = make_photo_catalog(args.photos, args.output, PhotoCatalogConfig(
             train_per_category=args.train_per_category, heldout_per_category=args.heldout_per_category,
-            resolution=args.resolution, seed=args.seed))
+            resolution=args.resolution, seed=args.seed, split=args.photo_split))
     elif args.prior:
         paths = make_prior_catalog(args.output, args.rows, resolution=args.resolution, seed=args.seed)
     else:
@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--photos", metavar="DIR", help="build the catalog from your own photographs instead: one "
                    "category per sub-folder of DIR, backgrounds cropped from its photos (held-out crops from a "
                    "part of each photo that training never sees)")
+    s.add_argument("--photo-split", default="band", choices=("band", "checker"),
+                   help="--photos: band holds out the far end of each photo's long side (the default); checker "
+                        "holds out one diagonal of a 2x2 grid, so held-out crops show the whole photo's palette")
     s.set_defaults(func=cmd_synth)
 
     t = sub.add_parser("train", help="train generator stages on one process (tiny preset: vae,base,cg,pg), "

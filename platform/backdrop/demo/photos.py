@@ -6,10 +6,18 @@ composited on it exactly as in the synthetic catalog (opaque, exact mask). This 
 tries adaptation on their own textures, and how the quality bar measures adaptation on
 catalogs outside the shipped model's prior (``benchmarks/quality_bar.py --photos``).
 
-Held-out rows never share pixels with training rows: each photograph is cut along its long
-side, training crops come from the first ``1 - heldout_share`` of it and held-out and pair
-crops from the rest. Crop sizes are drawn on the same absolute scale (a share of the photo's
-short side) in both parts, so held-out textures have the training scale. Every crop depends
+Held-out rows never share pixels with training rows. Two ways to split a photograph:
+
+* ``band`` (the default, what the first photo numbers used): cut along its long side; training
+  crops come from the first ``1 - heldout_share`` of it and held-out and pair crops from the rest.
+  A landscape's far end often has its own palette (more sky, a darker shore), so this split also
+  asks a model for colours its training never showed.
+* ``checker``: a 2x2 grid of blocks; training crops come from one diagonal's blocks, held-out and
+  pair crops from the other's. Both parts reach every side of the photo (top and bottom, left and
+  right), so held-out crops show the photograph's palette, still without a shared pixel.
+
+Crop sizes are drawn on the same absolute scale (a share of the photo's short side) in both
+parts, so held-out textures have the training scale. Every crop depends
 only on ``(seed, split, category, index, part)``; a pair's product row and reference ad are
 crops of the same photograph (its ``brand``), the way a brand's ads share a look.
 """
@@ -27,6 +35,7 @@ from PIL import Image
 from ..errors import InvalidParameterError
 from .synthetic import SPLITS, Sample, composite_product, write_catalog
 
+PHOTO_SPLITS = ("band", "checker")
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 WORKING_SIDE = 640  # photos are shrunk to this short side once; crops are far smaller
 
@@ -38,7 +47,8 @@ class PhotoCatalogConfig:
     pairs_per_category: int = 8
     resolution: int = 64
     seed: int = 0
-    heldout_share: float = 0.35  # of each photo's long side
+    heldout_share: float = 0.35  # of each photo's long side (split="band")
+    split: str = "band"  # "band" or "checker" (the module docstring)
     crop: tuple[float, float] = (0.25, 0.4)  # crop side, as a share of the photo's short side
 
 
@@ -75,17 +85,32 @@ def _load(path: str) -> np.ndarray:
 def photo_crop(photo: np.ndarray, heldout: bool, rng: np.random.Generator, config: PhotoCatalogConfig) -> np.ndarray:
     """A square crop of ``photo`` from its training or held-out part, at ``config.resolution``."""
     h, w = photo.shape[:2]
-    long_axis = 1 if w >= h else 0
-    long, short = max(h, w), min(h, w)
-    cut = int(round(long * (1 - config.heldout_share)))
-    start, stop = (cut, long) if heldout else (0, cut)
-    side = int(round(rng.uniform(*config.crop) * short))
-    side = max(8, min(side, stop - start, short))
-    a = int(rng.integers(start, stop - side + 1))  # along the long side, inside the part
-    b = int(rng.integers(0, short - side + 1))
-    y, x = (b, a) if long_axis == 1 else (a, b)
+    top, left, bottom, right = _part(h, w, heldout, rng, config)
+    side = int(round(rng.uniform(*config.crop) * min(h, w)))
+    side = max(8, min(side, bottom - top, right - left))
+    if w >= h:  # the long side's offset is drawn first (crops of the first photo catalogs stay the same)
+        x = int(rng.integers(left, right - side + 1))
+        y = int(rng.integers(top, bottom - side + 1))
+    else:
+        y = int(rng.integers(top, bottom - side + 1))
+        x = int(rng.integers(left, right - side + 1))
     crop = Image.fromarray(photo[y:y + side, x:x + side])
     return np.asarray(crop.resize((config.resolution, config.resolution), Image.LANCZOS))
+
+
+def _part(h: int, w: int, heldout: bool, rng: np.random.Generator, config: PhotoCatalogConfig) -> tuple[int, ...]:
+    """(top, left, bottom, right) of the region a crop of this split is drawn inside."""
+    if config.split == "checker":
+        row = int(rng.integers(2))
+        col = (row + int(heldout)) % 2  # train: (0, 0) or (1, 1); held-out: (0, 1) or (1, 0)
+        return row * h // 2, col * w // 2, (row + 1) * h // 2, (col + 1) * w // 2
+    if config.split != "band":
+        raise InvalidParameterError(f"photo split {config.split!r}: one of {', '.join(PHOTO_SPLITS)}")
+    if w >= h:
+        cut = int(round(w * (1 - config.heldout_share)))
+        return (0, cut, h, w) if heldout else (0, 0, h, cut)
+    cut = int(round(h * (1 - config.heldout_share)))
+    return (cut, 0, h, w) if heldout else (0, 0, cut, w)
 
 
 def make_photo_catalog(photos_dir: str, output: str, config: PhotoCatalogConfig = PhotoCatalogConfig()) -> dict[str, str]:
