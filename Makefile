@@ -32,10 +32,10 @@ serve: install
 	$(BIN)/serve run serve_apps/config.yaml
 
 test: install system-deps
-	$(BIN)/python -m pytest -v --durations=25 --timeout=900 tests
+	$(BIN)/python -m pytest -v -n 2 --durations=25 --timeout=900 tests
 
 test-fast: install
-	$(BIN)/python -m pytest -q --durations=25 -m "not slow" tests
+	$(BIN)/python -m pytest -q -n 2 --durations=25 -m "not slow" tests
 
 # Remakes checkpoints/tiny-64 (checkpoints/README.md): the VAE and base UNet refit on the broad
 # procedural prior, continuing from the checkpoint before it (commit $(PREV)), then CG and PG on

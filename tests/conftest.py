@@ -325,6 +325,45 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: SERVE_MODULES.index(item.path.name) + 1 if item.path.name in SERVE_MODULES else 0)
 
 
+# --- two workers: every Ray on one, everything else on the other -----------------------------
+# `make test` runs two pytest-xdist workers (`-n 2`). About a third of the Ray modules' wall time
+# is spent waiting (servers starting, jobs polled) with the 2 cores idle, so the Ray-free modules
+# run beside them on the second worker. Each worker keeps the order above, and only one Ray runs
+# at a time, as before. (A scheduler and not `--dist loadgroup`: xdist 3.8 groups by rewriting
+# each item's node id, which pytest 9 no longer reads.) A Ray-free module that starts Ray after
+# all is caught by ``ray_stays_in_its_group`` below.
+RAY_MODULES = {"test_batch.py", "test_batch_safety.py", "test_brands.py", "test_distributed.py", "test_infra.py",
+               "test_model_family.py", "test_placements_batch.py", *SERVE_MODULES}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayApart(LoadScopeScheduling):
+        """Two work units, "ray" and "no-ray", one per worker, each in collection order."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray" if nodeid.split("::", 1)[0].rsplit("/", 1)[-1] in RAY_MODULES else "no-ray"
+
+    return RayApart(config, log)
+
+
+@pytest.fixture(autouse=True)
+def ray_stays_in_its_group(request, monkeypatch):
+    """A test outside ``RAY_MODULES`` that starts Ray in this process fails, with where to move it."""
+    if request.node.path.name in RAY_MODULES:
+        yield
+        return
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts Ray: add its module to RAY_MODULES (tests/conftest.py) "
+                             "so it runs on the Ray worker")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    yield
+
+
 @pytest.fixture(scope="session")
 def serve_cluster(tmp_path_factory, s3_server):  # S3 first: the replicas inherit its endpoint and credentials
     """A local Ray (2 CPUs) with Serve on a free loopback port, and the ``BACKDROP_HOME`` its
