@@ -336,6 +336,7 @@ RAY_MODULES = {"test_batch.py", "test_batch_safety.py", "test_brands.py", "test_
                "test_model_family.py", "test_placements_batch.py", *SERVE_MODULES}
 
 
+@pytest.hookimpl(optionalhook=True)  # `-p no:xdist` (one process) still runs the suite
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
