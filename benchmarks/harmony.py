@@ -116,15 +116,14 @@ def main(argv=None) -> int:
     report = {"real ads": {**scores(real), "seam": float(np.mean([seam_score(q.image, q.mask) for q in requests]))}}
     shown = {"real ads": real}
     judge_cfg = EvalConfig(steps=a.steps, per_category=sizes["heldout_per_category"], palette_rows=160, judge_rows=320)
-    judges = None
+    # one fit for every model: they share the catalog and its categories
+    judges = Judges.fit(catalogs[a.harmony], next(iter(models.values())).categories.names, judge_cfg)
     for name, model in models.items():
         gen = runtime.wrap(model, name, "bench")
         outputs = runtime.generate_all(gen, requests, InferenceConfig(a.steps, 2.0), 32)
         images = [np.asarray(o) for o in outputs]
         identical = all(np.array_equal(im[m], np.asarray(q.image.convert("RGB"))[m])
                         for im, m, q in zip(images, masks, requests))
-        if judges is None:  # one fit for every model: they share the catalog and its categories
-            judges = Judges.fit(catalogs[a.harmony], model.categories.names, judge_cfg)
         judged = evaluate(model, catalogs[a.harmony], judge_cfg, with_references=False, judges=judges).metrics
         report[name] = {**scores(images),
                         "seam": float(np.mean([seam_score(o, q.mask) for o, q in zip(outputs, requests)])),

@@ -130,19 +130,23 @@ def train_for(model, data, stage: str, budget: Budget, seed: int, trainer=None, 
 # --------------------------------------------------------------------------- evaluation
 
 
+def catalog_paths(catalog_dir: str) -> dict[str, str]:
+    return {k: os.path.join(catalog_dir, f"{k}.parquet") for k in ("train", "heldout", "pairs")}
+
+
+def eval_config(args) -> EvalConfig:
+    return EvalConfig(steps=args.eval_steps, guidance=args.eval_guidance, per_category=args.per_category,
+                      pairs=args.pairs, seed=args.seed)
+
+
 def evaluate_checkpoint(model_dir: str, catalog_dir: str, out: str, args, references: bool,
-                        judges: dict | None = None) -> dict:
+                        judges: Judges | None = None) -> dict:
     """Evaluate a saved checkpoint as ``jobs/evaluate.py`` does; write ``out``.json and its grids.
-    ``judges`` (a dict, filled on first use) shares one judge fit across a curve's points."""
+    ``judges`` (``Judges.fit`` of this catalog) shares one judge fit across a curve's points."""
     t = time.perf_counter()
     model = runtime.load(model_dir, device="cpu").model
-    catalog = {k: os.path.join(catalog_dir, f"{k}.parquet") for k in ("train", "heldout", "pairs")}
-    cfg = EvalConfig(steps=args.eval_steps, guidance=args.eval_guidance, per_category=args.per_category,
-                     pairs=args.pairs, seed=args.seed)
-    if judges is not None and catalog_dir not in judges:
-        judges[catalog_dir] = Judges.fit(catalog, model.categories.names, cfg)
-    result = evaluate(model, catalog, cfg, with_references=references,
-                      judges=(judges or {}).get(catalog_dir))
+    result = evaluate(model, catalog_paths(catalog_dir), eval_config(args), with_references=references,
+                      judges=judges)
     report = result.save(out, f"Evaluation of `{model_dir}`")
     log.info("evaluated %s in %.0fs: consistency %.3f", os.path.basename(model_dir), time.perf_counter() - t,
              result.metrics["category_consistency"])
@@ -151,7 +155,8 @@ def evaluate_checkpoint(model_dir: str, catalog_dir: str, out: str, args, refere
 
 def run_curve(model, data, catalog_dir: str, workdir: str, prefix: str, args, seed: int) -> tuple[list, object]:
     """CG trained through every curve point (cumulative), saved and evaluated at each."""
-    curve, trainer, elapsed, judges = [], None, 0.0, {}
+    curve, trainer, elapsed = [], None, 0.0
+    judges = Judges.fit(catalog_paths(catalog_dir), model.categories.names, eval_config(args))
     for budget in curve_budgets(args):
         trainer, r = train_for(model, data, "cg", budget, seed, trainer, elapsed, args.batch_size,
                                **cg_loss(args))

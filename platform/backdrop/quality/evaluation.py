@@ -152,6 +152,8 @@ class Judges:
     palette: metrics.PaletteModel
     pattern: PatternJudge
     encoder: Optional[metrics.ImageEncoder] = None  # one load, two uses (pattern judge, CLIP metrics)
+    _truth: dict = field(default_factory=dict, repr=False)  # truth_scores, by the picked rows
+
 
     @staticmethod
     def key(catalog: dict[str, str], categories: list[str], cfg: EvalConfig) -> dict:
@@ -181,6 +183,23 @@ class Judges:
             encoder=encoder,
         )
 
+    def truth_scores(self, picks: list[int]) -> dict:
+        """What the judges give the picked true ads: the yardstick every generation is read
+        against. It depends on the picks alone, so one catalog's curve or sweep computes it once."""
+        key = tuple(picks)
+        if key not in self._truth:
+            reqs = [self.real[i] for i in picks]
+            cats, masks, feats = [q.category for q in reqs], [q.mask for q in reqs], self.real_feats[picks]
+            self._truth[key] = {
+                "real_consistency": metrics.category_consistency(feats, cats, self.centroids)["category_consistency"],
+                "real_colour_by_train_centroids":
+                    metrics.category_consistency(feats, cats, self.train_centroids)["category_consistency"],
+                "real_pattern_consistency":
+                    self.pattern.consistency([q.image for q in reqs], masks, cats)["pattern_consistency"],
+                "real_product_leak": float(np.mean([self.palette.leak(q.image, q.mask, q.category) for q in reqs])),
+            }
+        return self._truth[key]
+
     def check(self, catalog: dict[str, str], categories: list[str], cfg: EvalConfig) -> None:
         wanted = self.key(catalog, categories, cfg)
         if wanted != self.fitted_for:
@@ -202,33 +221,31 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
     else:
         judges.check(catalog, model.categories.names, cfg)
     real, real_feats, judge, palette = judges.real, judges.real_feats, judges.pattern, judges.palette
-    cats = [q.category for q in real]
+    real_cats = [q.category for q in real]
 
-    picks = [i for c in model.categories.names for i in [j for j, x in enumerate(cats) if x == c][: cfg.per_category]]
+    picks = [i for c in model.categories.names
+             for i in [j for j, x in enumerate(real_cats) if x == c][: cfg.per_category]]
     reqs = [replace(real[i], seed=row_seed(cfg.seed, judges.product_ids[i])) for i in picks]
     outputs = runtime.generate_all(gen, _shifted(reqs, cfg.category_shift), infer, cfg.batch_size)
     feats = np.stack([metrics.background_features(o, q.mask) for o, q in zip(outputs, reqs)])
-    consistency = metrics.category_consistency(feats, [q.category for q in reqs], judges.centroids)
-    picked_real = real_feats[picks]  # the picked held-out ads' features, computed once above
-    real_consistency = metrics.category_consistency(picked_real, [q.category for q in reqs], judges.centroids)
-    by_train = {name: metrics.category_consistency(f, [q.category for q in reqs],
-                                                   judges.train_centroids)["category_consistency"]
-                for name, f in (("generated", feats), ("real", picked_real))}
-    pattern = judge.consistency(outputs, [q.mask for q in reqs], [q.category for q in reqs])
-    real_pattern = judge.consistency([q.image for q in reqs], [q.mask for q in reqs], [q.category for q in reqs])
-    vae_pattern = judge.consistency(gen.pipe.autoencode(reqs), [q.mask for q in reqs], [q.category for q in reqs])
+    cats, masks = [q.category for q in reqs], [q.mask for q in reqs]
+    consistency = metrics.category_consistency(feats, cats, judges.centroids)
+    pattern = judge.consistency(outputs, masks, cats)
+    # the real ads through the VAE and back: the ceiling the VAE puts on any generation
+    vae_pattern = judge.consistency(gen.pipe.autoencode(reqs), masks, cats)
+    truth = judges.truth_scores(picks)
     m = {
         "category_consistency": consistency["category_consistency"],
         "pattern_consistency": pattern["pattern_consistency"],
         "chance": consistency["chance"],
-        "real_consistency": real_consistency["category_consistency"],
-        "colour_by_train_centroids": by_train["generated"],
-        "real_colour_by_train_centroids": by_train["real"],
-        "real_pattern_consistency": real_pattern["pattern_consistency"],
-        # the real ads through the VAE and back: the ceiling the VAE puts on any generation
+        "real_consistency": truth["real_consistency"],
+        "colour_by_train_centroids":
+            metrics.category_consistency(feats, cats, judges.train_centroids)["category_consistency"],
+        "real_colour_by_train_centroids": truth["real_colour_by_train_centroids"],
+        "real_pattern_consistency": truth["real_pattern_consistency"],
         "vae_pattern_consistency": vae_pattern["pattern_consistency"],
         "product_leak": float(np.mean([palette.leak(o, q.mask, q.category) for o, q in zip(outputs, reqs)])),
-        "real_product_leak": float(np.mean([palette.leak(q.image, q.mask, q.category) for q in reqs])),
+        "real_product_leak": truth["real_product_leak"],
         "n_generated": len(outputs),
     }
     identical = _bit_identical(outputs, reqs)
