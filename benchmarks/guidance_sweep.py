@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
 
 from backdrop import config_files, runtime  # noqa: E402
+from backdrop.catalog import catalog_splits  # noqa: E402
 from backdrop.config_files import knob  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.limits import DEFAULT_GUIDANCE  # noqa: E402
@@ -50,10 +51,6 @@ class GuidanceSweepRecipe:
     quick: bool = knob(False)
     report_tag: str = knob("", "suffix of the report's name (guidance-TAG.md)")
     output_dir: str = knob(str(ROOT / "benchmarks" / "results"))
-
-
-def _catalog(directory: str) -> dict[str, str]:
-    return {k: str(Path(directory) / f"{k}.parquet") for k in ("train", "heldout", "pairs")}
 
 
 def sweep(label: str, model_dir: str, catalog: dict[str, str], guidances: list[float], args) -> dict:
@@ -89,7 +86,7 @@ def main(argv=None) -> int:
             for item in args.generators.split(","):
                 label, _, rest = item.strip().partition("=")
                 model_dir, _, catalog_dir = rest.partition("@")
-                results.append(sweep(label, model_dir, _catalog(catalog_dir), guidances, args))
+                results.append(sweep(label, model_dir, catalog_splits(catalog_dir), guidances, args))
         else:
             model_dir = str(ROOT / "checkpoints" / "tiny-64")
             n = len(runtime.load(model_dir, device="cpu").categories.names)

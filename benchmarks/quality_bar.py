@@ -49,6 +49,7 @@ import _bootstrap  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
 from backdrop import config_files, runtime  # noqa: E402
+from backdrop.catalog import catalog_splits  # noqa: E402
 from backdrop.config_files import knob  # noqa: E402
 from backdrop.training.arrays import load_training_arrays  # noqa: E402
 from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
@@ -130,10 +131,6 @@ def train_for(model, data, stage: str, budget: Budget, seed: int, trainer=None, 
 # --------------------------------------------------------------------------- evaluation
 
 
-def catalog_paths(catalog_dir: str) -> dict[str, str]:
-    return {k: os.path.join(catalog_dir, f"{k}.parquet") for k in ("train", "heldout", "pairs")}
-
-
 def eval_config(args) -> EvalConfig:
     return EvalConfig(steps=args.eval_steps, guidance=args.eval_guidance, per_category=args.per_category,
                       pairs=args.pairs, seed=args.seed)
@@ -145,7 +142,7 @@ def evaluate_checkpoint(model_dir: str, catalog_dir: str, out: str, args, refere
     ``judges`` (``Judges.fit`` of this catalog) shares one judge fit across a curve's points."""
     t = time.perf_counter()
     model = runtime.load(model_dir, device="cpu").model
-    result = evaluate(model, catalog_paths(catalog_dir), eval_config(args), with_references=references,
+    result = evaluate(model, catalog_splits(catalog_dir), eval_config(args), with_references=references,
                       judges=judges)
     report = result.save(out, f"Evaluation of `{model_dir}`")
     log.info("evaluated %s in %.0fs: consistency %.3f", os.path.basename(model_dir), time.perf_counter() - t,
@@ -156,7 +153,7 @@ def evaluate_checkpoint(model_dir: str, catalog_dir: str, out: str, args, refere
 def run_curve(model, data, catalog_dir: str, workdir: str, prefix: str, args, seed: int) -> tuple[list, object]:
     """CG trained through every curve point (cumulative), saved and evaluated at each."""
     curve, trainer, elapsed = [], None, 0.0
-    judges = Judges.fit(catalog_paths(catalog_dir), model.categories.names, eval_config(args))
+    judges = Judges.fit(catalog_splits(catalog_dir), model.categories.names, eval_config(args))
     for budget in curve_budgets(args):
         trainer, r = train_for(model, data, "cg", budget, seed, trainer, elapsed, args.batch_size,
                                **cg_loss(args))

@@ -24,6 +24,16 @@ GENERATION_COLUMNS = ("product_id", "category", "image_uri", "mask_uri", "refere
                       "reference_mask_uri", "prompt", "brand_style")
 
 
+# The splits ``backdrop synth`` writes into a catalog directory, one Parquet file each.
+SPLITS = ("train", "heldout", "pairs")
+
+
+def catalog_splits(directory: str) -> dict[str, str]:
+    """Split -> Parquet URI of a catalog directory (``backdrop synth``'s layout): what the
+    evaluation and the quality benchmarks read a catalog by."""
+    return {split: storage.join(directory, f"{split}.parquet") for split in SPLITS}
+
+
 def read_catalog(uri: str, columns: list[str] | None = None):
     """A catalog as a pyarrow Table (a Parquet file or a directory/prefix of them)."""
     fs, path = storage.pyarrow_filesystem(uri)

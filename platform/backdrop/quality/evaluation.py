@@ -24,8 +24,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from .. import config_files, registry, runtime, storage
-from ..catalog import read_catalog
+from .. import config_files, registry, runtime
+from ..catalog import catalog_splits, read_catalog
 from ..categories import normalize
 from ..config_files import knob
 from ..gallery import contact_sheet, masked_product
@@ -154,7 +154,6 @@ class Judges:
     encoder: Optional[metrics.ImageEncoder] = None  # one load, two uses (pattern judge, CLIP metrics)
     _truth: dict = field(default_factory=dict, repr=False)  # truth_scores, by the picked rows
 
-
     @staticmethod
     def key(catalog: dict[str, str], categories: list[str], cfg: EvalConfig) -> dict:
         return {"catalog": {k: catalog.get(k) for k in ("train", "heldout")}, "categories": list(categories),
@@ -273,7 +272,7 @@ def run_evaluation(job: EvaluateJob) -> EvalResult:
 
     resolved = registry.resolve(job.model)
     model = runtime.load(resolved.path, device="cpu").model
-    catalog = {k: storage.join(job.catalog_dir, f"{k}.parquet") for k in ("train", "heldout", "pairs")}
+    catalog = catalog_splits(job.catalog_dir)
     result = evaluate(model, catalog, job, with_references=job.references)
     about = {"model": job.model, "name": resolved.name, "version": resolved.version}
     print(result.table())
