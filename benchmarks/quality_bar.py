@@ -280,9 +280,8 @@ def run_adapt(args) -> dict:
         if args.adapt_base_steps:  # the base refit on the catalog first (its words with "{category}")
             _, rb = train_for(model, data, "base", Budget(steps=args.adapt_base_steps), args.seed + 5,
                               batch_size=args.batch_size, loss_weighting=args.base_loss_weighting,
-                              base_caption=args.adapt_base_caption, lr_schedule=args.base_lr_schedule)
-            base = {"steps": rb.steps, "minutes": round(rb.seconds / 60, 3), "caption": args.adapt_base_caption,
-                    "lr_schedule": args.base_lr_schedule}
+                              base_caption=args.adapt_base_caption)
+            base = {"steps": rb.steps, "minutes": round(rb.seconds / 60, 3), "caption": args.adapt_base_caption}
         curve, r = run_curve(model, data, catalog_dir, workdir, "cg", args, args.seed + 10)
         steps_total, seconds_total = steps_total + r.steps, seconds_total + r.seconds
         last = curve[-1]
@@ -392,7 +391,7 @@ def render_report(results: dict, args) -> str:
             if e.get("base"):
                 b = e["base"]
                 lines += [f"Before CG: the base refit on the catalog for {b['steps']} steps ({b['minutes']:.2f} wall "
-                          f"min), caption `{b['caption']}`, learning rate {b.get('lr_schedule', 'constant')}.", ""]
+                          f"min), caption `{b['caption']}`.", ""]
             lines += ["| CG steps | CG wall min | colour | pattern | truth's pattern | pattern / truth | product leak |",
                       "| --- | --- | --- | --- | --- | --- | --- |"]
             lines += [f"| {c['cg_steps']} | {c['cg_minutes']:.2f} | {c['category_consistency']:.3f} | "
@@ -534,8 +533,6 @@ class QualityBarRecipe:
                                     choices=("high-noise", "none"))
     cg_lr_schedule: str = knob("constant", "CG's learning rate: constant, or cosine to 0 over the last curve point",
                                choices=("constant", "cosine"))
-    base_lr_schedule: str = knob("constant", "adapt: the base refit's learning rate: constant, or cosine to 0 over "
-                                             "adapt_base_steps", choices=("constant", "cosine"))
     report_tag: str = knob("", "appended to the report's file names (several runs side by side)")
     reuse_base: bool = knob(False, "scratch: keep WORKDIR/base (and its measured steps and minutes) from an "
                                    "earlier run")

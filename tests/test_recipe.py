@@ -72,7 +72,7 @@ def test_the_recipes_are_the_commands_the_readme_and_makefile_run():
     assert "backdrop train --config recipes/adapt.yaml" in readme
     adapt = _parse("--config", os.path.join(REPO, "recipes", "adapt.yaml"), "catalog=c", "output=o")
     assert (adapt.init, adapt.stages, adapt.steps) == ("checkpoints/tiny-64", ["base", "cg", "pg"],
-                                                       {"base": 1000, "cg": 1500, "pg": 300})
+                                                       {"base": 2000, "cg": 1500, "pg": 300})
     assert adapt.stage_options() == {"base": {"loss_weighting": "none", "base_caption": "A photo of {category}"},
                                      "cg": {"loss_weighting": "none"}}
 
@@ -88,7 +88,7 @@ def test_the_ray_train_job_takes_the_same_recipe_plus_the_clusters_knobs():
     cfg = parse_args(["--config", os.path.join(REPO, "recipes", "adapt.yaml"), "--cpus-per-worker", "0.5",
                       "catalog=c.parquet", "storage_path=/tmp/ckpt", "num_workers=3", "register="])
     assert (cfg.stages, cfg.steps, cfg.num_workers, cfg.cpus_per_worker) == (
-        ("base", "cg", "pg"), {"base": 1000, "cg": 1500, "pg": 300}, 3, 0.5)
+        ("base", "cg", "pg"), {"base": 2000, "cg": 1500, "pg": 300}, 3, 0.5)
     assert cfg.init.endswith("checkpoints/tiny-64") and cfg.registered_model_name is None and cfg.name == "adapt"
     cfg = parse_args(["--config", os.path.join(REPO, "recipes", "adapt.yaml"), "catalog=c.parquet",
                       "storage_path=/tmp/ckpt", "lr_schedule.cg=cosine", "loss_weighting.pg=none"])
