@@ -182,6 +182,13 @@ class Judges:
             encoder=encoder,
         )
 
+    def requests(self, categories: list[str], cfg: EvalConfig) -> tuple[list[int], list[GenerationRequest]]:
+        """The held-out products an evaluation generates (``cfg.per_category`` of each category,
+        in catalog order) and their requests, each seeded from its product id and ``cfg.seed``."""
+        real_cats = [q.category for q in self.real]
+        picks = [i for c in categories for i in [j for j, x in enumerate(real_cats) if x == c][: cfg.per_category]]
+        return picks, [replace(self.real[i], seed=row_seed(cfg.seed, self.product_ids[i])) for i in picks]
+
     def truth_scores(self, picks: list[int]) -> dict:
         """What the judges give the picked true ads: the yardstick every generation is read
         against. It depends on the picks alone, so one catalog's curve or sweep computes it once."""
@@ -219,12 +226,8 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
         judges = Judges.fit(catalog, model.categories.names, cfg)
     else:
         judges.check(catalog, model.categories.names, cfg)
-    real, real_feats, judge, palette = judges.real, judges.real_feats, judges.pattern, judges.palette
-    real_cats = [q.category for q in real]
-
-    picks = [i for c in model.categories.names
-             for i in [j for j, x in enumerate(real_cats) if x == c][: cfg.per_category]]
-    reqs = [replace(real[i], seed=row_seed(cfg.seed, judges.product_ids[i])) for i in picks]
+    real_feats, judge, palette = judges.real_feats, judges.pattern, judges.palette
+    picks, reqs = judges.requests(model.categories.names, cfg)
     outputs = runtime.generate_all(gen, _shifted(reqs, cfg.category_shift), infer, cfg.batch_size)
     feats = np.stack([metrics.background_features(o, q.mask) for o, q in zip(outputs, reqs)])
     cats, masks = [q.category for q in reqs], [q.mask for q in reqs]
@@ -257,7 +260,7 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
         identical = identical and ref_identical
     if judges.encoder is not None:
         m["clip_similarity"] = metrics.clip_similarity(judges.encoder, outputs, [q.image for q in reqs])
-        m["fid"] = metrics.fid(judges.encoder, outputs, [q.image for q in real])
+        m["fid"] = metrics.fid(judges.encoder, outputs, [q.image for q in judges.real])
     m["product_bit_identical"] = identical
     m["eval_seconds"] = round(time.perf_counter() - t0, 1)
     per_category = {c: {"colour": v, "pattern": pattern["per_category"][c]} for c, v in consistency["per_category"].items()}
