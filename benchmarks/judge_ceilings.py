@@ -20,7 +20,6 @@ Writes benchmarks/results/judge-ceilings.md (+ .json).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ import numpy as np  # noqa: E402
 from backdrop import config_files  # noqa: E402
 from backdrop.catalog import read_catalog  # noqa: E402
 from backdrop.config_files import knob  # noqa: E402
-from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.quality import metrics  # noqa: E402
 from backdrop.quality.evaluation import EvalConfig, Judges  # noqa: E402
 
@@ -78,23 +76,11 @@ def ceilings(label: str, catalog: dict[str, str]) -> dict:
 
 def main(argv=None) -> int:
     args = config_files.parse_recipe(JudgeCeilingsRecipe, argv, description=__doc__)
-    rows = []
+    from photo_catalogs import judged_catalogs
+
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(ceilings("demo", make_catalog(os.path.join(tmp, "demo"), SyntheticConfig())))
-        for seed in [int(s) for s in args.style_seeds.split(",") if s.strip()]:
-            rows.append(ceilings(f"style-{seed}", make_catalog(os.path.join(tmp, f"style-{seed}"),
-                                                               SyntheticConfig(style_seed=seed))))
-        if args.photo_catalogs:
-            from photo_catalogs import assemble
-
-            from backdrop.demo.photos import PhotoCatalogConfig, make_photo_catalog
-
-            for name in args.photo_catalogs.split(","):
-                folder = assemble(name, os.path.join(tmp, "photos"))
-                for split in args.photo_splits.split(","):
-                    catalog = make_photo_catalog(folder, os.path.join(tmp, f"{name}-{split}"),
-                                                 PhotoCatalogConfig(split=split))
-                    rows.append(ceilings(f"photos: {name} ({split} split)", catalog))
+        rows = [ceilings(label, catalog) for label, catalog in
+                judged_catalogs(tmp, args.style_seeds, args.photo_catalogs, args.photo_splits)]
 
     name = "judge-ceilings" + (f"-{args.report_tag}" if args.report_tag else "")
     out = Path(args.output_dir)

@@ -29,7 +29,6 @@ Writes benchmarks/results/palette-probe[-TAG].md (+ .json).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -45,7 +44,6 @@ from PIL import Image  # noqa: E402
 from backdrop import config_files, runtime  # noqa: E402
 from backdrop.catalog import catalog_splits, read_catalog  # noqa: E402
 from backdrop.config_files import knob  # noqa: E402
-from backdrop.demo.synthetic import SyntheticConfig, make_catalog  # noqa: E402
 from backdrop.pipeline import InferenceConfig  # noqa: E402
 from backdrop.quality import metrics  # noqa: E402
 from backdrop.quality.evaluation import EvalConfig, Judges, _request  # noqa: E402
@@ -146,20 +144,11 @@ class PaletteProbeRecipe:
 
 def main(argv=None) -> int:
     args = config_files.parse_recipe(PaletteProbeRecipe, argv, description=__doc__)
-    catalogs = []
+    from photo_catalogs import judged_catalogs
+
     with tempfile.TemporaryDirectory() as tmp:
-        catalogs.append(truth_row("demo", make_catalog(os.path.join(tmp, "demo"), SyntheticConfig())))
-        for seed in [int(s) for s in args.style_seeds.split(",") if s.strip()]:
-            catalogs.append(truth_row(f"style-{seed}", make_catalog(os.path.join(tmp, f"style-{seed}"),
-                                                                    SyntheticConfig(style_seed=seed))))
-        if args.photo_catalogs:
-            from photo_catalogs import assemble
-
-            from backdrop.demo.photos import make_photo_catalog
-
-            for name in args.photo_catalogs.split(","):
-                folder = assemble(name, os.path.join(tmp, "photos"))
-                catalogs.append(truth_row(f"photos: {name}", make_photo_catalog(folder, os.path.join(tmp, name))))
+        catalogs = [truth_row(label, catalog) for label, catalog in
+                    judged_catalogs(tmp, args.style_seeds, args.photo_catalogs)]
     models = [model_row(spec) for spec in args.models.split(",") if spec.strip()]
 
     name = "palette-probe" + (f"-{args.report_tag}" if args.report_tag else "")

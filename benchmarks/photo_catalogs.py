@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import Iterator
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs"))
 import _bootstrap  # noqa: E402,F401
@@ -107,6 +108,25 @@ def assemble(name: str, output: str) -> str:
             if not os.path.lexists(link):
                 os.symlink(photo, link)
     return root
+
+
+def judged_catalogs(tmp: str, style_seeds: str, photo_catalogs: str, photo_splits: str = "") -> Iterator[tuple[str, dict]]:
+    """(label, catalog) for each catalog a judge benchmark reads, written under ``tmp``: the demo
+    catalog, one per style seed, and one per photographic catalog (per held-out split where
+    ``photo_splits`` names them, else the default split)."""
+    from backdrop.demo.photos import PhotoCatalogConfig, make_photo_catalog
+    from backdrop.demo.synthetic import SyntheticConfig, make_catalog
+
+    yield "demo", make_catalog(os.path.join(tmp, "demo"), SyntheticConfig())
+    for seed in [int(s) for s in style_seeds.split(",") if s.strip()]:
+        yield f"style-{seed}", make_catalog(os.path.join(tmp, f"style-{seed}"), SyntheticConfig(style_seed=seed))
+    for name in [n for n in photo_catalogs.split(",") if n.strip()]:
+        folder = assemble(name, os.path.join(tmp, "photos"))
+        if not photo_splits:
+            yield f"photos: {name}", make_photo_catalog(folder, os.path.join(tmp, name))
+        for split in [s for s in photo_splits.split(",") if s.strip()]:
+            yield (f"photos: {name} ({split} split)",
+                   make_photo_catalog(folder, os.path.join(tmp, f"{name}-{split}"), PhotoCatalogConfig(split=split)))
 
 
 @dataclass
