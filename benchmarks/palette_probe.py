@@ -46,24 +46,26 @@ from backdrop.catalog import catalog_splits, read_catalog  # noqa: E402
 from backdrop.config_files import knob  # noqa: E402
 from backdrop.pipeline import InferenceConfig  # noqa: E402
 from backdrop.quality import metrics  # noqa: E402
-from backdrop.quality.evaluation import EvalConfig, Judges, _request  # noqa: E402
+from backdrop.quality.evaluation import EvalConfig, _request, picked_requests  # noqa: E402
 from backdrop.quality.softmax import Softmax  # noqa: E402
 
 CONTROL_BOUND = 0.35
 RGB_BINS, CHROMA_BINS = 4, 6
 
 
-def rgb_features(image, mask) -> np.ndarray:
+def background_pixels(image, mask) -> np.ndarray:
+    """(N, 3) RGB in [0, 1] of the background pixels, at the colour judge's size."""
     arr, bg = metrics._prepare(image, mask)
-    px = arr[bg > 0]
+    return arr[bg > 0]
+
+
+def rgb_features(px: np.ndarray) -> np.ndarray:
     q = np.minimum((px * RGB_BINS).astype(int), RGB_BINS - 1)
     hist = np.bincount((q[:, 0] * RGB_BINS + q[:, 1]) * RGB_BINS + q[:, 2], minlength=RGB_BINS ** 3) / len(px)
     return np.concatenate([np.sqrt(hist), px.mean(0), px.std(0)])
 
 
-def chroma_features(image, mask) -> np.ndarray:
-    arr, bg = metrics._prepare(image, mask)
-    px = arr[bg > 0]
+def chroma_features(px: np.ndarray) -> np.ndarray:
     o1 = (px[:, 0] - px[:, 1]) / np.sqrt(2)
     o2 = (px[:, 0] + px[:, 1] - 2 * px[:, 2]) / np.sqrt(6)
     i1, i2 = (np.clip(((o + 0.5) * CHROMA_BINS).astype(int), 0, CHROMA_BINS - 1) for o in (o1, o2))
@@ -88,11 +90,13 @@ class Probes:
     def __init__(self, catalog: dict[str, str]) -> None:
         train = [_request(r, 0) for r in read_catalog(catalog["train"]).to_pylist()[1::2]]
         cats = [q.category for q in train]
-        self.fitted = {name: Softmax.fit(np.stack([f(q.image, q.mask) for q in train]), cats, steps=1000)
+        pixels = [background_pixels(q.image, q.mask) for q in train]
+        self.fitted = {name: Softmax.fit(np.stack([f(px) for px in pixels]), cats, steps=1000)
                        for name, f in PROBES.items()}
 
     def scores(self, images: list, masks: list, categories: list[str]) -> dict[str, float]:
-        return {name: float(np.mean(np.asarray(clf.predict(np.stack([PROBES[name](im, m) for im, m in zip(images, masks)])))
+        pixels = [background_pixels(im, m) for im, m in zip(images, masks)]
+        return {name: float(np.mean(np.asarray(clf.predict(np.stack([PROBES[name](px) for px in pixels])))
                                     == np.asarray(categories)))
                 for name, clf in self.fitted.items()}
 
@@ -118,8 +122,9 @@ def model_row(spec: str) -> dict:
     catalog = catalog_splits(catalog_dir)
     model = runtime.load(checkpoint, device="cpu").model
     cfg = EvalConfig()
-    judges = Judges.fit(catalog, model.categories.names, cfg)
-    _, reqs = judges.requests(model.categories.names, cfg)
+    heldout = read_catalog(catalog["heldout"]).to_pylist()
+    _, reqs = picked_requests([_request(r, 0) for r in heldout], [r["product_id"] for r in heldout],
+                              model.categories.names, cfg)
     outputs = runtime.generate_all(runtime.wrap(model), reqs, InferenceConfig(cfg.steps, cfg.guidance,
                                                                               scheduler=cfg.scheduler), cfg.batch_size)
     probes = Probes(catalog)

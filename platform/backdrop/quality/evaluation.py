@@ -182,13 +182,6 @@ class Judges:
             encoder=encoder,
         )
 
-    def requests(self, categories: list[str], cfg: EvalConfig) -> tuple[list[int], list[GenerationRequest]]:
-        """The held-out products an evaluation generates (``cfg.per_category`` of each category,
-        in catalog order) and their requests, each seeded from its product id and ``cfg.seed``."""
-        real_cats = [q.category for q in self.real]
-        picks = [i for c in categories for i in [j for j, x in enumerate(real_cats) if x == c][: cfg.per_category]]
-        return picks, [replace(self.real[i], seed=row_seed(cfg.seed, self.product_ids[i])) for i in picks]
-
     def truth_scores(self, picks: list[int]) -> dict:
         """What the judges give the picked true ads: the yardstick every generation is read
         against. It depends on the picks alone, so one catalog's curve or sweep computes it once."""
@@ -213,6 +206,17 @@ class Judges:
             raise ValueError(f"judges fitted for another evaluation (fitted, asked): {diff}")
 
 
+def picked_requests(real: list[GenerationRequest], product_ids: list[str], categories: list[str],
+                    cfg: EvalConfig) -> tuple[list[int], list[GenerationRequest]]:
+    """The held-out products an evaluation generates (``cfg.per_category`` of each category, in
+    catalog order) and their requests, each seeded from its product id and ``cfg.seed``. A
+    function of the held-out rows alone, so a benchmark can generate the same products without
+    fitting the judges."""
+    real_cats = [q.category for q in real]
+    picks = [i for c in categories for i in [j for j, x in enumerate(real_cats) if x == c][: cfg.per_category]]
+    return picks, [replace(real[i], seed=row_seed(cfg.seed, product_ids[i])) for i in picks]
+
+
 def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
              with_references: bool = True, judges: Optional[Judges] = None) -> EvalResult:
     """Category consistency, product leak, reference similarity (+ablations), copy-paste.
@@ -227,7 +231,7 @@ def evaluate(model, catalog: dict[str, str], cfg: EvalConfig = EvalConfig(),
     else:
         judges.check(catalog, model.categories.names, cfg)
     real_feats, judge, palette = judges.real_feats, judges.pattern, judges.palette
-    picks, reqs = judges.requests(model.categories.names, cfg)
+    picks, reqs = picked_requests(judges.real, judges.product_ids, model.categories.names, cfg)
     outputs = runtime.generate_all(gen, _shifted(reqs, cfg.category_shift), infer, cfg.batch_size)
     feats = np.stack([metrics.background_features(o, q.mask) for o, q in zip(outputs, reqs)])
     cats, masks = [q.category for q in reqs], [q.mask for q in reqs]
