@@ -54,22 +54,27 @@ def _registered_checkpoints(run_dir: str) -> int:
         return 0
 
 
-def _train_workers() -> dict[int, int]:
-    """PID of each live Ray Train worker process -> PID of the raylet that started it.
+def _train_workers(cluster) -> dict[int, int]:
+    """PID of each live Ray Train worker process of ``cluster`` -> PID of the raylet that started it.
 
     Found by process title (Ray names worker processes ``ray::<ActorClass>``), so the test
-    does not depend on the dashboard's state API.
+    does not depend on the dashboard's state API; only workers under this cluster's own raylets
+    count (the in-process Ray of another test may run beside it, tests/conftest.py).
     """
     import psutil
+    from ray._private import ray_constants
 
+    raylets = {info.process.pid for node in cluster.list_all_nodes()
+               for info in node.all_processes[ray_constants.PROCESS_TYPE_RAYLET]}
     workers = {}
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
         if cmd.startswith("ray::RayTrainWorker"):
             parent = proc.parent()
-            while parent is not None and "raylet" not in " ".join(parent.cmdline()):
+            while parent is not None and parent.pid not in raylets:
                 parent = parent.parent()
-            workers[proc.pid] = parent.pid if parent else None
+            if parent is not None:
+                workers[proc.pid] = parent.pid
     return workers
 
 
@@ -107,7 +112,7 @@ def test_two_nodes_survive_a_killed_worker(two_node_cluster, catalog, init_model
     while _registered_checkpoints(os.path.join(storage_path, "two-node")) < 1:
         assert runner.is_alive() and time.monotonic() < deadline, f"no checkpoint registered: {outcome}"
         time.sleep(0.1)
-    workers = _train_workers()
+    workers = _train_workers(two_node_cluster)
     assert len(workers) == 2 and len(set(workers.values())) == 2  # one worker under each raylet
     os.kill(next(iter(workers)), signal.SIGKILL)
     hold.unlink()  # the restarted group resumes from the step-4 checkpoint and runs freely
