@@ -19,7 +19,9 @@ Each is scored on the true held-out ads and on three forgeries it must reject (<
 ads with their categories shuffled, with their channels rotated (RGB -> GBR: the same picture in
 other colours), and in grey. With ``models=CHECKPOINT@CATALOG_DIR,...`` it also scores each
 checkpoint's generations of the evaluation's held-out products (same products, seeds and
-settings as ``jobs/evaluate.py``), beside the truth of those same products.
+settings as ``jobs/evaluate.py``), beside the truth of those same products, and each category's
+mean background colour in the train ads, the held-out ads and the generations (a split that
+holds out a part of a photograph with its own palette shows there).
 
 This is a probe, not a judge of the bar: neither classifier is used by ``evaluate`` or the
 promotion gate, and the bar's colour number stays the colour judge's.
@@ -76,6 +78,13 @@ def chroma_features(px: np.ndarray) -> np.ndarray:
 PROBES = {"rgb": rgb_features, "chroma": chroma_features}
 
 
+def mean_colours(pixels: list[np.ndarray], categories: list[str]) -> dict[str, list[int]]:
+    """Each category's mean background colour (0-255 RGB): which palette a generator paints, beside
+    the palettes of the ads it was trained on and of the held-out ads it is judged against."""
+    return {c: [round(float(v) * 255) for v in np.concatenate([px for px, k in zip(pixels, categories) if k == c]).mean(0)]
+            for c in dict.fromkeys(categories)}
+
+
 def rotated(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(np.asarray(image.convert("RGB"))[..., [1, 2, 0]]))
 
@@ -93,6 +102,7 @@ class Probes:
         pixels = [background_pixels(q.image, q.mask) for q in train]
         self.fitted = {name: Softmax.fit(np.stack([f(px) for px in pixels]), cats, steps=1000)
                        for name, f in PROBES.items()}
+        self.train_colours = mean_colours(pixels, cats)
 
     def scores(self, images: list, masks: list, categories: list[str]) -> dict[str, float]:
         pixels = [background_pixels(im, m) for im, m in zip(images, masks)]
@@ -131,7 +141,10 @@ def model_row(spec: str) -> dict:
     masks, cats = [q.mask for q in reqs], [q.category for q in reqs]
     row = {"model": checkpoint, "catalog": catalog_dir, "generated": len(outputs),
            "generations": probes.scores(outputs, masks, cats),
-           "truth": probes.scores([q.image for q in reqs], masks, cats)}
+           "truth": probes.scores([q.image for q in reqs], masks, cats),
+           "mean_colour": {"train": probes.train_colours,
+                           "truth": mean_colours([background_pixels(q.image, q.mask) for q in reqs], cats),
+                           "generations": mean_colours([background_pixels(o, m) for o, m in zip(outputs, masks)], cats)}}
     print(json.dumps(row), flush=True)
     return row
 
@@ -180,6 +193,12 @@ def main(argv=None) -> int:
     if models:
         lines += ["", "| checkpoint | generations | their true ads |", "| --- | --- | --- |"]
         lines += [f"| `{m['model']}` | {pair(m['generations'])} | {pair(m['truth'])} |" for m in models]
+        lines += ["", "Mean background colour per category (RGB): the train ads the probes are fitted on, the "
+                  "held-out ads generated, and their generations.", "",
+                  "| checkpoint | category | train ads | held-out ads | generations |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| `{m['model']}` | {c} | {' '.join(map(str, rgb))} | "
+                  f"{' '.join(map(str, m['mean_colour']['truth'][c]))} | {' '.join(map(str, m['mean_colour']['generations'][c]))} |"
+                  for m in models for c, rgb in m["mean_colour"]["train"].items() if c in m["mean_colour"]["truth"]]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -89,6 +89,22 @@ PHOTO_CATALOGS: dict[str, dict[str, list[str]]] = {
         "facade": [_plasma("Grey")],
         "bridge": [f"{LOMIRI}/Bridge_by_Sander_Klootwijk.jpg"],
     },
+    "contrasts2": {  # a second such set, no photograph shared with contrasts
+        "petals": [f"{MATE}/FreshFlower.jpg"],
+        "sunflower": [f"{MATE}/YellowFlower.jpg"],
+        "meadow": [f"{MATE}/GreenMeadow.jpg"],
+        "sky": [_plasma("Kite")],
+        "storm": [f"{MATE}/Storm.jpg"],
+        "bowl": [f"{LOMIRI}/Picture_0B_by_freespace.jpg"],
+    },
+    "contrasts3": {  # a third, of textured photographs, none in contrasts or contrasts2
+        "blades": [f"{MATE}/Blinds.jpg"],
+        "brushes": [f"{LOMIRI}/Picture_1A_by_freespace.jpg"],
+        "bark": [f"{LOMIRI}/Kleiber_by_Lukas_Baubkus.jpg"],
+        "dock": [_plasma("BytheWater")],
+        "boats": [_plasma("EveningGlow")],
+        "grain": [f"{LOMIRI}/analogpattern_by_Peter_Nerlich.jpg"],
+    },
 }
 
 
