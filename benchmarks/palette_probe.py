@@ -55,10 +55,10 @@ CONTROL_BOUND = 0.35
 RGB_BINS, CHROMA_BINS = 4, 6
 
 
-def background_pixels(image, mask) -> np.ndarray:
-    """(N, 3) RGB in [0, 1] of the background pixels, at the colour judge's size."""
-    arr, bg = metrics._prepare(image, mask)
-    return arr[bg > 0]
+def backgrounds(images: list, masks: list) -> list[np.ndarray]:
+    """Each image's background pixels, (N, 3) RGB in [0, 1] at the colour judge's size: read once
+    for both probes and the mean colours."""
+    return [arr[bg > 0] for arr, bg in (metrics._prepare(im, m) for im, m in zip(images, masks))]
 
 
 def rgb_features(px: np.ndarray) -> np.ndarray:
@@ -99,13 +99,13 @@ class Probes:
     def __init__(self, catalog: dict[str, str]) -> None:
         train = [_request(r, 0) for r in read_catalog(catalog["train"]).to_pylist()[1::2]]
         cats = [q.category for q in train]
-        pixels = [background_pixels(q.image, q.mask) for q in train]
+        pixels = backgrounds([q.image for q in train], [q.mask for q in train])
         self.fitted = {name: Softmax.fit(np.stack([f(px) for px in pixels]), cats, steps=1000)
                        for name, f in PROBES.items()}
         self.train_colours = mean_colours(pixels, cats)
 
-    def scores(self, images: list, masks: list, categories: list[str]) -> dict[str, float]:
-        pixels = [background_pixels(im, m) for im, m in zip(images, masks)]
+    def scores(self, pixels: list[np.ndarray], categories: list[str]) -> dict[str, float]:
+        """Each probe's share of ``pixels`` (``backgrounds``) filed under their own category."""
         return {name: float(np.mean(np.asarray(clf.predict(np.stack([PROBES[name](px) for px in pixels])))
                                     == np.asarray(categories)))
                 for name, clf in self.fitted.items()}
@@ -116,11 +116,12 @@ def truth_row(label: str, catalog: dict[str, str]) -> dict:
     real = [_request(r, 0) for r in read_catalog(catalog["heldout"]).to_pylist()]
     images, masks, cats = [q.image for q in real], [q.mask for q in real], [q.category for q in real]
     shuffled = [str(c) for c in np.random.default_rng(0).permutation(cats)]
+    pixels = backgrounds(images, masks)
     row = {"catalog": label, "heldout": len(real), "chance": 1 / len(set(cats)),
-           "truth": probes.scores(images, masks, cats),
-           "controls": {"shuffled": probes.scores(images, masks, shuffled),
-                        "rotated": probes.scores([rotated(im) for im in images], masks, cats),
-                        "grey": probes.scores([grey(im) for im in images], masks, cats)}}
+           "truth": probes.scores(pixels, cats),
+           "controls": {"shuffled": probes.scores(pixels, shuffled),
+                        "rotated": probes.scores(backgrounds([rotated(im) for im in images], masks), cats),
+                        "grey": probes.scores(backgrounds([grey(im) for im in images], masks), cats)}}
     row["rejected"] = {name: all(c[name] <= CONTROL_BOUND for c in row["controls"].values()) for name in PROBES}
     print(json.dumps(row), flush=True)
     return row
@@ -139,12 +140,12 @@ def model_row(spec: str) -> dict:
                                                                               scheduler=cfg.scheduler), cfg.batch_size)
     probes = Probes(catalog)
     masks, cats = [q.mask for q in reqs], [q.category for q in reqs]
+    generated, truth = backgrounds(outputs, masks), backgrounds([q.image for q in reqs], masks)
     row = {"model": checkpoint, "catalog": catalog_dir, "generated": len(outputs),
-           "generations": probes.scores(outputs, masks, cats),
-           "truth": probes.scores([q.image for q in reqs], masks, cats),
-           "mean_colour": {"train": probes.train_colours,
-                           "truth": mean_colours([background_pixels(q.image, q.mask) for q in reqs], cats),
-                           "generations": mean_colours([background_pixels(o, m) for o, m in zip(outputs, masks)], cats)}}
+           "generations": probes.scores(generated, cats),
+           "truth": probes.scores(truth, cats),
+           "mean_colour": {"train": probes.train_colours, "truth": mean_colours(truth, cats),
+                           "generations": mean_colours(generated, cats)}}
     print(json.dumps(row), flush=True)
     return row
 
